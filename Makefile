@@ -1,0 +1,59 @@
+# wsbridge: `make help` lists the targets.
+GO       ?= go
+BIN      := $(CURDIR)/.bin
+TOOLS    := $(BIN)/.tools-stamp
+RUN_ARGS ?=
+FUZZTIME ?= 10s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Start the gateway with the embedded demo backend (gRPC :9090, HTTP :8080).
+	$(GO) run ./cmd/wsbridge serve $(RUN_ARGS)
+
+.PHONY: build
+build: ## Build bin/wsbridge.
+	$(GO) build -o bin/wsbridge ./cmd/wsbridge
+
+.PHONY: test
+test: vet check-generate ## vet, the race-enabled tests, and the generated-code check.
+	$(GO) test -race ./...
+
+.PHONY: vet
+vet: ## go vet.
+	$(GO) vet ./...
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 10s).
+	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzBackendFrame$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./backend -run '^$$' -fuzz '^FuzzServeMessage$$' -fuzztime $(FUZZTIME)
+
+# The code generators, buf, grpcurl and staticcheck are pinned in tools/go.mod
+# and installed into .bin/.
+$(TOOLS): tools/go.mod tools/go.sum
+	cd tools && GOBIN=$(BIN) $(GO) install tool
+	@touch $@
+
+.PHONY: tools
+tools: $(TOOLS) ## Install the pinned tools into .bin/.
+
+.PHONY: generate
+generate: $(TOOLS) ## Regenerate gen/ from proto/ (buf with local plugins).
+	$(BIN)/buf lint
+	$(BIN)/buf generate
+
+.PHONY: check-generate
+check-generate: generate ## Fail when the committed gen/ is stale.
+	@git diff --exit-code -- gen || { echo "gen/ is stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has uncommitted files: run make generate and commit"; exit 1; }
+
+.PHONY: lint
+lint: $(TOOLS) ## go vet, staticcheck, buf lint.
+	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+	$(BIN)/buf lint

@@ -1,0 +1,41 @@
+// Package backend is wsbridge's demo JSON-RPC 2.0 backend, spoken over WebSocket.
+//
+// The gateway starts one in-process when no backend is configured, and
+// `wsbridge backend --listen ADDR` runs one on its own. It exists so that the
+// bridge always has something real to talk to, and so that tests can observe
+// what reached the backend.
+//
+// # Wire
+//
+// One JSON-RPC 2.0 message per WebSocket text frame: a request, a
+// notification, or a batch (a JSON array of them). The requests of one
+// connection run concurrently and each reply is written as soon as it is
+// ready, so replies may come back in a different order than the requests
+// went out. Ids are echoed byte for byte. A batch is answered by one array
+// holding the replies of the requests that had ids, or by nothing at all when
+// it held only notifications.
+//
+// # Methods
+//
+//	echo     params are returned unchanged, byte for byte (null when absent)
+//	add      [a, b] -> a+b; exact for integers, float64 otherwise
+//	sleep    {"ms": N} or [N] -> {"slept_ms": N} after N milliseconds;
+//	         ends at once, with no reply, when the connection goes away
+//	fail     {"code": C, "message": M, "data": D} -> that error object
+//	         (code defaults to -32000, message to "fail", data omitted when absent)
+//	counter  the number of requests this Server has received, this one included
+//
+// With Options.Tick set, every connected client is also sent
+//
+//	{"jsonrpc":"2.0","method":"tick","params":{"seq":N,"time":"RFC3339Nano"}}
+//
+// every Tick, with N counting this Server's ticks from 1.
+//
+// # Lifetime
+//
+// A Server serves WebSockets through ServeHTTP, or on a listener of its own
+// through Serve. Shutdown (which Serve calls when its context ends) closes
+// every connection with status 1001 (going away) and waits for every
+// goroutine the Server started. A Server that has shut down stays shut: it
+// refuses new connections with 503.
+package backend

@@ -1,0 +1,410 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsbridge/wsbridge/internal/window"
+)
+
+// Options configure a Bridge. Only URL is required; every zero value means
+// the default given.
+type Options struct {
+	// URL is the backend's ws:// or wss:// URL.
+	URL string
+	// Header is sent with every WebSocket handshake.
+	Header http.Header
+	// HTTPClient dials the backend (TLS settings live in its Transport).
+	// Default: http.DefaultClient.
+	HTTPClient *http.Client
+	// Conns is the number of backend connections, used round-robin.
+	// Default 1.
+	Conns int
+	// Eager dials at New and keeps redialling in the background after every
+	// loss. Otherwise the first call dials, and after a loss the next call
+	// does.
+	Eager bool
+	// DialTimeout bounds one dial, handshake included. Default 10 s.
+	DialTimeout time.Duration
+	// Backoff is the wait between failed dials.
+	Backoff Backoff
+	// PingInterval is the time between WebSocket pings on an idle or busy
+	// connection. Default 15 s; negative disables pings.
+	PingInterval time.Duration
+	// PingTimeout is how long a pong may take before the connection counts
+	// as lost. Default 5 s.
+	PingTimeout time.Duration
+	// WriteTimeout bounds one frame write; a backend that stops reading is
+	// thereby detected. Default 10 s.
+	WriteTimeout time.Duration
+	// CallTimeout is the longest any call may take. Default 30 s.
+	CallTimeout time.Duration
+	// MaxInFlight is the most calls in flight at once; more are refused with
+	// CodeOverloaded. Default 10000.
+	MaxInFlight int
+	// MaxMessageBytes caps a message in either direction. A larger reply
+	// closes the connection with 1009; a larger request fails with
+	// CodeTooLarge before anything is sent. Default 4 MiB.
+	MaxMessageBytes int64
+	// SendQueue is the number of requests that may wait for the writer of
+	// one connection. Default 4096.
+	SendQueue int
+	// OnNotification, if set, receives each notification the backend sends
+	// (a message without an id). It runs on the connection's reader and must
+	// not block.
+	OnNotification func(method string, params json.RawMessage)
+	// Logger receives connection events. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.HTTPClient == nil {
+		o.HTTPClient = http.DefaultClient
+	}
+	if o.Conns <= 0 {
+		o.Conns = 1
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	o.Backoff = o.Backoff.withDefaults()
+	if o.PingInterval == 0 {
+		o.PingInterval = 15 * time.Second
+	}
+	if o.PingTimeout <= 0 {
+		o.PingTimeout = 5 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 30 * time.Second
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 10000
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 4 << 20
+	}
+	if o.SendQueue <= 0 {
+		o.SendQueue = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o
+}
+
+// CallOptions are per-call settings.
+type CallOptions struct {
+	// Timeout, if positive, bounds the call below Options.CallTimeout. The
+	// context's own deadline also applies; the earliest wins.
+	Timeout time.Duration
+	// WaitForReady makes the call wait for a connection while the Bridge
+	// backs off after a failed dial, instead of failing with CodeUnavailable.
+	WaitForReady bool
+}
+
+// Bridge multiplexes calls over the backend connection(s). It is safe for
+// concurrent use. Close it to stop its goroutines.
+type Bridge struct {
+	// Static after New.
+	opts        Options
+	redactedURL string
+	slots       []*slot
+	lat         *window.Latency
+
+	// Lifetime: cancel stops every slot's run loop; wg waits for them.
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closing   atomic.Bool
+	draining  atomic.Bool
+	idleOnce  sync.Once
+	idle      chan struct{} // closed when draining and nothing is in flight
+	nextID    atomic.Uint64 // request ids: unique for the life of the Bridge
+	nextSlot  atomic.Uint64 // round-robin cursor
+	inFlight  atomic.Int64
+	counters  counters
+	closeOnce sync.Once
+}
+
+// counters are the Bridge's monotonic totals.
+type counters struct {
+	connects, reconnects, dialFailures atomic.Uint64
+	messagesOut, messagesIn            atomic.Uint64
+	timeouts, late, unknown            atomic.Uint64
+	notifications, malformed, rejected atomic.Uint64
+	backendRequests                    atomic.Uint64
+}
+
+// New validates opts and returns a running Bridge. With opts.Eager it starts
+// dialling at once; otherwise nothing is dialled before the first call.
+func New(opts Options) (*Bridge, error) {
+	opts = opts.withDefaults()
+	u, err := url.Parse(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("backend URL: %w", err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return nil, fmt.Errorf("backend URL %q: scheme must be ws or wss", RedactURL(opts.URL))
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("backend URL %q: no host", RedactURL(opts.URL))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Bridge{
+		opts:        opts,
+		redactedURL: RedactURL(opts.URL),
+		lat:         window.NewLatency(6, 10*time.Second, nil),
+		cancel:      cancel,
+		idle:        make(chan struct{}),
+	}
+	for i := range opts.Conns {
+		s := newSlot(b, i)
+		b.slots = append(b.slots, s)
+		b.wg.Go(func() { s.run(ctx) })
+	}
+	return b, nil
+}
+
+// RedactURL returns u with any userinfo and query replaced by "REDACTED", for
+// logs and stats.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User("REDACTED")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery = "REDACTED"
+	}
+	u.Fragment = ""
+	return u.String()
+}
+
+// URL returns the backend URL with credentials redacted.
+func (b *Bridge) URL() string { return b.redactedURL }
+
+// Call sends a JSON-RPC request and returns the backend's result. params
+// must be nil or valid JSON: an object or an array. On failure the error is
+// an *Error; a JSON-RPC error reply has CodeBackendError and the error object
+// in Error.RPC.
+func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	return b.do(ctx, method, params, co, false)
+}
+
+// Notify sends a JSON-RPC notification. It returns once the notification has
+// been written to the backend socket.
+func (b *Bridge) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
+	_, err := b.do(ctx, method, params, co, true)
+	return err
+}
+
+func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, co CallOptions, notify bool) (json.RawMessage, error) {
+	// Count first, then check draining: Drain relies on that order.
+	n := b.inFlight.Add(1)
+	defer b.done()
+	if b.draining.Load() {
+		return nil, newError(CodeDraining, "gateway is shutting down", nil)
+	}
+	if n > int64(b.opts.MaxInFlight) {
+		b.counters.rejected.Add(1)
+		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
+	}
+	if method == "" {
+		return nil, newError(CodeInvalidArgument, "method is empty", nil)
+	}
+	if !validParams(params) {
+		return nil, newError(CodeInvalidArgument, "params must be a JSON object or array", nil)
+	}
+	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
+		return nil, b.tooLarge() // before escaping a huge method
+	}
+	quoted := appendJSONString(nil, method)
+	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
+		return nil, b.tooLarge()
+	}
+	timeout := b.opts.CallTimeout
+	if co.Timeout > 0 && co.Timeout < timeout {
+		timeout = co.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	res, err := b.attempt(ctx, quoted, params, co, notify)
+	if !notify {
+		b.lat.Record(time.Since(start))
+	}
+	return res, err
+}
+
+// attempt sends the request on a connection and waits for its outcome. When
+// a connection breaks before the request was written, it tries again on the
+// next connection with a new id.
+func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, notify bool) (json.RawMessage, error) {
+	s := b.slots[(b.nextSlot.Add(1)-1)%uint64(len(b.slots))]
+	for {
+		c, err := s.conn(ctx, co.WaitForReady)
+		if err != nil {
+			return nil, err
+		}
+		id := b.nextID.Add(1)
+		frame := appendRequest(make([]byte, 0, maxRequestSize(quotedMethod, params)), id, !notify, quotedMethod, params)
+		o := newOp(id, notify, frame)
+		res, err := c.roundTrip(ctx, o)
+		if errors.Is(err, errNotSent) {
+			continue
+		}
+		return res, err
+	}
+}
+
+func (b *Bridge) tooLarge() *Error {
+	return newError(CodeTooLarge, fmt.Sprintf("request exceeds the %d-byte message limit; nothing was sent", b.opts.MaxMessageBytes), nil)
+}
+
+// errNotSent is internal: the connection broke before the request was
+// written, so it may be sent again.
+var errNotSent = errors.New("connection closed before the request was written")
+
+func (b *Bridge) done() {
+	if b.inFlight.Add(-1) == 0 && b.draining.Load() {
+		b.idleOnce.Do(func() { close(b.idle) })
+	}
+}
+
+// ctxError turns a context error into a coded error.
+func (b *Bridge) ctxError(ctx context.Context) *Error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		b.counters.timeouts.Add(1)
+		return newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", ctx.Err())
+	}
+	return newError(CodeCanceled, "call cancelled by the caller", ctx.Err())
+}
+
+// Drain refuses new calls with CodeDraining and waits until the calls in
+// flight have ended or ctx is done.
+func (b *Bridge) Drain(ctx context.Context) error {
+	b.draining.Store(true)
+	if b.inFlight.Load() == 0 {
+		b.idleOnce.Do(func() { close(b.idle) })
+	}
+	select {
+	case <-b.idle:
+		return nil
+	default:
+	}
+	select {
+	case <-b.idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close fails every call still in flight with CodeDraining, closes the
+// backend connections with status 1001 (going away) and waits for every
+// goroutine of the Bridge to exit.
+func (b *Bridge) Close() error {
+	b.closeOnce.Do(func() {
+		b.draining.Store(true)
+		b.closing.Store(true)
+		b.cancel()
+		b.wg.Wait()
+	})
+	return nil
+}
+
+// State is the state of a backend connection slot.
+type State int
+
+// Slot states. With several connections the Bridge reports the best state
+// of any slot.
+const (
+	StateDisconnected State = iota
+	StateBackoff
+	StateConnecting
+	StateConnected
+)
+
+func (s State) String() string {
+	switch s {
+	case StateDisconnected:
+		return "disconnected"
+	case StateConnecting:
+		return "connecting"
+	case StateBackoff:
+		return "backoff"
+	case StateConnected:
+		return "connected"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Stats is a snapshot of the Bridge's counters.
+type Stats struct {
+	URL          string
+	State        State
+	ConnsOpen    int
+	Connects     uint64 // successful dials
+	Reconnects   uint64 // successful dials after a loss
+	DialFailures uint64
+	MessagesOut  uint64 // messages written to the backend
+	MessagesIn   uint64 // messages read from the backend (batch elements count one each)
+	InFlight     int64  // calls and notifications not yet ended
+	Pending      int64  // requests waiting for a reply in the pending tables
+	Timeouts     uint64
+	Late         uint64 // replies after the caller gave up
+	Unknown      uint64 // replies whose id matched nothing
+	// Notifications from the backend (messages without an id).
+	Notifications uint64
+	// Frames or messages that were not valid JSON-RPC, replies to nothing
+	// routable included.
+	Malformed uint64
+	// Requests the backend sent to the gateway (dropped).
+	BackendRequests uint64
+	Rejected        uint64 // refused by MaxInFlight
+	Latency         window.Summary
+}
+
+// Stats returns a snapshot of the counters.
+func (b *Bridge) Stats() Stats {
+	st := Stats{
+		URL:             b.redactedURL,
+		Connects:        b.counters.connects.Load(),
+		Reconnects:      b.counters.reconnects.Load(),
+		DialFailures:    b.counters.dialFailures.Load(),
+		MessagesOut:     b.counters.messagesOut.Load(),
+		MessagesIn:      b.counters.messagesIn.Load(),
+		InFlight:        b.inFlight.Load(),
+		Timeouts:        b.counters.timeouts.Load(),
+		Late:            b.counters.late.Load(),
+		Unknown:         b.counters.unknown.Load(),
+		Notifications:   b.counters.notifications.Load(),
+		Malformed:       b.counters.malformed.Load(),
+		BackendRequests: b.counters.backendRequests.Load(),
+		Rejected:        b.counters.rejected.Load(),
+		Latency:         b.lat.Summary(),
+	}
+	for _, s := range b.slots {
+		state, c := s.snapshot()
+		st.State = max(st.State, state)
+		if c != nil {
+			st.ConnsOpen++
+			st.Pending += c.pending.size.Load()
+		}
+	}
+	return st
+}

@@ -1,0 +1,261 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// conn is one open backend WebSocket. serve runs its reader, writer and
+// pinger and returns once all three have exited and every request still
+// registered on it has been given its outcome.
+type conn struct {
+	// Static after newConn.
+	slot  *slot
+	b     *Bridge
+	ws    *websocket.Conn
+	sendq chan *op      // requests for the writer
+	lost  chan struct{} // closed by fail: the connection is out of service
+
+	pending   pendingTable
+	abandoned abandonedSet
+
+	failOnce sync.Once
+	cause    error // written once by fail before lost is closed
+}
+
+func newConn(s *slot, ws *websocket.Conn) *conn {
+	return &conn{
+		slot:  s,
+		b:     s.b,
+		ws:    ws,
+		sendq: make(chan *op, s.b.opts.SendQueue),
+		lost:  make(chan struct{}),
+	}
+}
+
+// fail takes the connection out of service. The first cause wins.
+func (c *conn) fail(err error) {
+	c.failOnce.Do(func() {
+		c.cause = err
+		c.slot.markLost(c)
+		close(c.lost)
+	})
+}
+
+// serve runs the connection until it fails or ctx is done (the Bridge is
+// closing). It owns the reader, writer and pinger goroutines and waits for
+// them before it settles the requests still pending.
+func (c *conn) serve(ctx context.Context) error {
+	// The socket's goroutines get a context of their own: coder/websocket
+	// drops the TCP connection when a Read or Write context is cancelled,
+	// which would pre-empt the 1001 close handshake on shutdown.
+	ioCtx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { c.fail(c.readLoop(ioCtx)) })
+	wg.Go(func() { c.fail(c.writeLoop(ioCtx)) })
+	if c.b.opts.PingInterval > 0 {
+		wg.Go(func() { c.fail(c.pingLoop(ioCtx)) })
+	}
+
+	closing := false
+	select {
+	case <-c.lost:
+		c.ws.CloseNow()
+	case <-ctx.Done():
+		closing = true
+		c.fail(errors.New("gateway is shutting down"))
+		// Tell the backend we are going away; this also ends the reader.
+		c.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+	}
+	cancel()
+	wg.Wait()
+
+	// Nothing writes any more, so each op's state is final.
+	for _, o := range c.pending.takeAll() {
+		written := !o.state.CompareAndSwap(opQueued, opAbandoned)
+		switch {
+		case closing:
+			o.resp <- result{err: newError(CodeDraining, "gateway is shutting down; the backend connection was closed", nil)}
+		case written && o.notify:
+			o.resp <- result{err: newError(CodeReplyLost, "backend connection lost while the notification was written; it may not have been delivered", c.cause)}
+		case written:
+			o.resp <- result{err: newError(CodeReplyLost, "backend connection lost after the request was written; the reply was lost and the call was not retried (the backend may have run it)", c.cause)}
+		default:
+			o.resp <- result{err: errNotSent}
+		}
+	}
+	return c.cause
+}
+
+// roundTrip registers o, queues it for the writer and waits for its outcome.
+func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
+	if !c.pending.add(o) {
+		return nil, errNotSent
+	}
+	select {
+	case c.sendq <- o:
+	case <-c.lost:
+		// serve settles o once the connection's goroutines have exited.
+	case <-ctx.Done():
+		if c.pending.take(o.id) != nil {
+			return nil, c.b.ctxError(ctx)
+		}
+	}
+	select {
+	case r := <-o.resp:
+		return r.value, r.err
+	case <-ctx.Done():
+		if c.pending.take(o.id) == nil {
+			// Someone else removed it and is delivering the outcome now.
+			r := <-o.resp
+			return r.value, r.err
+		}
+		if !o.state.CompareAndSwap(opQueued, opAbandoned) {
+			// Written: a reply may still come, and will count as late.
+			c.abandoned.add(o.id)
+		}
+		return nil, c.b.ctxError(ctx)
+	}
+}
+
+func (c *conn) writeLoop(ctx context.Context) error {
+	for {
+		select {
+		case o := <-c.sendq:
+			if !o.state.CompareAndSwap(opQueued, opWritten) {
+				continue // the caller gave up before it was sent
+			}
+			wctx, cancel := context.WithTimeout(ctx, c.b.opts.WriteTimeout)
+			err := c.ws.Write(wctx, websocket.MessageText, o.frame)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+			c.b.counters.messagesOut.Add(1)
+			if o.notify && c.pending.take(o.id) != nil {
+				o.resp <- result{}
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *conn) pingLoop(ctx context.Context) error {
+	t := time.NewTicker(c.b.opts.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, c.b.opts.PingTimeout)
+			err := c.ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("no pong within %v: %w", c.b.opts.PingTimeout, err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *conn) readLoop(ctx context.Context) error {
+	for {
+		typ, frame, err := c.ws.Read(ctx)
+		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+				return fmt.Errorf("backend sent a message over the %d-byte limit (closed with 1009): %w", c.b.opts.MaxMessageBytes, err)
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		if typ != websocket.MessageText {
+			c.b.counters.malformed.Add(1)
+			c.b.opts.Logger.Warn("backend sent a binary frame; dropped", "bytes", len(frame))
+			continue
+		}
+		c.handleFrame(frame)
+	}
+}
+
+// handleFrame routes every message of one text frame.
+func (c *conn) handleFrame(frame []byte) {
+	msgs, err := splitFrame(frame)
+	if err != nil {
+		c.b.counters.malformed.Add(1)
+		c.b.opts.Logger.Warn("backend sent an invalid frame; dropped", "err", err, "bytes", len(frame))
+		return
+	}
+	for _, raw := range msgs {
+		c.b.counters.messagesIn.Add(1)
+		c.handleMessage(raw)
+	}
+}
+
+func (c *conn) handleMessage(raw []byte) {
+	b := c.b
+	m, err := decodeMessage(raw)
+	if err != nil {
+		b.counters.malformed.Add(1)
+		b.opts.Logger.Warn("backend sent an invalid message; dropped", "err", err, "bytes", len(raw))
+		return
+	}
+	switch m.kind() {
+	case kindNotification:
+		var method string
+		if json.Unmarshal(m.Method, &method) != nil {
+			b.counters.malformed.Add(1)
+			b.opts.Logger.Warn("backend sent a notification whose method is not a string; dropped")
+			return
+		}
+		b.counters.notifications.Add(1)
+		if b.opts.OnNotification != nil {
+			b.opts.OnNotification(method, m.Params)
+		}
+		return
+	case kindRequest:
+		b.counters.backendRequests.Add(1)
+		b.opts.Logger.Warn("backend sent a request; the gateway serves none, dropped")
+		return
+	case kindInvalid:
+		b.counters.malformed.Add(1)
+		b.opts.Logger.Warn("backend sent a message with neither id nor method; dropped", "bytes", len(raw))
+		return
+	}
+
+	id, wrongType, ok := replyID(m.ID)
+	var o *op
+	if ok {
+		o = c.pending.takeCall(id)
+	}
+	if o == nil {
+		if ok && !wrongType && c.abandoned.take(id) {
+			b.counters.late.Add(1)
+			return
+		}
+		b.counters.unknown.Add(1)
+		b.opts.Logger.Debug("backend reply matches no call; dropped", "id", string(m.ID))
+		return
+	}
+	value, rpcErr, err := m.checkReply()
+	if err == nil && wrongType {
+		err = errIDType
+	}
+	switch {
+	case err != nil:
+		b.counters.malformed.Add(1)
+		o.resp <- result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", err)}
+	case rpcErr != nil:
+		o.resp <- result{err: &Error{Code: CodeBackendError, Message: rpcErr.Error(), RPC: rpcErr}}
+	default:
+		o.resp <- result{value: value}
+	}
+}

@@ -1,0 +1,83 @@
+package bridge
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// FuzzBackendFrame feeds arbitrary backend frames to the reply router with
+// three calls pending (ids 1 to 3). It must not panic; a call either stays
+// pending or gets exactly one outcome, and a result is valid JSON.
+func FuzzBackendFrame(f *testing.F) {
+	for _, seed := range []string{
+		`{"jsonrpc":"2.0","id":1,"result":{"a":[1,2]}}`,
+		`{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"x","data":null}}`,
+		`[{"jsonrpc":"2.0","id":1,"result":1},{"jsonrpc":"2.0","id":3,"result":null}]`,
+		`{"jsonrpc":"2.0","id":"2","result":1}`,
+		`{"jsonrpc":"2.0","id":3,"result":1,"error":{"code":1,"message":"m"}}`,
+		`{"jsonrpc":"2.0","method":"tick","params":{"seq":1}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"x"}`,
+		`{"jsonrpc":"1.0","id":1,"result":1}`,
+		`[]`, `[1,2]`, `null`, `{"id":1e400}`, `{"id":18446744073709551617}`, "\xff\xfe",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		b := &Bridge{opts: Options{}.withDefaults()}
+		c := &conn{b: b}
+		var ops []*op
+		for id := uint64(1); id <= 3; id++ {
+			o := newOp(id, false, nil)
+			o.state.Store(opWritten)
+			c.pending.add(o)
+			ops = append(ops, o)
+		}
+		c.handleFrame(frame)
+		for _, o := range ops {
+			select {
+			case r := <-o.resp:
+				if r.err == nil && !json.Valid(r.value) {
+					t.Fatalf("id %d got invalid JSON %q", o.id, r.value)
+				}
+				if r.err != nil {
+					if code := CodeOf(r.err); code != CodeMalformedReply && code != CodeBackendError {
+						t.Fatalf("id %d got %v", o.id, r.err)
+					}
+				}
+				if c.pending.take(o.id) != nil {
+					t.Fatalf("id %d delivered but still pending", o.id)
+				}
+				select {
+				case r2 := <-o.resp:
+					t.Fatalf("id %d delivered twice: %v", o.id, r2)
+				default:
+				}
+			default:
+				if c.pending.take(o.id) == nil {
+					t.Fatalf("id %d removed without an outcome", o.id)
+				}
+			}
+		}
+	})
+}
+
+// FuzzJSONString checks the request encoder's string escaping against
+// encoding/json.
+func FuzzJSONString(f *testing.F) {
+	for _, s := range []string{"echo", "", "a\"b\\c", "\x00\x1f\n\t", "\xff", "héllo\u2028", "<>&"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := appendJSONString(nil, s)
+		var got string
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%q -> %s is not a JSON string: %v", s, out, err)
+		}
+		ref, _ := json.Marshal(s)
+		var want string
+		_ = json.Unmarshal(ref, &want)
+		if got != want {
+			t.Fatalf("%q decodes to %q, encoding/json gives %q", s, got, want)
+		}
+	})
+}

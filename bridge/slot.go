@@ -1,0 +1,229 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// slot is one backend connection position of the pool: it dials, serves the
+// connection until it breaks, and redials. Its run loop is the only
+// goroutine that dials or tears down connections for the slot.
+type slot struct {
+	// Static after newSlot.
+	b   *Bridge
+	idx int
+	// kick asks the run loop to dial (lazy mode). Buffered: a kick is never
+	// lost and never blocks the caller.
+	kick chan struct{}
+
+	mu sync.Mutex
+	// Guarded by mu.
+	state     State
+	current   *conn         // set while StateConnected
+	changed   chan struct{} // closed and replaced on every state change
+	lastErr   error         // the last dial error, for StateBackoff
+	nextDial  time.Time     // when the backoff ends, for StateBackoff
+	closedErr *Error        // set once the Bridge is closing
+}
+
+func newSlot(b *Bridge, idx int) *slot {
+	return &slot{b: b, idx: idx, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+}
+
+// setState changes the state and wakes every waiter. s.mu must be held.
+func (s *slot) setState(st State) {
+	s.state = st
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *slot) snapshot() (State, *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state, s.current
+}
+
+// conn returns the open connection, dialling or waiting for a dial as
+// needed. While the slot backs off after a failed dial it fails fast with
+// CodeUnavailable, unless waitForReady.
+func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
+	for {
+		s.mu.Lock()
+		if s.closedErr != nil {
+			s.mu.Unlock()
+			return nil, s.closedErr
+		}
+		switch s.state {
+		case StateConnected:
+			c := s.current
+			s.mu.Unlock()
+			return c, nil
+		case StateDisconnected:
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+		case StateBackoff:
+			if !waitForReady {
+				err := newError(CodeUnavailable,
+					fmt.Sprintf("backend unavailable (next dial in %v)", time.Until(s.nextDial).Round(time.Millisecond)),
+					s.lastErr)
+				s.mu.Unlock()
+				return nil, err
+			}
+		}
+		changed := s.changed
+		s.mu.Unlock()
+
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, s.b.ctxError(ctx)
+		}
+	}
+}
+
+// run dials, serves and redials until ctx is done. It owns the slot's
+// connections: each one's goroutines have exited when serve returns.
+func (s *slot) run(ctx context.Context) {
+	b := s.b
+	log := b.opts.Logger.With("conn", s.idx)
+	failures := 0
+	lost := false // a connection of this slot has been open and was lost
+	defer s.close()
+	for {
+		if !b.opts.Eager {
+			select {
+			case <-s.kick:
+			case <-ctx.Done():
+				return
+			}
+		}
+		s.mu.Lock()
+		s.setState(StateConnecting)
+		s.mu.Unlock()
+
+		c, err := s.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			b.counters.dialFailures.Add(1)
+			delay := b.opts.Backoff.Delay(failures, jitterRand)
+			log.Warn("backend dial failed", "url", b.redactedURL, "err", err, "failures", failures, "retry_in", delay)
+			s.mu.Lock()
+			s.lastErr = err
+			s.nextDial = time.Now().Add(delay)
+			s.setState(StateBackoff)
+			s.mu.Unlock()
+
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+			s.mu.Lock()
+			s.setState(StateDisconnected)
+			s.mu.Unlock()
+			continue
+		}
+
+		failures = 0
+		b.counters.connects.Add(1)
+		if lost {
+			b.counters.reconnects.Add(1)
+		}
+		log.Info("backend connected", "url", b.redactedURL)
+		s.mu.Lock()
+		s.current = c
+		s.setState(StateConnected)
+		s.mu.Unlock()
+
+		cause := c.serve(ctx)
+		lost = true
+		if ctx.Err() == nil {
+			log.Warn("backend connection lost", "url", b.redactedURL, "err", cause)
+		}
+	}
+}
+
+// markLost takes c out of service at once: new calls stop using it and wait
+// for the next dial.
+func (s *slot) markLost(c *conn) {
+	s.mu.Lock()
+	if s.current == c {
+		s.current = nil
+		s.setState(StateDisconnected)
+	}
+	s.mu.Unlock()
+}
+
+// close makes every later call on the slot fail: the Bridge is closing.
+func (s *slot) close() {
+	s.mu.Lock()
+	s.closedErr = newError(CodeDraining, "gateway is shutting down", nil)
+	s.current = nil
+	s.setState(StateDisconnected)
+	s.mu.Unlock()
+}
+
+func (s *slot) dial(ctx context.Context) (*conn, error) {
+	b := s.b
+	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, b.opts.URL, &websocket.DialOptions{
+		HTTPClient: b.opts.HTTPClient,
+		HTTPHeader: b.opts.Header,
+	})
+	if err != nil {
+		err = scrubURL(err, b.opts.URL)
+		if resp != nil {
+			return nil, fmt.Errorf("dial %s: handshake refused with HTTP %d: %w", b.redactedURL, resp.StatusCode, err)
+		}
+		return nil, fmt.Errorf("dial %s: %w", b.redactedURL, err)
+	}
+	ws.SetReadLimit(b.opts.MaxMessageBytes)
+	return newConn(s, ws), nil
+}
+
+// scrubbedError hides the backend URL's credentials in an error's text
+// (net/http quotes the request URL, query included) but keeps the chain.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+func scrubURL(err error, raw string) error {
+	u, perr := url.Parse(raw)
+	if perr != nil {
+		return err
+	}
+	msg := err.Error()
+	if u.RawQuery != "" {
+		msg = strings.ReplaceAll(msg, u.RawQuery, "REDACTED")
+	}
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "REDACTED")
+		}
+		if name := u.User.Username(); name != "" {
+			msg = strings.ReplaceAll(msg, name, "REDACTED")
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return &scrubbedError{msg: msg, err: err}
+}
