@@ -285,22 +285,32 @@ func (b *Bridge) done() {
 	}
 }
 
-// ctxError turns a context error into a coded error.
+// ctxError turns a context error into a coded error. A caller whose
+// deadline has passed counts as timed out even if its context reports
+// cancellation: a gRPC client cancels the stream when its deadline passes,
+// which can reach the server before the server's own timer fires.
 func (b *Bridge) ctxError(ctx context.Context) *Error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	dl, hasDeadline := ctx.Deadline()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && !time.Now().Before(dl)) {
 		b.counters.timeouts.Add(1)
 		return newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", ctx.Err())
 	}
 	return newError(CodeCanceled, "call cancelled by the caller", ctx.Err())
 }
 
-// Drain refuses new calls with CodeDraining and waits until the calls in
-// flight have ended or ctx is done.
-func (b *Bridge) Drain(ctx context.Context) error {
+// BeginDrain makes every later call fail with CodeDraining. Calls in flight
+// go on.
+func (b *Bridge) BeginDrain() {
 	b.draining.Store(true)
 	if b.inFlight.Load() == 0 {
 		b.idleOnce.Do(func() { close(b.idle) })
 	}
+}
+
+// Drain refuses new calls with CodeDraining (see BeginDrain) and waits until
+// the calls in flight have ended or ctx is done.
+func (b *Bridge) Drain(ctx context.Context) error {
+	b.BeginDrain()
 	select {
 	case <-b.idle:
 		return nil
@@ -408,3 +418,6 @@ func (b *Bridge) Stats() Stats {
 	}
 	return st
 }
+
+// MaxMessageBytes returns the message size limit in effect.
+func (b *Bridge) MaxMessageBytes() int64 { return b.opts.MaxMessageBytes }

@@ -34,7 +34,10 @@ func newBridge(t *testing.T, url string, opts Options) *Bridge {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // eventually polls cond until it holds or 10 s pass.
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -93,6 +96,9 @@ func TestCallEcho(t *testing.T) {
 			t.Fatalf("result %s, want %s", res, want)
 		}
 	}
+	// The writer counts a message once Write returns, which may be after
+	// the reply was routed.
+	eventually(t, "3 messages out", func() bool { return b.Stats().MessagesOut == 3 })
 	st := b.Stats()
 	if st.Connects != 1 || st.MessagesOut != 3 || st.MessagesIn != 3 || st.State != StateConnected || st.ConnsOpen != 1 {
 		t.Fatalf("stats %+v", st)
@@ -825,10 +831,10 @@ func TestHandshakeHeadersAndRedaction(t *testing.T) {
 
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
-		"ws://host:1/p":                "ws://host:1/p",
-		"wss://u:p@host/p?key=s&x=1":   "wss://REDACTED@host/p?REDACTED",
-		"ws://u@host/":                 "ws://REDACTED@host/",
-		"%zz":                          "(unparseable URL)",
+		"ws://host:1/p":              "ws://host:1/p",
+		"wss://u:p@host/p?key=s&x=1": "wss://REDACTED@host/p?REDACTED",
+		"ws://u@host/":               "ws://REDACTED@host/",
+		"%zz":                        "(unparseable URL)",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

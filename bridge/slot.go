@@ -107,6 +107,12 @@ func (s *slot) run(ctx context.Context) {
 		}
 		s.mu.Lock()
 		s.setState(StateConnecting)
+		// Callers kick only while the state is disconnected, under mu; a
+		// kick left over from before this dial must not cause another.
+		select {
+		case <-s.kick:
+		default:
+		}
 		s.mu.Unlock()
 
 		c, err := s.dial(ctx)

@@ -1,0 +1,259 @@
+// Command wsbridge is the gateway: `wsbridge serve` runs it (with an
+// embedded demo backend when no --backend is given) and `wsbridge backend`
+// runs the demo backend alone. It reads flags and the environment, builds
+// options, and hands them to the libraries; nothing else lives here.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+}
+
+const usage = `Usage: wsbridge <command> [flags]
+
+Commands:
+  serve     run the gateway (gRPC, REST, /__stats); without --backend it
+            starts an embedded demo backend
+  backend   run the demo JSON-RPC WebSocket backend alone
+  version   print the version
+
+Run 'wsbridge <command> --help' for a command's flags.
+`
+
+// run is main without the process: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stderr, getenv)
+	case "backend":
+		return runBackend(ctx, args[1:], stderr, getenv)
+	case "version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "wsbridge: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func versionString() string {
+	v, rev := "(devel)", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	return fmt.Sprintf("wsbridge %s (commit %s, %s)", v, rev, strings.TrimPrefix(runtimeVersion(), "go"))
+}
+
+func runtimeVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return "unknown"
+}
+
+type logFlags struct{ format, level string }
+
+func (l *logFlags) register(fs *flagSet) {
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", l.format)
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("serve", stderr, getenv)
+	var (
+		opts     server.Options
+		bo       = &opts.Bridge
+		backendU string
+		headers  repeated
+		tick     time.Duration
+		logs     logFlags
+	)
+	fs.StringVar(&backendU, "backend", "", "backend WebSocket URL (ws:// or wss://); empty starts the embedded demo backend")
+	fs.StringVar(&opts.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address")
+	fs.StringVar(&opts.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (REST, /__stats)")
+	fs.BoolVar(&bo.Eager, "backend-eager", false, "dial the backend at start and redial in the background after a loss")
+	fs.IntVar(&bo.Conns, "backend-conns", 1, "backend connections, used round-robin")
+	fs.Var(&headers, "backend-header", "a header for the backend handshake, as `\"Name: value\"` (repeatable)")
+	fs.DurationVar(&bo.DialTimeout, "backend-dial-timeout", 10*time.Second, "bound on one backend dial, handshake included")
+	fs.DurationVar(&bo.Backoff.Base, "backoff-base", time.Second, "redial delay after the first failed dial")
+	fs.Float64Var(&bo.Backoff.Multiplier, "backoff-multiplier", 1.6, "redial delay growth per failed dial")
+	fs.Float64Var(&bo.Backoff.Jitter, "backoff-jitter", 0.2, "redial delay jitter, as a fraction (negative for none)")
+	fs.DurationVar(&bo.Backoff.Max, "backoff-max", 120*time.Second, "longest redial delay")
+	fs.DurationVar(&bo.PingInterval, "backend-ping-interval", 15*time.Second, "WebSocket ping interval on the backend link (negative disables)")
+	fs.DurationVar(&bo.PingTimeout, "backend-ping-timeout", 5*time.Second, "a pong later than this means the backend link is lost")
+	fs.DurationVar(&bo.WriteTimeout, "backend-write-timeout", 10*time.Second, "bound on one write to the backend")
+	fs.DurationVar(&bo.CallTimeout, "call-timeout", 30*time.Second, "longest any call may take")
+	fs.IntVar(&bo.MaxInFlight, "max-inflight", 10000, "most calls in flight at once; more get RESOURCE_EXHAUSTED")
+	fs.Int64Var(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message to or from the backend, and largest request body")
+	fs.DurationVar(&opts.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long calls in flight may drain at shutdown")
+	fs.DurationVar(&tick, "demo-tick", 0, "embedded demo backend: send a tick notification this often (0: never)")
+	logs.register(fs)
+	if err := fs.parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	log, err := logs.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "serve:", err)
+		return 2
+	}
+	opts.Logger = log
+	if bo.Header, err = parseHeaders(headers.values); err != nil {
+		fmt.Fprintln(stderr, "serve: --backend-header:", err)
+		return 2
+	}
+
+	var demo *embeddedBackend
+	if backendU == "" {
+		demo, err = startEmbeddedBackend(backend.Options{Tick: tick, Logger: log.With("component", "demo-backend")})
+		if err != nil {
+			log.Error("cannot start the embedded demo backend", "err", err)
+			return 1
+		}
+		defer demo.stop()
+		backendU = demo.url
+		log.Info("no --backend given: started the embedded demo backend", "url", backendU)
+	}
+	bo.URL = backendU
+
+	srv, err := server.New(opts)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := srv.Run(ctx); err != nil {
+		log.Error("stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func parseHeaders(lines []string) (http.Header, error) {
+	h := http.Header{}
+	for _, line := range lines {
+		name, value, ok := strings.Cut(line, ":")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("%q is not \"Name: value\"", line)
+		}
+		h.Add(name, strings.TrimSpace(value))
+	}
+	return h, nil
+}
+
+// embeddedBackend is the demo backend run in-process on loopback.
+type embeddedBackend struct {
+	url    string
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func startEmbeddedBackend(opts backend.Options) (*embeddedBackend, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &embeddedBackend{url: "ws://" + ln.Addr().String() + "/", cancel: cancel}
+	srv := backend.New(opts)
+	e.wg.Go(func() { _ = srv.Serve(ctx, ln) })
+	return e, nil
+}
+
+// stop shuts the demo backend down and waits for it. It runs after the
+// gateway has closed its backend connection.
+func (e *embeddedBackend) stop() {
+	e.cancel()
+	e.wg.Wait()
+}
+
+func runBackend(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("backend", stderr, getenv)
+	var (
+		listen string
+		tick   time.Duration
+		logs   logFlags
+	)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "listen address")
+	fs.DurationVar(&tick, "tick", 0, "send a tick notification to every client this often (0: never)")
+	logs.register(fs)
+	if err := fs.parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	log, err := logs.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "backend:", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		log.Error("cannot listen", "err", err)
+		return 1
+	}
+	log.Info("demo backend listening", "url", "ws://"+ln.Addr().String()+"/")
+	if err := backend.New(backend.Options{Tick: tick, Logger: log}).Serve(ctx, ln); err != nil {
+		log.Error("backend stopped with an error", "err", err)
+		return 1
+	}
+	log.Info("demo backend stopped")
+	return 0
+}

@@ -1,0 +1,88 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// The table must cover every bridge code and agree with grpc-gateway's
+// HTTP mapping, row by row.
+func TestErrorTableIsCompleteAndConsistent(t *testing.T) {
+	for _, code := range bridge.Codes() {
+		if code == bridge.CodeBackendError {
+			continue
+		}
+		m, ok := errorTable[code]
+		if !ok {
+			t.Errorf("bridge code %v has no row", code)
+			continue
+		}
+		if got := runtime.HTTPStatusFromCode(m.GRPC); got != m.HTTP {
+			t.Errorf("%v: table says HTTP %d, grpc-gateway maps %v to %d", code, m.HTTP, m.GRPC, got)
+		}
+		err := grpcError(&bridge.Error{Code: code, Message: "m"})
+		if status.Code(err) != m.GRPC {
+			t.Errorf("%v: grpcError gives %v, table says %v", code, status.Code(err), m.GRPC)
+		}
+	}
+	for rpcCode, m := range backendTable {
+		if got := runtime.HTTPStatusFromCode(m.GRPC); got != m.HTTP {
+			t.Errorf("backend %d: table says HTTP %d, grpc-gateway maps %v to %d", rpcCode, m.HTTP, m.GRPC, got)
+		}
+	}
+	if got := runtime.HTTPStatusFromCode(backendDefault.GRPC); got != backendDefault.HTTP {
+		t.Errorf("backend default: HTTP %d vs %d", backendDefault.HTTP, got)
+	}
+}
+
+func TestBackendErrorsKeepTheirCode(t *testing.T) {
+	for _, tc := range []struct {
+		rpc  int64
+		want codes.Code
+	}{
+		{-32601, codes.Unimplemented},
+		{-32600, codes.InvalidArgument},
+		{-32602, codes.InvalidArgument},
+		{-32603, codes.Internal},
+		{-32700, codes.Internal},
+		{-32000, codes.Unknown},
+		{42, codes.Unknown},
+	} {
+		err := grpcError(&bridge.Error{Code: bridge.CodeBackendError, RPC: &bridge.RPCError{Code: tc.rpc, Message: "msg", Data: []byte(`{"k":[1]}`)}})
+		st := status.Convert(err)
+		if st.Code() != tc.want || st.Message() != "msg" {
+			t.Errorf("%d -> %v %q, want %v", tc.rpc, st.Code(), st.Message(), tc.want)
+		}
+		var found bool
+		for _, d := range st.Details() {
+			if be, ok := d.(*wsbridgev1.BackendError); ok {
+				found = true
+				if be.Code != tc.rpc || be.Message != "msg" || be.Data.GetStructValue().GetFields()["k"].GetListValue().GetValues()[0].GetNumberValue() != 1 {
+					t.Errorf("detail %v", be)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%d: no BackendError detail", tc.rpc)
+		}
+		if m := mappingFor(err); m.JSONRPC == 0 {
+			t.Errorf("%d: no JSON-RPC code", tc.rpc)
+		}
+	}
+}
+
+func TestCapMessage(t *testing.T) {
+	long := string(make([]byte, 5000))
+	if got := capMessage(long); len(got) > maxErrorMessageSize+4 {
+		t.Fatalf("capped to %d bytes", len(got))
+	}
+	if got := capMessage("a\xffb"); got != "a\uFFFDb" {
+		t.Fatalf("invalid UTF-8 kept: %q", got)
+	}
+}

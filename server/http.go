@@ -1,0 +1,83 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// httpHandler routes the HTTP listener: REST through grpc-gateway (wired
+// in-process to the gRPC service implementations, so REST pays no extra
+// gRPC hop) and GET /__stats.
+func (s *Server) httpHandler() (http.Handler, error) {
+	gw := s.newGatewayMux()
+	ctx := context.Background()
+	if err := wsbridgev1.RegisterBridgeServiceHandlerServer(ctx, gw, bridgeService{s: s}); err != nil {
+		return nil, err
+	}
+	if err := wsbridgev1.RegisterStatsServiceHandlerServer(ctx, gw, statsService{s: s}); err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/__stats", s.serveSeedStats)
+	mux.Handle("/", s.restHandler(gw))
+	return mux, nil
+}
+
+// restHandler marks requests as REST for the counters and caps the body at
+// the message limit: 413 before decoding when Content-Length says so, and
+// 413 (not grpc-gateway's 400) when a streamed body runs over.
+func (s *Server) restHandler(gw http.Handler) http.Handler {
+	limit := s.bridge.MaxMessageBytes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			writeBodyTooLarge(w, limit)
+			return
+		}
+		body := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), limit: limit}
+		r.Body = body
+		ctx := withFace(r.Context(), faceREST)
+		ctx = context.WithValue(ctx, limitedBodyKey{}, body)
+		gw.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+type limitedBodyKey struct{}
+
+// limitedBody remembers that the body went over the limit, because
+// grpc-gateway turns the read error into a plain INVALID_ARGUMENT.
+type limitedBody struct {
+	io.ReadCloser
+	limit int64
+	over  bool
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		b.over = true
+	}
+	return n, err
+}
+
+func writeBodyTooLarge(w http.ResponseWriter, limit int64) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	fmt.Fprintf(w, `{"code":%d,"message":"request body exceeds the %d-byte limit","details":[]}`+"\n", codes.ResourceExhausted, limit)
+}
+
+func bodyLimitErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if b, ok := r.Context().Value(limitedBodyKey{}).(*limitedBody); ok && b.over {
+		writeBodyTooLarge(w, b.limit)
+		return
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}

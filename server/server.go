@@ -1,0 +1,273 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// Options configure a Server. Zero values mean the defaults given.
+type Options struct {
+	// GRPCAddr is the gRPC listen address. Default 127.0.0.1:9090.
+	GRPCAddr string
+	// HTTPAddr is the REST and /__stats listen address. Default 127.0.0.1:8080.
+	HTTPAddr string
+	// Bridge configures the backend link. Bridge.URL is required.
+	Bridge bridge.Options
+	// ShutdownGrace bounds the drain of calls in flight at shutdown.
+	// Default 10 s.
+	ShutdownGrace time.Duration
+	// Logger receives the server's events. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.GRPCAddr == "" {
+		o.GRPCAddr = "127.0.0.1:9090"
+	}
+	if o.HTTPAddr == "" {
+		o.HTTPAddr = "127.0.0.1:8080"
+	}
+	if o.ShutdownGrace <= 0 {
+		o.ShutdownGrace = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Bridge.Logger == nil {
+		o.Bridge.Logger = o.Logger
+	}
+	return o
+}
+
+// Server is a running set of client faces over one Bridge. New opens the
+// listeners; Run serves until its context is done, then shuts down.
+type Server struct {
+	// Static after New.
+	opts     Options
+	log      *slog.Logger
+	bridge   *bridge.Bridge
+	counters *counters
+	health   *health.Server
+	grpc     *grpc.Server
+	http     *http.Server
+	grpcLn   net.Listener
+	httpLn   net.Listener
+
+	// streamsCtx is cancelled at shutdown to end streaming RPCs.
+	streamsCtx context.Context
+	endStreams context.CancelFunc
+
+	runOnce sync.Once
+}
+
+// New creates the Bridge and opens both listeners. The caller must call Run,
+// which releases everything when it returns.
+func New(opts Options) (*Server, error) {
+	opts = opts.withDefaults()
+	s := &Server{opts: opts, log: opts.Logger, counters: newCounters()}
+	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
+
+	b, err := bridge.New(opts.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	s.bridge = b
+
+	s.grpcLn, err = net.Listen("tcp", opts.GRPCAddr)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("gRPC listener: %w", err)
+	}
+	s.httpLn, err = net.Listen("tcp", opts.HTTPAddr)
+	if err != nil {
+		b.Close()
+		s.grpcLn.Close()
+		return nil, fmt.Errorf("HTTP listener: %w", err)
+	}
+
+	s.grpc = grpc.NewServer(
+		grpc.StatsHandler(connCounter{s.counters}),
+		grpc.StreamInterceptor(s.streamInterceptor),
+		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+	)
+	wsbridgev1.RegisterBridgeServiceServer(s.grpc, bridgeService{s: s})
+	wsbridgev1.RegisterStatsServiceServer(s.grpc, statsService{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	for _, name := range []string{"", wsbridgev1.BridgeService_ServiceDesc.ServiceName, wsbridgev1.StatsService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	reflection.Register(s.grpc)
+
+	handler, err := s.httpHandler()
+	if err != nil {
+		b.Close()
+		s.grpcLn.Close()
+		s.httpLn.Close()
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ConnState:         s.trackHTTPConn,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// GRPCAddr returns the gRPC listener's address.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
+
+// HTTPAddr returns the HTTP listener's address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+
+// Bridge returns the server's Bridge.
+func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
+
+// Run serves until ctx is done, then shuts down: health turns NOT_SERVING,
+// new calls are refused with UNAVAILABLE, calls in flight drain for up to
+// ShutdownGrace, then the backend connection is closed with 1001. It
+// returns nil after a clean shutdown. Call it once.
+func (s *Server) Run(ctx context.Context) error {
+	err := errors.New("server: Run called twice")
+	s.runOnce.Do(func() { err = s.run(ctx) })
+	return err
+}
+
+func (s *Server) run(ctx context.Context) error {
+	s.log.Info("wsbridge listening",
+		"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String(), "backend", s.bridge.URL())
+
+	serveErr := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.grpc.Serve(s.grpcLn); err != nil {
+			serveErr <- fmt.Errorf("gRPC server: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("HTTP server: %w", err)
+		}
+	})
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down", "grace", s.opts.ShutdownGrace)
+	case runErr = <-serveErr:
+		s.log.Error("server failed; shutting down", "err", runErr)
+	}
+	s.shutdown()
+	wg.Wait()
+	return runErr
+}
+
+// shutdown drains and stops everything, bounded by ShutdownGrace. The
+// listeners stay open while calls drain, so that clients get a clear
+// UNAVAILABLE (and health checks NOT_SERVING) rather than a refused
+// connection.
+func (s *Server) shutdown() {
+	graceCtx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownGrace)
+	defer cancel()
+
+	s.bridge.BeginDrain() // new calls: UNAVAILABLE from here on
+	s.health.Shutdown()   // every service NOT_SERVING
+	if err := s.bridge.Drain(graceCtx); err != nil {
+		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
+	}
+	// Streams (health watches) never end by themselves: end them so that
+	// GracefulStop only waits for replies still being written.
+	s.endStreams()
+
+	grpcDone := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
+	httpErr := s.http.Shutdown(graceCtx)
+	select {
+	case <-grpcDone:
+	case <-graceCtx.Done():
+		s.grpc.Stop()
+		<-grpcDone
+	}
+	if httpErr != nil {
+		_ = s.http.Close()
+	}
+	s.bridge.Close()
+	s.log.Info("shutdown complete")
+}
+
+// streamInterceptor ties every streaming RPC to the server's lifetime, so
+// that shutdown can end them.
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.streamsCtx, cancel)
+	defer stop()
+	return handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+}
+
+type serverStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (ss *serverStream) Context() context.Context { return ss.ctx }
+
+// connCounter counts open gRPC connections for Stats.active_clients.
+type connCounter struct{ c *counters }
+
+func (connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (connCounter) HandleRPC(context.Context, stats.RPCStats)                         {}
+func (connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (cc connCounter) HandleConn(_ context.Context, st stats.ConnStats) {
+	switch st.(type) {
+	case *stats.ConnBegin:
+		cc.c.activeGRPC.Add(1)
+	case *stats.ConnEnd:
+		cc.c.activeGRPC.Add(-1)
+	}
+}
+
+// trackHTTPConn counts open HTTP connections for Stats.active_clients.
+func (s *Server) trackHTTPConn(_ net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		s.counters.activeHTTP.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		s.counters.activeHTTP.Add(-1)
+	}
+}
+
+// newGatewayMux returns grpc-gateway's mux with wsbridge's options.
+func (s *Server) newGatewayMux() *runtime.ServeMux {
+	return runtime.NewServeMux(
+		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
+			if http.CanonicalHeaderKey(key) == http.CanonicalHeaderKey(WaitForReadyMetadata) {
+				return WaitForReadyMetadata, true
+			}
+			return runtime.DefaultHeaderMatcher(key)
+		}),
+		runtime.WithErrorHandler(bodyLimitErrorHandler),
+	)
+}

@@ -1,0 +1,133 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// WaitForReadyMetadata is the request metadata (REST: the header
+// Wsbridge-Wait-For-Ready) that asks a call to wait for the backend, like
+// CallRequest.wait_for_ready. gRPC's own wait-for-ready option is not sent
+// on the wire; a client interceptor can translate it into this key.
+const WaitForReadyMetadata = "wsbridge-wait-for-ready"
+
+// bridgeService implements wsbridge.v1.BridgeService on the Bridge.
+type bridgeService struct {
+	wsbridgev1.UnimplementedBridgeServiceServer
+	s *Server
+}
+
+func (svc bridgeService) Call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbridgev1.CallResponse, error) {
+	s := svc.s
+	s.counters.request(faceOf(ctx))
+	res, err := s.call(ctx, req)
+	s.counters.finished(err)
+	return res, grpcError(err)
+}
+
+func (s *Server) call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbridgev1.CallResponse, error) {
+	params, err := encodeParams(req.GetParams())
+	if err != nil {
+		return nil, err
+	}
+	co, err := callOptions(ctx, req.GetTimeout(), req.GetWaitForReady())
+	if err != nil {
+		return nil, err
+	}
+	raw, err := s.bridge.Call(ctx, req.GetMethod(), params, co)
+	if err != nil {
+		return nil, err
+	}
+	var v structpb.Value
+	if err := protojson.Unmarshal(raw, &v); err != nil {
+		return nil, &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}
+	}
+	return &wsbridgev1.CallResponse{Result: &v}, nil
+}
+
+func (svc bridgeService) Notify(ctx context.Context, req *wsbridgev1.NotifyRequest) (*wsbridgev1.NotifyResponse, error) {
+	s := svc.s
+	s.counters.request(faceOf(ctx))
+	err := s.notify(ctx, req)
+	s.counters.finished(err)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &wsbridgev1.NotifyResponse{}, nil
+}
+
+func (s *Server) notify(ctx context.Context, req *wsbridgev1.NotifyRequest) error {
+	params, err := encodeParams(req.GetParams())
+	if err != nil {
+		return err
+	}
+	co, err := callOptions(ctx, nil, false)
+	if err != nil {
+		return err
+	}
+	return s.bridge.Notify(ctx, req.GetMethod(), params, co)
+}
+
+func invalid(format string, args ...any) error {
+	return &bridge.Error{Code: bridge.CodeInvalidArgument, Message: fmt.Sprintf(format, args...)}
+}
+
+// encodeParams turns the request's params into JSON-RPC params: absent or
+// null means none; otherwise an object or an array.
+func encodeParams(v *structpb.Value) (json.RawMessage, error) {
+	switch v.GetKind().(type) {
+	case nil, *structpb.Value_NullValue:
+		return nil, nil
+	case *structpb.Value_StructValue, *structpb.Value_ListValue:
+		b, err := protojson.Marshal(v)
+		if err != nil {
+			return nil, invalid("params: %v", err)
+		}
+		return b, nil
+	}
+	return nil, invalid("params must be an object or an array (JSON-RPC 2.0 allows no other)")
+}
+
+// callOptions gathers the call's own timeout and wait-for-ready choice. The
+// context's deadline (gRPC deadline, REST Grpc-Timeout) is applied by the
+// Bridge together with its CallTimeout; the earliest wins.
+func callOptions(ctx context.Context, timeout *durationpb.Duration, waitForReady bool) (bridge.CallOptions, error) {
+	var co bridge.CallOptions
+	if timeout != nil {
+		if err := timeout.CheckValid(); err != nil {
+			return co, invalid("timeout: %v", err)
+		}
+		if co.Timeout = timeout.AsDuration(); co.Timeout <= 0 {
+			return co, invalid("timeout must be positive, got %v", co.Timeout)
+		}
+	}
+	co.WaitForReady = waitForReady
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for _, v := range md.Get(WaitForReadyMetadata) {
+			if strings.EqualFold(v, "true") || v == "1" {
+				co.WaitForReady = true
+			}
+		}
+	}
+	return co, nil
+}
+
+// statsService implements wsbridge.v1.StatsService.
+type statsService struct {
+	wsbridgev1.UnimplementedStatsServiceServer
+	s *Server
+}
+
+func (svc statsService) GetStats(context.Context, *wsbridgev1.GetStatsRequest) (*wsbridgev1.Stats, error) {
+	return svc.s.counters.snapshot(svc.s.bridge), nil
+}
