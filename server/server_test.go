@@ -563,4 +563,3 @@ func TestUnreachableBackend(t *testing.T) {
 		t.Fatalf("stats %v", st)
 	}
 }
-
