@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// proc is a wsbridge process started the way a user starts it, logging
+// JSON to stderr.
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	logs chan map[string]any
+	done chan struct{} // closed when the log reader has finished
+	mu   sync.Mutex
+	all  []string
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, append(args, "--log-format", "json", "--log-level", "debug")...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, logs: make(chan map[string]any, 10000), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.all = append(p.all, line)
+			p.mu.Unlock()
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil {
+				select {
+				case p.logs <- m:
+				default:
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			<-p.done
+		}
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("%s logs:\n%s", args[0], strings.Join(p.all, "\n"))
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// waitLog returns the next log record whose msg is msg.
+func (p *proc) waitLog(msg string) map[string]any {
+	p.t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case m := <-p.logs:
+			if m["msg"] == msg {
+				return m
+			}
+		case <-timeout:
+			p.t.Fatalf("no log %q", msg)
+		}
+	}
+}
+
+// signal sends sig and returns the exit code.
+func (p *proc) signal(sig syscall.Signal) int {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+	<-p.done
+	err := p.cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return 0
+}
+
+type gateway struct {
+	*proc
+	grpcAddr, httpAddr string
+	conn               *grpc.ClientConn
+	bridge             wsbridgev1.BridgeServiceClient
+	stats              wsbridgev1.StatsServiceClient
+}
+
+func startGateway(t *testing.T, args ...string) *gateway {
+	t.Helper()
+	p := startProc(t, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)...)
+	ready := p.waitLog("wsbridge listening")
+	g := &gateway{proc: p, grpcAddr: ready["grpc"].(string), httpAddr: ready["http"].(string)}
+	conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	g.conn = conn
+	g.bridge = wsbridgev1.NewBridgeServiceClient(conn)
+	g.stats = wsbridgev1.NewStatsServiceClient(conn)
+	return g
+}
+
+func (g *gateway) getStats(t *testing.T) *wsbridgev1.Stats {
+	t.Helper()
+	st, err := g.stats.GetStats(ctxT(t), &wsbridgev1.GetStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func params(t *testing.T, js string) *structpb.Value {
+	var v structpb.Value
+	if err := v.UnmarshalJSON([]byte(js)); err != nil {
+		t.Fatal(err)
+	}
+	return &v
+}
+
+func TestServeWithEmbeddedBackend(t *testing.T) {
+	g := startGateway(t)
+
+	// Reflection lists every service, as `grpcurl list` shows.
+	rc, err := reflectionpb.NewServerReflectionClient(g.conn).ServerReflectionInfo(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rc.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var services []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		services = append(services, s.Name)
+	}
+	_ = rc.CloseSend()
+	for _, want := range []string{"wsbridge.v1.BridgeService", "wsbridge.v1.StatsService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} {
+		if !slices.Contains(services, want) {
+			t.Errorf("reflection lists %v, missing %s", services, want)
+		}
+	}
+
+	h, err := healthpb.NewHealthClient(g.conn).Check(ctxT(t), &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health %v %v", h, err)
+	}
+
+	res, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "add", Params: params(t, `[20,22]`)})
+	if err != nil || res.Result.GetNumberValue() != 42 {
+		t.Fatalf("gRPC add: %v %v", res, err)
+	}
+	httpResp, err := http.Post("http://"+g.httpAddr+"/v1/call", "application/json", strings.NewReader(`{"method":"echo","params":{"hello":"world"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(httpResp.Body)
+	httpResp.Body.Close()
+	if httpResp.StatusCode != 200 || !strings.Contains(string(body), `"hello":"world"`) {
+		t.Fatalf("REST: %d %s", httpResp.StatusCode, body)
+	}
+
+	statsResp, err := http.Get("http://" + g.httpAddr + "/__stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seed map[string]any
+	_ = json.NewDecoder(statsResp.Body).Decode(&seed)
+	statsResp.Body.Close()
+	if seed["requestsHandled"] != 2.0 || seed["httpProxied"] != 1.0 || seed["backendConnects"] != 1.0 || seed["backendConnected"] != true {
+		t.Fatalf("/__stats %v", seed)
+	}
+	if st := g.getStats(t); st.GrpcCalls != 1 || st.RequestsHandled != 2 || st.InstanceId != seed["isolateId"] {
+		t.Fatalf("GetStats %v", st)
+	}
+
+	if code := g.signal(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0", code)
+	}
+	g.waitLog("shutdown complete")
+}
+
+// startBackend runs `wsbridge backend` and returns it with its URL.
+func startBackend(t *testing.T, listen string) (*proc, string) {
+	t.Helper()
+	p := startProc(t, "backend", "--listen", listen)
+	return p, p.waitLog("demo backend listening")["url"].(string)
+}
+
+func TestBackendLossAndReturn(t *testing.T) {
+	be, url := startBackend(t, "127.0.0.1:0")
+	g := startGateway(t, "--backend", url)
+
+	// 100 concurrent first calls share one dial.
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo", Params: params(t, fmt.Sprintf("[%d]", i))})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := g.getStats(t); st.BackendConnects != 1 {
+		t.Fatalf("100 first calls made %d dials, want 1", st.BackendConnects)
+	}
+
+	// 500 calls in flight, then the backend process dies.
+	const n = 500
+	type outcome struct {
+		code codes.Code
+		at   time.Time
+	}
+	out := make(chan outcome, n)
+	for range n {
+		go func() {
+			_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `{"ms":25000}`)})
+			out <- outcome{status.Code(err), time.Now()}
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := g.getStats(t)
+		// 100 echo round trips, then 500 requests written.
+		if st.InFlight == n && st.MessagesProxied == 200+n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls never all in flight: %v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	killed := time.Now()
+	be.signal(syscall.SIGKILL)
+	for range n {
+		o := <-out
+		if o.code != codes.Unavailable {
+			t.Fatalf("a call in flight at the kill ended with %v, want UNAVAILABLE", o.code)
+		}
+		if d := o.at.Sub(killed); d > time.Second {
+			t.Fatalf("a call ended %v after the kill, want within 1s", d)
+		}
+	}
+	if st := g.getStats(t); st.BackendConnected || st.InFlight != 0 {
+		t.Fatalf("after the kill: %v", st)
+	}
+
+	// The backend returns on the same address; the next call redials.
+	startBackend(t, strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/"))
+	var res *wsbridgev1.CallResponse
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		// Calls may fail fast while the gateway backs off after a failed dial.
+		res, err = g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "counter", WaitForReady: true})
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Result.GetNumberValue() != 1 {
+		t.Fatalf("counter %v: the call did not reach the restarted backend first", res.Result)
+	}
+	if st := g.getStats(t); st.BackendReconnects != 1 || st.BackendConnects != 2 {
+		t.Fatalf("reconnects %d connects %d, want 1 and 2", st.BackendReconnects, st.BackendConnects)
+	}
+}
+
+func TestUnreachableBackendFailsFast(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	g := startGateway(t, "--backend", "ws://"+addr+"/")
+	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+	defer cancel()
+	_, err = g.bridge.Call(ctx, &wsbridgev1.CallRequest{Method: "echo"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("call to an unreachable backend: %v, want UNAVAILABLE (not a hang)", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the call used up its whole deadline")
+	}
+	if st := g.getStats(t); st.BackendConnected || st.DialFailures == 0 {
+		t.Fatalf("stats %v", st)
+	}
+	if code := g.signal(syscall.SIGINT); code != 0 {
+		t.Fatalf("exit %d after SIGINT", code)
+	}
+}
