@@ -57,3 +57,7 @@ lint: $(TOOLS) ## go vet, staticcheck, buf lint.
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 	$(BIN)/buf lint
+
+.PHONY: readme-check
+readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbridge serve on the default ports.
+	scripts/readme-check.sh

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,24 @@ func TestParseHeaders(t *testing.T) {
 	for _, bad := range []string{"novalue", ": v", "Bad Name: v"} {
 		if _, err := parseHeaders([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// The README's flag table must name every flag of `wsbridge serve`.
+func TestREADMEListsEveryServeFlag(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	run(context.Background(), []string{"serve", "--help"}, &out, &out, env(nil))
+	for _, line := range strings.Split(out.String(), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "--"); ok {
+			name = strings.Fields(name)[0]
+			if !strings.Contains(string(readme), "| `--"+name+"` |") {
+				t.Errorf("README.md's flag table lacks --%s", name)
+			}
 		}
 	}
 }
