@@ -58,10 +58,21 @@ type Options struct {
 	// SendQueue is the number of requests that may wait for the writer of
 	// one connection. Default 4096.
 	SendQueue int
-	// OnNotification, if set, receives each notification the backend sends
-	// (a message without an id). It runs on the connection's reader and must
-	// not block.
-	OnNotification func(method string, params json.RawMessage)
+	// SubscribeMethods are the methods that create a backend subscription
+	// when a Consumer calls them: glob patterns where * matches any run of
+	// characters. UnsubscribeMethods pairs with it by index ("*_subscribe"
+	// with "*_unsubscribe": eth_subscribe is undone by eth_unsubscribe).
+	// Default: ["*_subscribe"] and ["*_unsubscribe"].
+	SubscribeMethods   []string
+	UnsubscribeMethods []string
+	// Resubscribe re-issues live subscriptions on a new connection after a
+	// loss, and tells their consumers with a "wsbridge_gap" notification.
+	// Otherwise a loss ends them with "wsbridge_subscriptionLost".
+	Resubscribe bool
+	// CancelMethod, if set, is sent as a notification {"id": <gateway id>}
+	// when a caller gives up on a call the backend has already received
+	// (e.g. "$/cancelRequest").
+	CancelMethod string
 	// Logger receives connection events. Default: discard.
 	Logger *slog.Logger
 }
@@ -127,6 +138,17 @@ type Bridge struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	hub          *hub
+	cancelMethod []byte // Options.CancelMethod as a JSON string; nil if unset
+
+	// Background work (unsubscribes, resubscribes): bgCtx ends at Close,
+	// bgWG waits for it; bgMu orders goBackground against Close.
+	bgMu     sync.Mutex
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+	bgClosed bool
+
 	closing   atomic.Bool
 	draining  atomic.Bool
 	idleOnce  sync.Once
@@ -161,6 +183,9 @@ func New(opts Options) (*Bridge, error) {
 	if u.Host == "" {
 		return nil, fmt.Errorf("backend URL %q: no host", RedactURL(opts.URL))
 	}
+	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
+		return nil, fmt.Errorf("subscription methods: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
 		opts:        opts,
@@ -169,6 +194,11 @@ func New(opts Options) (*Bridge, error) {
 		cancel:      cancel,
 		idle:        make(chan struct{}),
 	}
+	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
+	if opts.CancelMethod != "" {
+		b.cancelMethod = appendJSONString(nil, opts.CancelMethod)
+	}
+	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	for i := range opts.Conns {
 		s := newSlot(b, i)
 		b.slots = append(b.slots, s)
@@ -202,17 +232,31 @@ func (b *Bridge) URL() string { return b.redactedURL }
 // an *Error; a JSON-RPC error reply has CodeBackendError and the error object
 // in Error.RPC.
 func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
-	return b.do(ctx, method, params, co, false)
+	return b.do(ctx, method, params, co, callSpec{slot: -1})
 }
 
 // Notify sends a JSON-RPC notification. It returns once the notification has
 // been written to the backend socket.
 func (b *Bridge) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
-	_, err := b.do(ctx, method, params, co, true)
+	_, err := b.do(ctx, method, params, co, callSpec{slot: -1, notify: true})
 	return err
 }
 
-func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, co CallOptions, notify bool) (json.RawMessage, error) {
+// callSpec is what the package's own callers (subscriptions) add to a call.
+type callSpec struct {
+	notify bool
+	// slot pins the call to one connection slot; -1 means round-robin.
+	slot int
+	// onResult runs on the connection's reader when a successful reply
+	// arrives, before the reader handles the next message (also for a reply
+	// that comes after the caller gave up). Subscriptions use it to route
+	// the notifications that may follow the reply at once.
+	onResult resultHook
+}
+
+type resultHook func(slot int, result json.RawMessage)
+
+func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
 	// Count first, then check draining: Drain relies on that order.
 	n := b.inFlight.Add(1)
 	defer b.done()
@@ -243,8 +287,8 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	res, err := b.attempt(ctx, quoted, params, co, notify)
-	if !notify {
+	res, err := b.attempt(ctx, quoted, params, co, spec)
+	if !spec.notify {
 		b.lat.Record(time.Since(start))
 	}
 	return res, err
@@ -253,16 +297,21 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 // attempt sends the request on a connection and waits for its outcome. When
 // a connection breaks before the request was written, it tries again on the
 // next connection with a new id.
-func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, notify bool) (json.RawMessage, error) {
-	s := b.slots[(b.nextSlot.Add(1)-1)%uint64(len(b.slots))]
+func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
+	idx := spec.slot
+	if idx < 0 {
+		idx = int((b.nextSlot.Add(1) - 1) % uint64(len(b.slots)))
+	}
+	s := b.slots[idx]
 	for {
 		c, err := s.conn(ctx, co.WaitForReady)
 		if err != nil {
 			return nil, err
 		}
 		id := b.nextID.Add(1)
-		frame := appendRequest(make([]byte, 0, maxRequestSize(quotedMethod, params)), id, !notify, quotedMethod, params)
-		o := newOp(id, notify, frame)
+		frame := appendRequest(make([]byte, 0, maxRequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
+		o := newOp(id, spec.notify, frame)
+		o.onResult = spec.onResult
 		res, err := c.roundTrip(ctx, o)
 		if errors.Is(err, errNotSent) {
 			continue
@@ -331,10 +380,26 @@ func (b *Bridge) Close() error {
 	b.closeOnce.Do(func() {
 		b.draining.Store(true)
 		b.closing.Store(true)
+		b.bgMu.Lock()
+		b.bgClosed = true
+		b.bgMu.Unlock()
+		b.bgCancel()
 		b.cancel()
 		b.wg.Wait()
+		b.bgWG.Wait()
 	})
 	return nil
+}
+
+// goBackground runs f in a goroutine that Close cancels and waits for. After
+// Close it does nothing.
+func (b *Bridge) goBackground(f func(ctx context.Context)) {
+	b.bgMu.Lock()
+	defer b.bgMu.Unlock()
+	if b.bgClosed {
+		return
+	}
+	b.bgWG.Go(func() { f(b.bgCtx) })
 }
 
 // State is the state of a backend connection slot.
@@ -387,6 +452,11 @@ type Stats struct {
 	BackendRequests uint64
 	Rejected        uint64 // refused by MaxInFlight
 	Latency         window.Summary
+	// Subscriptions live at the backend (shared ones count once), consumers
+	// registered, notifications delivered to consumers, and subscriptions
+	// re-issued after a loss.
+	Subscriptions, Consumers int64
+	Delivered, Resubscribes  uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -407,7 +477,10 @@ func (b *Bridge) Stats() Stats {
 		BackendRequests: b.counters.backendRequests.Load(),
 		Rejected:        b.counters.rejected.Load(),
 		Latency:         b.lat.Summary(),
+		Delivered:       b.hub.delivered.Load(),
+		Resubscribes:    b.hub.resubscribes.Load(),
 	}
+	st.Subscriptions, st.Consumers = b.hub.stats()
 	for _, s := range b.slots {
 		state, c := s.snapshot()
 		st.State = max(st.State, state)

@@ -730,11 +730,14 @@ func TestMalformedReplies(t *testing.T) {
 		}
 	})
 	var notes atomic.Int64
-	b := newBridge(t, srv.URL(), Options{OnNotification: func(method string, params json.RawMessage) {
+	b := newBridge(t, srv.URL(), Options{})
+	listener := b.NewConsumer(func(method string, params json.RawMessage) {
 		if method == "note" && string(params) == "[1]" {
 			notes.Add(1)
 		}
-	}})
+	})
+	defer listener.Close()
+	listener.Listen("note")
 	for name := range replies {
 		_, err := b.Call(ctxT(t), name, nil, CallOptions{})
 		wantCode(t, err, CodeMalformedReply)

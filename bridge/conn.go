@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -118,9 +119,24 @@ func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
 		}
 		if !o.state.CompareAndSwap(opQueued, opAbandoned) {
 			// Written: a reply may still come, and will count as late.
-			c.abandoned.add(o.id)
+			c.abandoned.add(o.id, o.onResult)
+			c.sendCancel(o.id)
 		}
 		return nil, c.b.ctxError(ctx)
+	}
+}
+
+// sendCancel tells the backend, if configured, that the caller of id gave
+// up. Best effort: it is dropped when the writer's queue is full.
+func (c *conn) sendCancel(id uint64) {
+	if c.b.cancelMethod == nil {
+		return
+	}
+	params := strconv.AppendUint([]byte(`{"id":`), id, 10)
+	o := newOp(0, true, appendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
+	select {
+	case c.sendq <- o:
+	default:
 	}
 }
 
@@ -217,9 +233,7 @@ func (c *conn) handleMessage(raw []byte) {
 			return
 		}
 		b.counters.notifications.Add(1)
-		if b.opts.OnNotification != nil {
-			b.opts.OnNotification(method, m.Params)
-		}
+		b.hub.route(c.slot.idx, method, m.Params)
 		return
 	case kindRequest:
 		b.counters.backendRequests.Add(1)
@@ -237,9 +251,16 @@ func (c *conn) handleMessage(raw []byte) {
 		o = c.pending.takeCall(id)
 	}
 	if o == nil {
-		if ok && !wrongType && c.abandoned.take(id) {
-			b.counters.late.Add(1)
-			return
+		if ok && !wrongType {
+			if hook, late := c.abandoned.take(id); late {
+				b.counters.late.Add(1)
+				if hook != nil {
+					if value, _, err := m.checkReply(); err == nil && value != nil {
+						hook(c.slot.idx, value)
+					}
+				}
+				return
+			}
 		}
 		b.counters.unknown.Add(1)
 		b.opts.Logger.Debug("backend reply matches no call; dropped", "id", string(m.ID))
@@ -256,6 +277,9 @@ func (c *conn) handleMessage(raw []byte) {
 	case rpcErr != nil:
 		o.resp <- result{err: &Error{Code: CodeBackendError, Message: rpcErr.Error(), RPC: rpcErr}}
 	default:
+		if o.onResult != nil {
+			o.onResult(c.slot.idx, value)
+		}
 		o.resp <- result{value: value}
 	}
 }

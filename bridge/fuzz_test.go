@@ -24,7 +24,8 @@ func FuzzBackendFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		b := &Bridge{opts: Options{}.withDefaults()}
-		c := &conn{b: b}
+		b.hub = newHub(b, nil, nil)
+		c := &conn{b: b, slot: newSlot(b, 0)}
 		var ops []*op
 		for id := uint64(1); id <= 3; id++ {
 			o := newOp(id, false, nil)

@@ -18,6 +18,8 @@ type op struct {
 	// resp receives the outcome exactly once: from whoever removed the op
 	// from the pending table.
 	resp chan result
+	// onResult, if set, runs on the reader with a successful result.
+	onResult resultHook
 }
 
 const (
@@ -121,31 +123,33 @@ func (t *pendingTable) takeAll() []*op {
 	return all
 }
 
-// abandonedSet remembers ids whose callers gave up after the request was
-// written, so that their replies count as late rather than unknown. It is
-// bounded: past maxAbandoned entries, late replies count as unknown.
+// abandonedSet remembers calls whose callers gave up after the request was
+// written, so that their replies count as late rather than unknown, and so
+// that a late reply can still run the call's result hook. It is bounded:
+// past maxAbandoned entries, late replies count as unknown.
 type abandonedSet struct {
 	mu  sync.Mutex
-	ids map[uint64]struct{} // guarded by mu
+	ids map[uint64]resultHook // guarded by mu
 }
 
 const maxAbandoned = 1 << 16
 
-func (a *abandonedSet) add(id uint64) {
+func (a *abandonedSet) add(id uint64, hook resultHook) {
 	a.mu.Lock()
 	if a.ids == nil {
-		a.ids = make(map[uint64]struct{})
+		a.ids = make(map[uint64]resultHook)
 	}
 	if len(a.ids) < maxAbandoned {
-		a.ids[id] = struct{}{}
+		a.ids[id] = hook
 	}
 	a.mu.Unlock()
 }
 
-func (a *abandonedSet) take(id uint64) bool {
+// take reports whether id was abandoned, with its hook.
+func (a *abandonedSet) take(id uint64) (resultHook, bool) {
 	a.mu.Lock()
-	_, ok := a.ids[id]
+	hook, ok := a.ids[id]
 	delete(a.ids, id)
 	a.mu.Unlock()
-	return ok
+	return hook, ok
 }

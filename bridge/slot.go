@@ -149,6 +149,7 @@ func (s *slot) run(ctx context.Context) {
 			b.counters.reconnects.Add(1)
 		}
 		log.Info("backend connected", "url", b.redactedURL)
+		b.hub.connUp(s.idx)
 		s.mu.Lock()
 		s.current = c
 		s.setState(StateConnected)
@@ -158,6 +159,7 @@ func (s *slot) run(ctx context.Context) {
 		lost = true
 		if ctx.Err() == nil {
 			log.Warn("backend connection lost", "url", b.redactedURL, "err", cause)
+			b.hub.connLost(s.idx, cause)
 		}
 	}
 }

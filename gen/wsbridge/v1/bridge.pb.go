@@ -309,6 +309,416 @@ func (x *BackendError) GetData() *structpb.Value {
 	return nil
 }
 
+// SubscribeRequest selects notifications by method.
+type SubscribeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Notification methods to receive; empty means every method.
+	Methods       []string `protobuf:"bytes,1,rep,name=methods,proto3" json:"methods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeRequest) Reset() {
+	*x = SubscribeRequest{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeRequest) ProtoMessage() {}
+
+func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeRequest) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SubscribeRequest) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+// Notification is a JSON-RPC notification from the backend (or from the
+// gateway: "wsbridge_gap", "wsbridge_subscriptionLost").
+type Notification struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Params        *structpb.Value        `protobuf:"bytes,2,opt,name=params,proto3" json:"params,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Notification) Reset() {
+	*x = Notification{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Notification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Notification) ProtoMessage() {}
+
+func (x *Notification) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Notification.ProtoReflect.Descriptor instead.
+func (*Notification) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Notification) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Notification) GetParams() *structpb.Value {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+// SessionRequest is one call or notification in a Session.
+type SessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's id for the call, echoed in its reply. Empty makes the
+	// request a notification: it is forwarded and gets no reply.
+	Id     string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// An object or an array; absent or null for none.
+	Params *structpb.Value `protobuf:"bytes,3,opt,name=params,proto3" json:"params,omitempty"`
+	// An upper bound for this call (the gateway's --call-timeout also applies).
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionRequest) Reset() {
+	*x = SessionRequest{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionRequest) ProtoMessage() {}
+
+func (x *SessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionRequest.ProtoReflect.Descriptor instead.
+func (*SessionRequest) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SessionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SessionRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *SessionRequest) GetParams() *structpb.Value {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *SessionRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// SessionResponse is a reply to one SessionRequest, or a notification.
+type SessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*SessionResponse_Reply
+	//	*SessionResponse_Notification
+	Kind          isSessionResponse_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionResponse) Reset() {
+	*x = SessionResponse{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionResponse) ProtoMessage() {}
+
+func (x *SessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
+func (*SessionResponse) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SessionResponse) GetKind() isSessionResponse_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *SessionResponse) GetReply() *SessionReply {
+	if x != nil {
+		if x, ok := x.Kind.(*SessionResponse_Reply); ok {
+			return x.Reply
+		}
+	}
+	return nil
+}
+
+func (x *SessionResponse) GetNotification() *Notification {
+	if x != nil {
+		if x, ok := x.Kind.(*SessionResponse_Notification); ok {
+			return x.Notification
+		}
+	}
+	return nil
+}
+
+type isSessionResponse_Kind interface {
+	isSessionResponse_Kind()
+}
+
+type SessionResponse_Reply struct {
+	Reply *SessionReply `protobuf:"bytes,1,opt,name=reply,proto3,oneof"`
+}
+
+type SessionResponse_Notification struct {
+	Notification *Notification `protobuf:"bytes,2,opt,name=notification,proto3,oneof"`
+}
+
+func (*SessionResponse_Reply) isSessionResponse_Kind() {}
+
+func (*SessionResponse_Notification) isSessionResponse_Kind() {}
+
+// SessionReply carries the outcome of the call with the client's id.
+type SessionReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*SessionReply_Result
+	//	*SessionReply_Error
+	Outcome       isSessionReply_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionReply) Reset() {
+	*x = SessionReply{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionReply) ProtoMessage() {}
+
+func (x *SessionReply) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionReply.ProtoReflect.Descriptor instead.
+func (*SessionReply) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SessionReply) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SessionReply) GetOutcome() isSessionReply_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *SessionReply) GetResult() *structpb.Value {
+	if x != nil {
+		if x, ok := x.Outcome.(*SessionReply_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+func (x *SessionReply) GetError() *SessionError {
+	if x != nil {
+		if x, ok := x.Outcome.(*SessionReply_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSessionReply_Outcome interface {
+	isSessionReply_Outcome()
+}
+
+type SessionReply_Result struct {
+	Result *structpb.Value `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+type SessionReply_Error struct {
+	Error *SessionError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*SessionReply_Result) isSessionReply_Outcome() {}
+
+func (*SessionReply_Error) isSessionReply_Outcome() {}
+
+// SessionError is a failed call in a Session.
+type SessionError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code the call would have had as a unary Call.
+	Code    int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The backend's JSON-RPC error, when the backend sent one.
+	Backend       *BackendError `protobuf:"bytes,3,opt,name=backend,proto3" json:"backend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionError) Reset() {
+	*x = SessionError{}
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionError) ProtoMessage() {}
+
+func (x *SessionError) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_bridge_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionError.ProtoReflect.Descriptor instead.
+func (*SessionError) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_bridge_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SessionError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SessionError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *SessionError) GetBackend() *BackendError {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
 var File_wsbridge_v1_bridge_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_bridge_proto_rawDesc = "" +
@@ -328,10 +738,35 @@ const file_wsbridge_v1_bridge_proto_rawDesc = "" +
 	"\fBackendError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x03R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12*\n" +
-	"\x04data\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x04data2\x8f\x01\n" +
+	"\x04data\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x04data\",\n" +
+	"\x10SubscribeRequest\x12\x18\n" +
+	"\amethods\x18\x01 \x03(\tR\amethods\"V\n" +
+	"\fNotification\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12.\n" +
+	"\x06params\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06params\"\x9d\x01\n" +
+	"\x0eSessionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12.\n" +
+	"\x06params\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x06params\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x8d\x01\n" +
+	"\x0fSessionResponse\x121\n" +
+	"\x05reply\x18\x01 \x01(\v2\x19.wsbridge.v1.SessionReplyH\x00R\x05reply\x12?\n" +
+	"\fnotification\x18\x02 \x01(\v2\x19.wsbridge.v1.NotificationH\x00R\fnotificationB\x06\n" +
+	"\x04kind\"\x8e\x01\n" +
+	"\fSessionReply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
+	"\x06result\x18\x02 \x01(\v2\x16.google.protobuf.ValueH\x00R\x06result\x121\n" +
+	"\x05error\x18\x03 \x01(\v2\x19.wsbridge.v1.SessionErrorH\x00R\x05errorB\t\n" +
+	"\aoutcome\"q\n" +
+	"\fSessionError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x123\n" +
+	"\abackend\x18\x03 \x01(\v2\x19.wsbridge.v1.BackendErrorR\abackend2\xa2\x02\n" +
 	"\rBridgeService\x12;\n" +
 	"\x04Call\x12\x18.wsbridge.v1.CallRequest\x1a\x19.wsbridge.v1.CallResponse\x12A\n" +
-	"\x06Notify\x12\x1a.wsbridge.v1.NotifyRequest\x1a\x1b.wsbridge.v1.NotifyResponseB9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
+	"\x06Notify\x12\x1a.wsbridge.v1.NotifyRequest\x1a\x1b.wsbridge.v1.NotifyResponse\x12G\n" +
+	"\tSubscribe\x12\x1d.wsbridge.v1.SubscribeRequest\x1a\x19.wsbridge.v1.Notification0\x01\x12H\n" +
+	"\aSession\x12\x1b.wsbridge.v1.SessionRequest\x1a\x1c.wsbridge.v1.SessionResponse(\x010\x01B9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
 
 var (
 	file_wsbridge_v1_bridge_proto_rawDescOnce sync.Once
@@ -345,31 +780,49 @@ func file_wsbridge_v1_bridge_proto_rawDescGZIP() []byte {
 	return file_wsbridge_v1_bridge_proto_rawDescData
 }
 
-var file_wsbridge_v1_bridge_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_wsbridge_v1_bridge_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_wsbridge_v1_bridge_proto_goTypes = []any{
 	(*CallRequest)(nil),         // 0: wsbridge.v1.CallRequest
 	(*CallResponse)(nil),        // 1: wsbridge.v1.CallResponse
 	(*NotifyRequest)(nil),       // 2: wsbridge.v1.NotifyRequest
 	(*NotifyResponse)(nil),      // 3: wsbridge.v1.NotifyResponse
 	(*BackendError)(nil),        // 4: wsbridge.v1.BackendError
-	(*structpb.Value)(nil),      // 5: google.protobuf.Value
-	(*durationpb.Duration)(nil), // 6: google.protobuf.Duration
+	(*SubscribeRequest)(nil),    // 5: wsbridge.v1.SubscribeRequest
+	(*Notification)(nil),        // 6: wsbridge.v1.Notification
+	(*SessionRequest)(nil),      // 7: wsbridge.v1.SessionRequest
+	(*SessionResponse)(nil),     // 8: wsbridge.v1.SessionResponse
+	(*SessionReply)(nil),        // 9: wsbridge.v1.SessionReply
+	(*SessionError)(nil),        // 10: wsbridge.v1.SessionError
+	(*structpb.Value)(nil),      // 11: google.protobuf.Value
+	(*durationpb.Duration)(nil), // 12: google.protobuf.Duration
 }
 var file_wsbridge_v1_bridge_proto_depIdxs = []int32{
-	5, // 0: wsbridge.v1.CallRequest.params:type_name -> google.protobuf.Value
-	6, // 1: wsbridge.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
-	5, // 2: wsbridge.v1.CallResponse.result:type_name -> google.protobuf.Value
-	5, // 3: wsbridge.v1.NotifyRequest.params:type_name -> google.protobuf.Value
-	5, // 4: wsbridge.v1.BackendError.data:type_name -> google.protobuf.Value
-	0, // 5: wsbridge.v1.BridgeService.Call:input_type -> wsbridge.v1.CallRequest
-	2, // 6: wsbridge.v1.BridgeService.Notify:input_type -> wsbridge.v1.NotifyRequest
-	1, // 7: wsbridge.v1.BridgeService.Call:output_type -> wsbridge.v1.CallResponse
-	3, // 8: wsbridge.v1.BridgeService.Notify:output_type -> wsbridge.v1.NotifyResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	11, // 0: wsbridge.v1.CallRequest.params:type_name -> google.protobuf.Value
+	12, // 1: wsbridge.v1.CallRequest.timeout:type_name -> google.protobuf.Duration
+	11, // 2: wsbridge.v1.CallResponse.result:type_name -> google.protobuf.Value
+	11, // 3: wsbridge.v1.NotifyRequest.params:type_name -> google.protobuf.Value
+	11, // 4: wsbridge.v1.BackendError.data:type_name -> google.protobuf.Value
+	11, // 5: wsbridge.v1.Notification.params:type_name -> google.protobuf.Value
+	11, // 6: wsbridge.v1.SessionRequest.params:type_name -> google.protobuf.Value
+	12, // 7: wsbridge.v1.SessionRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 8: wsbridge.v1.SessionResponse.reply:type_name -> wsbridge.v1.SessionReply
+	6,  // 9: wsbridge.v1.SessionResponse.notification:type_name -> wsbridge.v1.Notification
+	11, // 10: wsbridge.v1.SessionReply.result:type_name -> google.protobuf.Value
+	10, // 11: wsbridge.v1.SessionReply.error:type_name -> wsbridge.v1.SessionError
+	4,  // 12: wsbridge.v1.SessionError.backend:type_name -> wsbridge.v1.BackendError
+	0,  // 13: wsbridge.v1.BridgeService.Call:input_type -> wsbridge.v1.CallRequest
+	2,  // 14: wsbridge.v1.BridgeService.Notify:input_type -> wsbridge.v1.NotifyRequest
+	5,  // 15: wsbridge.v1.BridgeService.Subscribe:input_type -> wsbridge.v1.SubscribeRequest
+	7,  // 16: wsbridge.v1.BridgeService.Session:input_type -> wsbridge.v1.SessionRequest
+	1,  // 17: wsbridge.v1.BridgeService.Call:output_type -> wsbridge.v1.CallResponse
+	3,  // 18: wsbridge.v1.BridgeService.Notify:output_type -> wsbridge.v1.NotifyResponse
+	6,  // 19: wsbridge.v1.BridgeService.Subscribe:output_type -> wsbridge.v1.Notification
+	8,  // 20: wsbridge.v1.BridgeService.Session:output_type -> wsbridge.v1.SessionResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_bridge_proto_init() }
@@ -377,13 +830,21 @@ func file_wsbridge_v1_bridge_proto_init() {
 	if File_wsbridge_v1_bridge_proto != nil {
 		return
 	}
+	file_wsbridge_v1_bridge_proto_msgTypes[8].OneofWrappers = []any{
+		(*SessionResponse_Reply)(nil),
+		(*SessionResponse_Notification)(nil),
+	}
+	file_wsbridge_v1_bridge_proto_msgTypes[9].OneofWrappers = []any{
+		(*SessionReply_Result)(nil),
+		(*SessionReply_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_bridge_proto_rawDesc), len(file_wsbridge_v1_bridge_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

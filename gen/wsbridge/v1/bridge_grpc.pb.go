@@ -23,8 +23,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BridgeService_Call_FullMethodName   = "/wsbridge.v1.BridgeService/Call"
-	BridgeService_Notify_FullMethodName = "/wsbridge.v1.BridgeService/Notify"
+	BridgeService_Call_FullMethodName      = "/wsbridge.v1.BridgeService/Call"
+	BridgeService_Notify_FullMethodName    = "/wsbridge.v1.BridgeService/Notify"
+	BridgeService_Subscribe_FullMethodName = "/wsbridge.v1.BridgeService/Subscribe"
+	BridgeService_Session_FullMethodName   = "/wsbridge.v1.BridgeService/Session"
 )
 
 // BridgeServiceClient is the client API for BridgeService service.
@@ -40,6 +42,16 @@ type BridgeServiceClient interface {
 	// Notify sends one JSON-RPC notification (no id, no reply). It returns
 	// once the notification has been written to the backend socket.
 	Notify(ctx context.Context, in *NotifyRequest, opts ...grpc.CallOption) (*NotifyResponse, error)
+	// Subscribe streams the backend's notifications whose method is listed
+	// (all when none is). Notifications that carry a subscription id made by
+	// another client are never included. When the backend connection is lost
+	// the stream ends with UNAVAILABLE, unless the gateway runs with
+	// --resubscribe: then a "wsbridge_gap" notification marks the outage.
+	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Notification], error)
+	// Session is the gRPC twin of the /ws endpoint: calls tagged with the
+	// client's own ids, replies as they complete, and the notifications of
+	// the session's subscriptions.
+	Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error)
 }
 
 type bridgeServiceClient struct {
@@ -70,6 +82,38 @@ func (c *bridgeServiceClient) Notify(ctx context.Context, in *NotifyRequest, opt
 	return out, nil
 }
 
+func (c *bridgeServiceClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Notification], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[0], BridgeService_Subscribe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SubscribeRequest, Notification]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SubscribeClient = grpc.ServerStreamingClient[Notification]
+
+func (c *bridgeServiceClient) Session(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_Session_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRequest, SessionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SessionClient = grpc.BidiStreamingClient[SessionRequest, SessionResponse]
+
 // BridgeServiceServer is the server API for BridgeService service.
 // All implementations must embed UnimplementedBridgeServiceServer
 // for forward compatibility.
@@ -83,6 +127,16 @@ type BridgeServiceServer interface {
 	// Notify sends one JSON-RPC notification (no id, no reply). It returns
 	// once the notification has been written to the backend socket.
 	Notify(context.Context, *NotifyRequest) (*NotifyResponse, error)
+	// Subscribe streams the backend's notifications whose method is listed
+	// (all when none is). Notifications that carry a subscription id made by
+	// another client are never included. When the backend connection is lost
+	// the stream ends with UNAVAILABLE, unless the gateway runs with
+	// --resubscribe: then a "wsbridge_gap" notification marks the outage.
+	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Notification]) error
+	// Session is the gRPC twin of the /ws endpoint: calls tagged with the
+	// client's own ids, replies as they complete, and the notifications of
+	// the session's subscriptions.
+	Session(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error
 	mustEmbedUnimplementedBridgeServiceServer()
 }
 
@@ -98,6 +152,12 @@ func (UnimplementedBridgeServiceServer) Call(context.Context, *CallRequest) (*Ca
 }
 func (UnimplementedBridgeServiceServer) Notify(context.Context, *NotifyRequest) (*NotifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Notify not implemented")
+}
+func (UnimplementedBridgeServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Notification]) error {
+	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedBridgeServiceServer) Session(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error {
+	return status.Error(codes.Unimplemented, "method Session not implemented")
 }
 func (UnimplementedBridgeServiceServer) mustEmbedUnimplementedBridgeServiceServer() {}
 func (UnimplementedBridgeServiceServer) testEmbeddedByValue()                       {}
@@ -156,6 +216,24 @@ func _BridgeService_Notify_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BridgeService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SubscribeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BridgeServiceServer).Subscribe(m, &grpc.GenericServerStream[SubscribeRequest, Notification]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SubscribeServer = grpc.ServerStreamingServer[Notification]
+
+func _BridgeService_Session_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BridgeServiceServer).Session(&grpc.GenericServerStream[SessionRequest, SessionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SessionServer = grpc.BidiStreamingServer[SessionRequest, SessionResponse]
+
 // BridgeService_ServiceDesc is the grpc.ServiceDesc for BridgeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -172,6 +250,18 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _BridgeService_Notify_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Subscribe",
+			Handler:       _BridgeService_Subscribe_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Session",
+			Handler:       _BridgeService_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "wsbridge/v1/bridge.proto",
 }

@@ -254,7 +254,18 @@ type Stats struct {
 	// Open backend connections (at most --backend-conns).
 	BackendConnsOpen uint32 `protobuf:"varint,27,opt,name=backend_conns_open,json=backendConnsOpen,proto3" json:"backend_conns_open,omitempty"`
 	// Calls refused because --max-inflight was reached.
-	Rejected      uint64 `protobuf:"varint,28,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	Rejected uint64 `protobuf:"varint,28,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	// Clients connected over /ws now.
+	WsClients int64 `protobuf:"varint,29,opt,name=ws_clients,json=wsClients,proto3" json:"ws_clients,omitempty"`
+	// Live backend subscriptions (shared ones count once).
+	Subscriptions int64 `protobuf:"varint,30,opt,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	// Consumers (WebSocket clients, Subscribe streams, Sessions) ended
+	// because they could not keep up.
+	SlowConsumers uint64 `protobuf:"varint,31,opt,name=slow_consumers,json=slowConsumers,proto3" json:"slow_consumers,omitempty"`
+	// Notifications delivered to consumers.
+	NotificationsDelivered uint64 `protobuf:"varint,32,opt,name=notifications_delivered,json=notificationsDelivered,proto3" json:"notifications_delivered,omitempty"`
+	// Subscriptions re-issued on a new backend connection (--resubscribe).
+	Resubscribes  uint64 `protobuf:"varint,33,opt,name=resubscribes,proto3" json:"resubscribes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -485,6 +496,41 @@ func (x *Stats) GetRejected() uint64 {
 	return 0
 }
 
+func (x *Stats) GetWsClients() int64 {
+	if x != nil {
+		return x.WsClients
+	}
+	return 0
+}
+
+func (x *Stats) GetSubscriptions() int64 {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return 0
+}
+
+func (x *Stats) GetSlowConsumers() uint64 {
+	if x != nil {
+		return x.SlowConsumers
+	}
+	return 0
+}
+
+func (x *Stats) GetNotificationsDelivered() uint64 {
+	if x != nil {
+		return x.NotificationsDelivered
+	}
+	return 0
+}
+
+func (x *Stats) GetResubscribes() uint64 {
+	if x != nil {
+		return x.Resubscribes
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -496,7 +542,8 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\x80\t\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xc9\n" +
+	"\n" +
 	"\x05Stats\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x129\n" +
@@ -531,7 +578,13 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\rdial_failures\x18\x19 \x01(\x04R\fdialFailures\x12%\n" +
 	"\x0ebackend_errors\x18\x1a \x01(\x04R\rbackendErrors\x12,\n" +
 	"\x12backend_conns_open\x18\x1b \x01(\rR\x10backendConnsOpen\x12\x1a\n" +
-	"\brejected\x18\x1c \x01(\x04R\brejected*\xa3\x01\n" +
+	"\brejected\x18\x1c \x01(\x04R\brejected\x12\x1d\n" +
+	"\n" +
+	"ws_clients\x18\x1d \x01(\x03R\twsClients\x12$\n" +
+	"\rsubscriptions\x18\x1e \x01(\x03R\rsubscriptions\x12%\n" +
+	"\x0eslow_consumers\x18\x1f \x01(\x04R\rslowConsumers\x127\n" +
+	"\x17notifications_delivered\x18  \x01(\x04R\x16notificationsDelivered\x12\"\n" +
+	"\fresubscribes\x18! \x01(\x04R\fresubscribes*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +

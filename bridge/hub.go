@@ -1,0 +1,669 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Gateway notifications sent to consumers, never by the backend.
+const (
+	// NotifySubscriptionLost ends a subscription: params
+	// {"subscription": id, "reason": text} for a subscription made by a
+	// subscribe call, {"methods": [...], "reason": text} for listened methods.
+	NotifySubscriptionLost = "wsbridge_subscriptionLost"
+	// NotifyGap says that notifications may have been missed while the
+	// backend connection was down and the subscription was re-issued:
+	// params {"subscription": id} or {"methods": [...]}.
+	NotifyGap = "wsbridge_gap"
+)
+
+// hub routes backend notifications to consumers, and shares and tracks the
+// subscriptions consumers make.
+//
+// A notification whose params.subscription names a live subscription goes
+// to that subscription's owners only. Any other notification goes to the
+// consumers listening to its method, and only when it comes from the first
+// connection slot: a backend that broadcasts to every connection would
+// otherwise deliver it once per pooled connection.
+type hub struct {
+	b *Bridge
+	// Static: paired glob patterns.
+	subPatterns, unsubPatterns []string
+
+	mu        sync.Mutex
+	consumers map[*Consumer]struct{}   // guarded by mu
+	byKey     map[string]*subscription // guarded by mu: method and params -> subscription
+	byID      map[subRef]*subscription // guarded by mu: live subscriptions by backend id
+	// methodGap is set while slot 0 is down with --resubscribe: method
+	// listeners get a gap notification when it comes back. Guarded by mu.
+	methodGap bool
+
+	delivered    atomic.Uint64
+	resubscribes atomic.Uint64
+}
+
+type subRef struct {
+	slot int
+	id   string // the backend's subscription id, raw JSON
+}
+
+type subState int
+
+const (
+	subPending       subState = iota // the subscribe call is under way
+	subLive                          // routed by backend id
+	subResubscribing                 // the connection was lost; being re-issued
+	subDead                          // removed from the hub
+)
+
+// subscription is one backend subscription, shared by every consumer that
+// subscribed with the same method and params.
+type subscription struct {
+	// Static.
+	key, method, unsubMethod string
+	params                   json.RawMessage
+	ready                    chan struct{} // closed when the first subscribe call has ended
+
+	// Guarded by hub.mu.
+	state     subState
+	owners    map[*Consumer]int // subscribe calls per consumer
+	slot      int
+	clientID  json.RawMessage // the id consumers were given
+	backendID json.RawMessage // the id at the backend now (differs after a resubscribe)
+	err       error           // why the first subscribe call failed
+}
+
+func newHub(b *Bridge, sub, unsub []string) *hub {
+	if sub == nil && unsub == nil {
+		sub, unsub = []string{"*_subscribe"}, []string{"*_unsubscribe"}
+	}
+	return &hub{
+		b:           b,
+		subPatterns: sub, unsubPatterns: unsub,
+		consumers: map[*Consumer]struct{}{},
+		byKey:     map[string]*subscription{},
+		byID:      map[subRef]*subscription{},
+	}
+}
+
+// validPatterns checks the subscribe/unsubscribe pattern lists.
+func validPatterns(sub, unsub []string) error {
+	if len(sub) != len(unsub) {
+		return fmt.Errorf("%d subscribe patterns but %d unsubscribe patterns: they pair by position", len(sub), len(unsub))
+	}
+	for _, p := range append(append([]string{}, sub...), unsub...) {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("pattern %q: %w", p, err)
+		}
+		if strings.Count(p, "*") > 1 {
+			return fmt.Errorf("pattern %q: at most one *", p)
+		}
+	}
+	return nil
+}
+
+// unsubscribeFor returns the unsubscribe method paired with a subscribe
+// method, and whether method is a subscribe method at all.
+func (h *hub) unsubscribeFor(method string) (string, bool) {
+	for i, p := range h.subPatterns {
+		if ok, _ := path.Match(p, method); !ok {
+			continue
+		}
+		prefix, suffix, star := strings.Cut(p, "*")
+		if !star {
+			return h.unsubPatterns[i], true
+		}
+		wild := method[len(prefix) : len(method)-len(suffix)]
+		return strings.Replace(h.unsubPatterns[i], "*", wild, 1), true
+	}
+	return "", false
+}
+
+func (h *hub) isUnsubscribe(method string) bool {
+	for _, p := range h.unsubPatterns {
+		if ok, _ := path.Match(p, method); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Consumer is one downstream client of the Bridge that receives
+// notifications (a WebSocket client, a gRPC stream). Its calls go through
+// the hub so that its subscriptions are routed to it, shared with identical
+// ones, and released when it closes.
+type Consumer struct {
+	h       *hub
+	deliver func(method string, params json.RawMessage)
+
+	// Guarded by h.mu.
+	methods map[string]bool // listened methods; "*" means all
+	subs    map[*subscription]int
+	closed  bool
+}
+
+// NewConsumer registers a consumer. deliver receives each notification
+// routed to it; it runs on a connection's reader and must not block (queue
+// or drop, and end the consumer if it cannot keep up). Close the consumer
+// when the client leaves.
+func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)) *Consumer {
+	c := &Consumer{h: b.hub, deliver: deliver, methods: map[string]bool{}, subs: map[*subscription]int{}}
+	b.hub.mu.Lock()
+	b.hub.consumers[c] = struct{}{}
+	b.hub.mu.Unlock()
+	return c
+}
+
+// Listen adds methods whose notifications the consumer receives ("*": all).
+func (c *Consumer) Listen(methods ...string) {
+	c.h.mu.Lock()
+	for _, m := range methods {
+		c.methods[m] = true
+	}
+	c.h.mu.Unlock()
+}
+
+// Unlisten removes listened methods.
+func (c *Consumer) Unlisten(methods ...string) {
+	c.h.mu.Lock()
+	for _, m := range methods {
+		delete(c.methods, m)
+	}
+	c.h.mu.Unlock()
+}
+
+// Listening returns the listened methods.
+func (c *Consumer) Listening() []string {
+	c.h.mu.Lock()
+	defer c.h.mu.Unlock()
+	return listening(c)
+}
+
+func listening(c *Consumer) []string {
+	var ms []string
+	for m := range c.methods {
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+// Notify forwards a notification to the backend.
+func (c *Consumer) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
+	return c.h.b.Notify(ctx, method, params, co)
+}
+
+// Call is Bridge.Call for this consumer. A subscribe method creates (or
+// shares) a subscription owned by the consumer; an unsubscribe method
+// releases one of the consumer's subscriptions, and reaches the backend only
+// when no other consumer shares it.
+func (c *Consumer) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	if unsub, ok := c.h.unsubscribeFor(method); ok {
+		return c.subscribe(ctx, method, unsub, params, co)
+	}
+	if c.h.isUnsubscribe(method) {
+		return c.unsubscribe(ctx, method, params, co)
+	}
+	return c.h.b.Call(ctx, method, params, co)
+}
+
+func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	h := c.h
+	var compact bytes.Buffer
+	if len(params) > 0 && json.Compact(&compact, params) != nil {
+		return nil, newError(CodeInvalidArgument, "params are not valid JSON", nil)
+	}
+	key := method + "\x00" + compact.String()
+
+	h.mu.Lock()
+	if c.closed {
+		h.mu.Unlock()
+		return nil, newError(CodeCanceled, "consumer closed", nil)
+	}
+	sub := h.byKey[key]
+	creator := sub == nil
+	if creator {
+		sub = &subscription{key: key, method: method, unsubMethod: unsub, params: params,
+			ready: make(chan struct{}), owners: map[*Consumer]int{}}
+		h.byKey[key] = sub
+	}
+	sub.owners[c]++
+	c.subs[sub]++
+	h.mu.Unlock()
+
+	if !creator {
+		select {
+		case <-sub.ready:
+		case <-ctx.Done():
+			h.drop(c, sub)
+			return nil, h.b.ctxError(ctx)
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if sub.state == subLive || sub.state == subResubscribing {
+			return sub.clientID, nil
+		}
+		h.dropLocked(c, sub, 1)
+		if sub.err != nil {
+			return nil, sub.err
+		}
+		return nil, newError(CodeUnavailable, "the shared subscription ended before this call joined it", nil)
+	}
+
+	res, err := h.b.do(ctx, method, params, co, callSpec{slot: -1, onResult: func(slot int, value json.RawMessage) {
+		h.activate(sub, slot, value)
+	}})
+	h.mu.Lock()
+	if err != nil || sub.state == subPending {
+		// Failed, or the result was no subscription id: nothing to route.
+		sub.err = err
+		h.removeLocked(sub)
+		close(sub.ready)
+		h.mu.Unlock()
+		return res, err
+	}
+	close(sub.ready)
+	h.mu.Unlock()
+	return res, nil
+}
+
+// activate makes sub live once the backend answered its subscribe call. It
+// runs on the reader, before the reader handles the next message, so the
+// notifications that follow the reply find their subscription.
+func (h *hub) activate(sub *subscription, slot int, id json.RawMessage) {
+	if !isScalarID(id) {
+		return
+	}
+	h.mu.Lock()
+	if sub.state != subPending || len(sub.owners) == 0 {
+		// Every owner left while the call was under way, or its caller gave
+		// up and this is a late reply: undo it at the backend.
+		sub.state = subDead
+		if h.byKey[sub.key] == sub {
+			delete(h.byKey, sub.key)
+		}
+		h.mu.Unlock()
+		h.unsubscribeAtBackend(sub.unsubMethod, slot, id)
+		return
+	}
+	sub.state = subLive
+	sub.slot = slot
+	sub.clientID = id
+	sub.backendID = id
+	h.byID[subRef{slot, string(id)}] = sub
+	h.mu.Unlock()
+}
+
+// isScalarID reports whether a subscribe result can be a subscription id.
+func isScalarID(v json.RawMessage) bool {
+	return len(v) > 0 && (v[0] == '"' || v[0] == '-' || (v[0] >= '0' && v[0] <= '9'))
+}
+
+// removeLocked takes sub out of the hub and out of its owners. h.mu must be
+// held.
+func (h *hub) removeLocked(sub *subscription) {
+	if h.byKey[sub.key] == sub {
+		delete(h.byKey, sub.key)
+	}
+	if sub.backendID != nil && h.byID[subRef{sub.slot, string(sub.backendID)}] == sub {
+		delete(h.byID, subRef{sub.slot, string(sub.backendID)})
+	}
+	for o := range sub.owners {
+		delete(o.subs, sub)
+	}
+	clear(sub.owners)
+	sub.state = subDead
+}
+
+// drop releases one of c's references to sub; when it was the last
+// reference of all consumers to a live subscription, the backend is told.
+func (h *hub) drop(c *Consumer, sub *subscription) {
+	h.mu.Lock()
+	last := h.dropLocked(c, sub, 1)
+	slot, id := sub.slot, sub.backendID
+	h.mu.Unlock()
+	if last {
+		h.unsubscribeAtBackend(sub.unsubMethod, slot, id)
+	}
+}
+
+// dropLocked releases n of c's references to sub and reports whether the
+// subscription is now unowned and was live (so the backend must be told).
+func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
+	if sub.owners[c] -= n; sub.owners[c] <= 0 {
+		delete(sub.owners, c)
+	}
+	if c.subs[sub] -= n; c.subs[sub] <= 0 {
+		delete(c.subs, sub)
+	}
+	if len(sub.owners) > 0 {
+		return false
+	}
+	switch sub.state {
+	case subLive:
+		h.removeLocked(sub)
+		return true
+	case subResubscribing:
+		h.removeLocked(sub) // the resubscriber sees it dead and undoes its call
+	}
+	return false
+}
+
+func (c *Consumer) unsubscribe(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	h := c.h
+	id, rewrite := unsubscribeTarget(params)
+	if id == nil {
+		return h.b.Call(ctx, method, params, co)
+	}
+	h.mu.Lock()
+	var sub *subscription
+	for s := range c.subs {
+		if s.state != subDead && bytes.Equal(s.clientID, id) {
+			sub = s
+		}
+	}
+	if sub == nil {
+		for _, s := range h.byKey {
+			if bytes.Equal(s.clientID, id) {
+				h.mu.Unlock()
+				return nil, newError(CodeInvalidArgument, "subscription "+string(id)+" belongs to another client", nil)
+			}
+		}
+		h.mu.Unlock()
+		return h.b.Call(ctx, method, params, co) // not ours to know: pass it on
+	}
+	last := h.dropLocked(c, sub, 1)
+	slot, backendID := sub.slot, sub.backendID
+	h.mu.Unlock()
+	if !last {
+		return json.RawMessage("true"), nil // others still share it
+	}
+	return h.b.do(ctx, method, rewrite(backendID), co, callSpec{slot: slot})
+}
+
+// unsubscribeTarget finds the subscription id in unsubscribe params ([id]
+// or {"subscription": id}) and returns a function that puts another id in
+// its place.
+func unsubscribeTarget(params json.RawMessage) (json.RawMessage, func(json.RawMessage) json.RawMessage) {
+	var arr []json.RawMessage
+	if json.Unmarshal(params, &arr) == nil && len(arr) > 0 {
+		return arr[0], func(id json.RawMessage) json.RawMessage {
+			arr[0] = id
+			b, _ := json.Marshal(arr)
+			return b
+		}
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(params, &obj) == nil && obj["subscription"] != nil {
+		return obj["subscription"], func(id json.RawMessage) json.RawMessage {
+			obj["subscription"] = id
+			b, _ := json.Marshal(obj)
+			return b
+		}
+	}
+	return nil, nil
+}
+
+// Close releases the consumer's subscriptions (unsubscribing at the backend
+// those no one else shares) and stops its deliveries.
+func (c *Consumer) Close() {
+	h := c.h
+	h.mu.Lock()
+	if c.closed {
+		h.mu.Unlock()
+		return
+	}
+	c.closed = true
+	delete(h.consumers, c)
+	type undo struct {
+		method string
+		slot   int
+		id     json.RawMessage
+	}
+	var undos []undo
+	for sub, n := range c.subs {
+		if h.dropLocked(c, sub, n) {
+			undos = append(undos, undo{sub.unsubMethod, sub.slot, sub.backendID})
+		}
+	}
+	h.mu.Unlock()
+	for _, u := range undos {
+		h.unsubscribeAtBackend(u.method, u.slot, u.id)
+	}
+}
+
+// unsubscribeAtBackend undoes a subscription nobody owns any more, in the
+// background.
+func (h *hub) unsubscribeAtBackend(method string, slot int, id json.RawMessage) {
+	params := append(append([]byte{'['}, id...), ']')
+	h.b.goBackground(func(ctx context.Context) {
+		_, err := h.b.do(ctx, method, params, CallOptions{}, callSpec{slot: slot})
+		if err != nil && CodeOf(err) != CodeDraining {
+			h.b.opts.Logger.Warn("unsubscribe at the backend failed", "method", method, "err", err)
+		}
+	})
+}
+
+// route delivers one backend notification (see hub).
+func (h *hub) route(slot int, method string, params json.RawMessage) {
+	if id := subscriptionID(params); id != nil {
+		h.mu.Lock()
+		sub := h.byID[subRef{slot, string(id)}]
+		if sub != nil {
+			owners := ownersOf(sub)
+			clientID := sub.clientID
+			h.mu.Unlock()
+			if !bytes.Equal(clientID, id) {
+				params = replaceSubscriptionID(params, clientID)
+			}
+			h.deliver(owners, method, params)
+			return
+		}
+		h.mu.Unlock()
+	}
+	if slot != 0 {
+		return
+	}
+	h.mu.Lock()
+	var targets []*Consumer
+	for c := range h.consumers {
+		if c.methods[method] || c.methods["*"] {
+			targets = append(targets, c)
+		}
+	}
+	h.mu.Unlock()
+	h.deliver(targets, method, params)
+}
+
+func ownersOf(sub *subscription) []*Consumer {
+	owners := make([]*Consumer, 0, len(sub.owners))
+	for c := range sub.owners {
+		owners = append(owners, c)
+	}
+	return owners
+}
+
+func (h *hub) deliver(to []*Consumer, method string, params json.RawMessage) {
+	for _, c := range to {
+		c.deliver(method, params)
+	}
+	h.delivered.Add(uint64(len(to)))
+}
+
+// subscriptionID returns params.subscription, or nil.
+func subscriptionID(params json.RawMessage) json.RawMessage {
+	if len(params) == 0 || params[0] != '{' || !bytes.Contains(params, []byte(`"subscription"`)) {
+		return nil
+	}
+	var p struct {
+		Subscription json.RawMessage `json:"subscription"`
+	}
+	if json.Unmarshal(params, &p) != nil || !isScalarID(p.Subscription) {
+		return nil
+	}
+	return p.Subscription
+}
+
+func replaceSubscriptionID(params, id json.RawMessage) json.RawMessage {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(params, &obj) != nil {
+		return params
+	}
+	obj["subscription"] = id
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return params
+	}
+	return b
+}
+
+func gatewayParams(fields map[string]any) json.RawMessage {
+	b, _ := json.Marshal(fields)
+	return b
+}
+
+// connUp runs when a slot's connection opens, before its reader starts.
+func (h *hub) connUp(slot int) {
+	if slot != 0 {
+		return
+	}
+	h.mu.Lock()
+	if !h.methodGap {
+		h.mu.Unlock()
+		return
+	}
+	h.methodGap = false
+	type gap struct {
+		c       *Consumer
+		methods []string
+	}
+	var gaps []gap
+	for c := range h.consumers {
+		if ms := listening(c); len(ms) > 0 {
+			gaps = append(gaps, gap{c, ms})
+		}
+	}
+	h.mu.Unlock()
+	for _, g := range gaps {
+		h.deliver([]*Consumer{g.c}, NotifyGap, gatewayParams(map[string]any{"methods": g.methods}))
+	}
+}
+
+// connLost runs when a slot's connection is gone and its reader has exited.
+// Without Resubscribe, every subscription on it ends with
+// NotifySubscriptionLost (and, for slot 0, every listened method). With it,
+// the subscriptions are re-issued in the background.
+func (h *hub) connLost(slot int, cause error) {
+	reason := "backend connection lost"
+	if cause != nil {
+		reason += ": " + cause.Error()
+	}
+	type lost struct {
+		owners []*Consumer
+		params json.RawMessage
+	}
+	var losts []lost
+	var again []*subscription
+	h.mu.Lock()
+	for ref, sub := range h.byID {
+		if ref.slot != slot {
+			continue
+		}
+		delete(h.byID, ref)
+		if h.b.opts.Resubscribe && len(sub.owners) > 0 {
+			sub.state = subResubscribing
+			again = append(again, sub)
+			continue
+		}
+		losts = append(losts, lost{ownersOf(sub), gatewayParams(map[string]any{"subscription": sub.clientID, "reason": reason})})
+		h.removeLocked(sub)
+	}
+	if slot == 0 {
+		for c := range h.consumers {
+			ms := listening(c)
+			if len(ms) == 0 {
+				continue
+			}
+			if h.b.opts.Resubscribe {
+				h.methodGap = true
+				continue
+			}
+			clear(c.methods)
+			losts = append(losts, lost{[]*Consumer{c}, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
+		}
+	}
+	h.mu.Unlock()
+	for _, l := range losts {
+		h.deliver(l.owners, NotifySubscriptionLost, l.params)
+	}
+	for _, sub := range again {
+		h.b.goBackground(func(ctx context.Context) { h.resubscribe(ctx, sub) })
+	}
+}
+
+// resubscribe re-issues sub on its slot's next connection, waiting through
+// redials, until it succeeds, its owners leave, or the Bridge closes.
+func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
+	for {
+		h.mu.Lock()
+		alive := sub.state == subResubscribing
+		slot := sub.slot
+		h.mu.Unlock()
+		if !alive || ctx.Err() != nil {
+			return
+		}
+		_, err := h.b.do(ctx, sub.method, sub.params, CallOptions{WaitForReady: true}, callSpec{slot: slot,
+			onResult: func(slot int, id json.RawMessage) { h.reactivate(sub, slot, id) }})
+		h.mu.Lock()
+		state := sub.state
+		h.mu.Unlock()
+		if err == nil || state != subResubscribing {
+			return
+		}
+		code := CodeOf(err)
+		if code == CodeBackendError || code == CodeMalformedReply || code == CodeDraining || ctx.Err() != nil {
+			h.mu.Lock()
+			owners := ownersOf(sub)
+			h.removeLocked(sub)
+			h.mu.Unlock()
+			h.deliver(owners, NotifySubscriptionLost, gatewayParams(map[string]any{
+				"subscription": sub.clientID, "reason": "re-subscribing failed: " + err.Error()}))
+			return
+		}
+		// Unavailable, lost again, or timed out: try again.
+	}
+}
+
+// reactivate routes sub by its new backend id and tells its owners about
+// the gap, before the reader handles the next message.
+func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
+	if !isScalarID(id) {
+		return
+	}
+	h.mu.Lock()
+	if sub.state != subResubscribing {
+		h.mu.Unlock()
+		h.unsubscribeAtBackend(sub.unsubMethod, slot, id) // its owners left meanwhile
+		return
+	}
+	sub.state = subLive
+	sub.slot = slot
+	sub.backendID = id
+	h.byID[subRef{slot, string(id)}] = sub
+	owners := ownersOf(sub)
+	h.mu.Unlock()
+	h.resubscribes.Add(1)
+	h.deliver(owners, NotifyGap, gatewayParams(map[string]any{"subscription": sub.clientID}))
+}
+
+// hubStats are the hub's figures for Stats.
+func (h *hub) stats() (subscriptions, consumers int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return int64(len(h.byID)), int64(len(h.consumers))
+}
