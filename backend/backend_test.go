@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -624,5 +625,36 @@ func checkReply(t *testing.T, frame, reply []byte) {
 		if err := json.Unmarshal(e, &obj); err != nil || obj.Code == nil || obj.Message == nil {
 			t.Fatalf("--> %q\n<-- malformed error %q (%v)", frame, reply, err)
 		}
+	}
+}
+
+func TestDemoSubscriptions(t *testing.T) {
+	_, url := startServer(t, Options{})
+	c := dial(t, url)
+	got := roundTrip(t, c, `{"jsonrpc":"2.0","id":1,"method":"demo_subscribe","params":[5]}`)
+	if got != `{"jsonrpc":"2.0","id":1,"result":"0x1"}` {
+		t.Fatalf("subscribe reply %s (it must come before any notification)", got)
+	}
+	for seq := 1; seq <= 2; seq++ {
+		want := fmt.Sprintf(`{"jsonrpc":"2.0","method":"demo_subscription","params":{"subscription":"0x1","result":{"seq":%d}}}`, seq)
+		if got := recv(t, c); got != want {
+			t.Fatalf("notification %s, want %s", got, want)
+		}
+	}
+	send(t, c, `{"jsonrpc":"2.0","id":2,"method":"demo_unsubscribe","params":["0x1"]}`)
+	for {
+		got := recv(t, c) // notifications already queued may come first
+		if strings.Contains(got, `"id":2`) {
+			if got != `{"jsonrpc":"2.0","id":2,"result":true}` {
+				t.Fatalf("unsubscribe reply %s", got)
+			}
+			break
+		}
+	}
+	if got := roundTrip(t, c, `{"jsonrpc":"2.0","id":3,"method":"demo_unsubscribe","params":["0x1"]}`); got != `{"jsonrpc":"2.0","id":3,"result":false}` {
+		t.Fatalf("second unsubscribe %s", got)
+	}
+	if got := roundTrip(t, c, `{"jsonrpc":"2.0","id":4,"method":"demo_subscribe","params":{"interval_ms":0}}`); !strings.Contains(got, "-32602") {
+		t.Fatalf("zero interval: %s", got)
 	}
 }

@@ -24,6 +24,10 @@
 //	fail     {"code": C, "message": M, "data": D} -> that error object
 //	         (code defaults to -32000, message to "fail", data omitted when absent)
 //	counter  the number of requests this Server has received, this one included
+//	demo_subscribe    [intervalMs] or {"interval_ms": N} -> a subscription id
+//	                  "0x<n>"; then every interval a demo_subscription
+//	                  notification {"subscription": id, "result": {"seq": K}}
+//	demo_unsubscribe  [id] -> true (false when there is no such subscription)
 //
 // With Options.Tick set, every connected client is also sent
 //

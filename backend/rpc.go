@@ -282,6 +282,10 @@ func (s *Server) dispatch(ctx context.Context, c *call) (json.RawMessage, error)
 		return nil, failError(c.params)
 	case "counter":
 		return strconv.AppendUint(nil, c.seq, 10), nil
+	case "demo_subscribe":
+		return s.subscribe(ctx, c.params)
+	case "demo_unsubscribe":
+		return s.unsubscribe(ctx, c.params)
 	default:
 		return nil, errMethodNotFound(c.method)
 	}

@@ -264,6 +264,8 @@ type conn struct {
 	// out carries whole frames (replies and ticks) to the writer, the only
 	// goroutine that writes to ws.
 	out chan []byte
+
+	subs subscriptions // demo_subscribe's subscriptions
 }
 
 // serveConn serves ws until the peer leaves or the Server shuts down, and
@@ -300,6 +302,7 @@ func (s *Server) serveConn(ws *websocket.Conn, remote string) {
 		// The peer left or broke the protocol: nobody to answer any more.
 		cancel()
 		frames.Wait()
+		c.subs.wg.Wait()
 		<-writerDone
 		_ = ws.CloseNow()
 	case <-s.ctx.Done():
@@ -312,6 +315,7 @@ func (s *Server) serveConn(ws *websocket.Conn, remote string) {
 		}
 		err = <-readDone
 		frames.Wait()
+		c.subs.wg.Wait()
 		<-writerDone
 	}
 	c.log.Debug("connection closed", "err", err)
@@ -339,9 +343,12 @@ func (c *conn) readLoop(frames *sync.WaitGroup) error {
 		frames.Add(1)
 		go func() {
 			defer frames.Done()
-			if reply := c.s.execute(c.ctx, m); reply != nil {
+			after := &afterSend{}
+			ctx := context.WithValue(context.WithValue(c.ctx, connKey, c), afterSendKey, after)
+			if reply := c.s.execute(ctx, m); reply != nil {
 				c.send(reply)
 			}
+			after.run()
 		}()
 	}
 }

@@ -667,3 +667,10 @@ func (h *hub) stats() (subscriptions, consumers int64) {
 	defer h.mu.Unlock()
 	return int64(len(h.byID)), int64(len(h.consumers))
 }
+
+// IsSubscribeMethod reports whether method creates a subscription (see
+// Options.SubscribeMethods).
+func (b *Bridge) IsSubscribeMethod(method string) bool {
+	_, ok := b.hub.unsubscribeFor(method)
+	return ok
+}

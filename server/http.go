@@ -25,8 +25,16 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	if err := wsbridgev1.RegisterStatsServiceHandlerServer(ctx, gw, statsService{s: s}); err != nil {
 		return nil, err
 	}
+	// Streaming REST routes go through a gRPC client connection.
+	streamGW := s.newGatewayMux()
+	if err := wsbridgev1.RegisterBridgeServiceHandlerClient(ctx, streamGW, wsbridgev1.NewBridgeServiceClient(s.inprocConn)); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/__stats", s.serveSeedStats)
+	mux.HandleFunc("/ws", s.serveWS)
+	mux.HandleFunc("/rpc", s.serveRPC)
+	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
 	mux.Handle("/", s.restHandler(gw))
 	return mux, nil
 }

@@ -13,11 +13,13 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
@@ -34,6 +36,16 @@ type Options struct {
 	// ShutdownGrace bounds the drain of calls in flight at shutdown.
 	// Default 10 s.
 	ShutdownGrace time.Duration
+	// ClientPingInterval is the time between pings to each /ws client.
+	// Default 30 s.
+	ClientPingInterval time.Duration
+	// ClientWriteTimeout bounds one write (or a pong) to a /ws client; a
+	// client that stops reading is closed with 1008. Default 10 s.
+	ClientWriteTimeout time.Duration
+	// ClientBuffer is how many messages may wait for each /ws client,
+	// Subscribe stream or Session; past it the consumer is ended as too
+	// slow. Default 1024.
+	ClientBuffer int
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
 }
@@ -47,6 +59,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ShutdownGrace <= 0 {
 		o.ShutdownGrace = 10 * time.Second
+	}
+	if o.ClientPingInterval <= 0 {
+		o.ClientPingInterval = 30 * time.Second
+	}
+	if o.ClientWriteTimeout <= 0 {
+		o.ClientWriteTimeout = 10 * time.Second
+	}
+	if o.ClientBuffer <= 0 {
+		o.ClientBuffer = 1024
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -75,6 +96,19 @@ type Server struct {
 	streamsCtx context.Context
 	endStreams context.CancelFunc
 
+	// inproc is an in-memory listener of the gRPC server, for the REST
+	// gateway's streaming routes (grpc-gateway cannot stream in-process);
+	// inprocConn is the gateway's client connection over it.
+	inproc     *bufconn.Listener
+	inprocConn *grpc.ClientConn
+
+	// /ws clients: wsClients counts their handlers; wsLive and wsClosed
+	// are guarded by wsMu.
+	wsMu      sync.Mutex
+	wsClients sync.WaitGroup
+	wsLive    map[*wsClient]struct{}
+	wsClosed  bool
+
 	runOnce sync.Once
 }
 
@@ -82,7 +116,7 @@ type Server struct {
 // which releases everything when it returns.
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, log: opts.Logger, counters: newCounters()}
+	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), wsLive: map[*wsClient]struct{}{}}
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
 	b, err := bridge.New(opts.Bridge)
@@ -119,11 +153,22 @@ func New(opts Options) (*Server, error) {
 	}
 	reflection.Register(s.grpc)
 
+	s.inproc = bufconn.Listen(1 << 20)
+	s.inprocConn, err = grpc.NewClient("passthrough:///wsbridge-inproc",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Close()
+		s.grpcLn.Close()
+		s.httpLn.Close()
+		return nil, err
+	}
 	handler, err := s.httpHandler()
 	if err != nil {
 		b.Close()
 		s.grpcLn.Close()
 		s.httpLn.Close()
+		s.inprocConn.Close()
 		return nil, err
 	}
 	s.http = &http.Server{
@@ -166,6 +211,7 @@ func (s *Server) run(ctx context.Context) error {
 			serveErr <- fmt.Errorf("gRPC server: %w", err)
 		}
 	})
+	wg.Go(func() { _ = s.grpc.Serve(s.inproc) })
 	wg.Go(func() {
 		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- fmt.Errorf("HTTP server: %w", err)
@@ -197,9 +243,11 @@ func (s *Server) shutdown() {
 	if err := s.bridge.Drain(graceCtx); err != nil {
 		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
 	}
-	// Streams (health watches) never end by themselves: end them so that
-	// GracefulStop only waits for replies still being written.
+	// Streams (health watches, subscriptions, sessions) and /ws clients
+	// never end by themselves: end them (WebSocket clients with 1001) so
+	// that the servers below only wait for replies still being written.
 	s.endStreams()
+	s.closeWSClients(graceCtx)
 
 	grpcDone := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
@@ -213,6 +261,7 @@ func (s *Server) shutdown() {
 	if httpErr != nil {
 		_ = s.http.Close()
 	}
+	_ = s.inprocConn.Close()
 	s.bridge.Close()
 	s.log.Info("shutdown complete")
 }
@@ -237,10 +286,24 @@ func (ss *serverStream) Context() context.Context { return ss.ctx }
 // connCounter counts open gRPC connections for Stats.active_clients.
 type connCounter struct{ c *counters }
 
-func (connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
-func (connCounter) HandleRPC(context.Context, stats.RPCStats)                         {}
-func (connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (cc connCounter) HandleConn(_ context.Context, st stats.ConnStats) {
+func (connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (connCounter) HandleRPC(context.Context, stats.RPCStats)                       {}
+
+type inprocKey struct{}
+
+// TagConn marks the gateway's own in-memory connection, which is not a
+// client.
+func (connCounter) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
+	if info.LocalAddr != nil && info.LocalAddr.Network() == "bufconn" {
+		return context.WithValue(ctx, inprocKey{}, true)
+	}
+	return ctx
+}
+
+func (cc connCounter) HandleConn(ctx context.Context, st stats.ConnStats) {
+	if ctx.Value(inprocKey{}) != nil {
+		return
+	}
 	switch st.(type) {
 	case *stats.ConnBegin:
 		cc.c.activeGRPC.Add(1)

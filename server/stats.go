@@ -22,6 +22,8 @@ type face int
 const (
 	faceGRPC face = iota
 	faceREST
+	faceRPC // JSON-RPC over HTTP
+	faceWS  // JSON-RPC over WebSocket
 )
 
 type faceKey struct{}
@@ -42,7 +44,7 @@ type counters struct {
 	recent     *window.Rate
 
 	requests, grpcCalls, httpProxied, wsUpgrades atomic.Uint64
-	errors, backendErrors                        atomic.Uint64
+	errors, backendErrors, slowConsumers         atomic.Uint64
 	activeGRPC, activeHTTP, activeWS             atomic.Int64
 }
 
@@ -63,7 +65,7 @@ func (c *counters) request(f face) {
 	switch f {
 	case faceGRPC:
 		c.grpcCalls.Add(1)
-	case faceREST:
+	case faceREST, faceRPC:
 		c.httpProxied.Add(1)
 	}
 }
@@ -123,13 +125,18 @@ func (c *counters) snapshot(b *bridge.Bridge) *wsbridgev1.Stats {
 			Count:         uint64(bs.Latency.Count),
 			WindowSeconds: uint32(bs.Latency.Window / time.Second),
 		},
-		UnknownResponses:     bs.Unknown,
-		BackendNotifications: bs.Notifications,
-		MalformedFrames:      bs.Malformed,
-		DialFailures:         bs.DialFailures,
-		BackendErrors:        c.backendErrors.Load(),
-		BackendConnsOpen:     uint32(bs.ConnsOpen),
-		Rejected:             bs.Rejected,
+		UnknownResponses:       bs.Unknown,
+		BackendNotifications:   bs.Notifications,
+		MalformedFrames:        bs.Malformed,
+		DialFailures:           bs.DialFailures,
+		BackendErrors:          c.backendErrors.Load(),
+		BackendConnsOpen:       uint32(bs.ConnsOpen),
+		Rejected:               bs.Rejected,
+		WsClients:              c.activeWS.Load(),
+		Subscriptions:          bs.Subscriptions,
+		SlowConsumers:          c.slowConsumers.Load(),
+		NotificationsDelivered: bs.Delivered,
+		Resubscribes:           bs.Resubscribes,
 	}
 }
 
@@ -164,6 +171,11 @@ type seedStats struct {
 	BackendState            string      `json:"backendState"`
 	BackendURL              string      `json:"backendUrl"`
 	BackendConnsOpen        uint32      `json:"backendConnsOpen"`
+	WSClients               int64       `json:"wsClients"`
+	Subscriptions           int64       `json:"subscriptions"`
+	SlowConsumers           uint64      `json:"slowConsumers"`
+	NotificationsDelivered  uint64      `json:"notificationsDelivered"`
+	Resubscribes            uint64      `json:"resubscribes"`
 	Latency                 seedLatency `json:"latency"`
 }
 
@@ -204,6 +216,11 @@ func toSeed(s *wsbridgev1.Stats) seedStats {
 		BackendState:            stateName(s.BackendState),
 		BackendURL:              s.BackendUrl,
 		BackendConnsOpen:        s.BackendConnsOpen,
+		WSClients:               s.WsClients,
+		Subscriptions:           s.Subscriptions,
+		SlowConsumers:           s.SlowConsumers,
+		NotificationsDelivered:  s.NotificationsDelivered,
+		Resubscribes:            s.Resubscribes,
 		Latency: seedLatency{
 			P50Ms: s.Latency.GetP50Ms(), P90Ms: s.Latency.GetP90Ms(), P99Ms: s.Latency.GetP99Ms(),
 			Count: s.Latency.GetCount(), WindowSeconds: s.Latency.GetWindowSeconds(),

@@ -93,3 +93,19 @@ func (r *repeated) Set(v string) error {
 	}
 	return nil
 }
+
+// commaList is a flag holding a comma-separated list; an empty value is an
+// empty list.
+type commaList []string
+
+func (l *commaList) String() string { return strings.Join(*l, ",") }
+
+func (l *commaList) Set(v string) error {
+	*l = commaList{}
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l = append(*l, item)
+		}
+	}
+	return nil
+}

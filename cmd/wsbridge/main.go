@@ -136,6 +136,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.IntVar(&bo.MaxInFlight, "max-inflight", 10000, "most calls in flight at once; more get RESOURCE_EXHAUSTED")
 	fs.Int64Var(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message to or from the backend, and largest request body")
 	fs.DurationVar(&opts.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long calls in flight may drain at shutdown")
+	fs.DurationVar(&opts.ClientPingInterval, "client-ping-interval", 30*time.Second, "WebSocket ping interval to /ws clients")
+	fs.DurationVar(&opts.ClientWriteTimeout, "client-write-timeout", 10*time.Second, "a /ws client that takes longer to accept a write is closed with 1008")
+	fs.IntVar(&opts.ClientBuffer, "client-buffer", 1024, "messages that may wait for one /ws client, Subscribe stream or Session before it is ended as too slow")
+	subMethods := commaList{"*_subscribe"}
+	unsubMethods := commaList{"*_unsubscribe"}
+	fs.Var(&subMethods, "subscribe-methods", "comma-separated patterns (* = any text) of methods that create a backend subscription")
+	fs.Var(&unsubMethods, "unsubscribe-methods", "comma-separated patterns of the methods that undo them, paired by position")
+	fs.BoolVar(&bo.Resubscribe, "resubscribe", false, "re-issue live subscriptions after a backend reconnect (subscribers get a wsbridge_gap notification)")
+	fs.StringVar(&bo.CancelMethod, "cancel-method", "", "notification sent to the backend with {\"id\": <gateway id>} when a caller gives up (e.g. $/cancelRequest)")
 	fs.DurationVar(&tick, "demo-tick", 0, "embedded demo backend: send a tick notification this often (0: never)")
 	logs.register(fs)
 	if err := fs.parse(args); err != nil {
@@ -171,6 +180,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 		log.Info("no --backend given: started the embedded demo backend", "url", backendU)
 	}
 	bo.URL = backendU
+	bo.SubscribeMethods, bo.UnsubscribeMethods = []string(subMethods), []string(unsubMethods)
 
 	srv, err := server.New(opts)
 	if err != nil {

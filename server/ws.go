@@ -1,0 +1,295 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/bridge"
+)
+
+// wsClient is one client of GET /ws: JSON-RPC 2.0 over WebSocket. The
+// handler goroutine reads; a writer goroutine sends from out; a pinger
+// checks the client is alive; each call runs in a goroutine of its own.
+// The handler owns them all and returns after every one has exited.
+type wsClient struct {
+	// Static after newWSClient.
+	s        *Server
+	conn     *websocket.Conn
+	consumer *bridge.Consumer
+	// ctx ends when the client goes; its calls are then abandoned.
+	ctx    context.Context
+	cancel context.CancelFunc
+	out    chan []byte   // frames for the writer; bounded by --client-buffer
+	ended  chan struct{} // closed by end
+	calls  sync.WaitGroup
+	tasks  sync.WaitGroup // writer, pinger, closer
+
+	endOnce sync.Once
+
+	mu       sync.Mutex
+	inflight map[string]struct{} // guarded by mu: ids of the client's calls in flight
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !s.wsAdmit() {
+		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.wsClients.Done()
+	conn, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has written the HTTP error
+	}
+	conn.SetReadLimit(s.bridge.MaxMessageBytes())
+	s.counters.wsUpgrades.Add(1)
+	s.counters.activeWS.Add(1)
+	defer s.counters.activeWS.Add(-1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &wsClient{
+		s: s, conn: conn, ctx: ctx, cancel: cancel,
+		out:      make(chan []byte, s.opts.ClientBuffer),
+		ended:    make(chan struct{}),
+		inflight: map[string]struct{}{},
+	}
+	c.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
+		c.send(appendNotification(nil, method, params))
+	})
+	s.trackWS(c, true)
+	defer s.trackWS(c, false)
+
+	c.tasks.Go(c.writeLoop)
+	c.tasks.Go(c.pingLoop)
+	c.readLoop()
+
+	// The client is gone (or being closed): abandon its calls, release its
+	// subscriptions, and wait for every goroutine of this client.
+	c.end(websocket.StatusNormalClosure, "")
+	c.cancel()
+	c.calls.Wait()
+	c.consumer.Close()
+	c.tasks.Wait()
+	_ = conn.CloseNow()
+}
+
+// end closes the client with code and reason, once. The close handshake
+// runs in its own goroutine; the reader sees the end of the connection.
+func (c *wsClient) end(code websocket.StatusCode, reason string) {
+	c.endOnce.Do(func() {
+		close(c.ended)
+		c.tasks.Go(func() { _ = c.conn.Close(code, reason) })
+	})
+}
+
+func (c *wsClient) readLoop() {
+	for {
+		// Reads use a context that is never cancelled: cancelling a read
+		// drops the TCP connection without the close handshake.
+		typ, data, err := c.conn.Read(context.Background())
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageText && !utf8.Valid(data) {
+			c.end(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
+			return
+		}
+		c.handleFrame(data)
+	}
+}
+
+func (c *wsClient) handleFrame(data []byte) {
+	reqs, batch := parseClientFrame(data)
+	if !batch {
+		r := reqs[0]
+		switch {
+		case r.invalid != nil:
+			c.send(appendError(nil, r.id, r.invalid))
+		case r.isNotification():
+			c.calls.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+		case !c.claim(r.id):
+			c.send(appendError(nil, r.id, errDuplicateID))
+		default:
+			c.calls.Go(func() {
+				res, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
+				c.release(r.id)
+				if frame := reply(r.id, res, err); frame != nil {
+					c.send(frame)
+				}
+			})
+		}
+		return
+	}
+	c.calls.Go(func() { c.serveBatch(reqs) })
+}
+
+// serveBatch runs a batch's calls concurrently and sends one array of
+// replies, in the order they completed.
+func (c *wsClient) serveBatch(reqs []clientRequest) {
+	var mu sync.Mutex
+	var replies [][]byte
+	add := func(frame []byte) {
+		if frame != nil {
+			mu.Lock()
+			replies = append(replies, frame)
+			mu.Unlock()
+		}
+	}
+	var wg sync.WaitGroup
+	for _, r := range reqs {
+		switch {
+		case r.invalid != nil:
+			add(appendError(nil, r.id, r.invalid))
+		case r.isNotification():
+			wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+		case !c.claim(r.id):
+			add(appendError(nil, r.id, errDuplicateID))
+		default:
+			wg.Go(func() {
+				res, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
+				c.release(r.id)
+				add(reply(r.id, res, err))
+			})
+		}
+	}
+	wg.Wait()
+	if len(replies) > 0 {
+		c.send(joinArray(replies))
+	}
+}
+
+func joinArray(elems [][]byte) []byte {
+	n := 2
+	for _, e := range elems {
+		n += len(e) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, e := range elems {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, e...)
+	}
+	return append(out, ']')
+}
+
+// claim registers a call id as in flight; false when it already is.
+func (c *wsClient) claim(id json.RawMessage) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, dup := c.inflight[string(id)]; dup {
+		return false
+	}
+	c.inflight[string(id)] = struct{}{}
+	return true
+}
+
+func (c *wsClient) release(id json.RawMessage) {
+	c.mu.Lock()
+	delete(c.inflight, string(id))
+	c.mu.Unlock()
+}
+
+// send queues a frame for the client. A client whose queue is full cannot
+// keep up: it is closed with 1008, so that it never holds up the backend
+// reader or other clients.
+func (c *wsClient) send(frame []byte) {
+	select {
+	case <-c.ended:
+		return
+	default:
+	}
+	select {
+	case c.out <- frame:
+	default:
+		c.s.counters.slowConsumers.Add(1)
+		c.end(websocket.StatusPolicyViolation, "send buffer full: client too slow")
+	}
+}
+
+func (c *wsClient) writeLoop() {
+	for {
+		select {
+		case frame := <-c.out:
+			ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
+			err := c.conn.Write(ctx, websocket.MessageText, frame)
+			cancel()
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					c.s.counters.slowConsumers.Add(1)
+				}
+				c.end(websocket.StatusPolicyViolation, "write timeout: client too slow")
+				return
+			}
+		case <-c.ended:
+			return
+		}
+	}
+}
+
+func (c *wsClient) pingLoop() {
+	t := time.NewTicker(c.s.opts.ClientPingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
+			err := c.conn.Ping(ctx)
+			cancel()
+			if err != nil {
+				c.end(websocket.StatusPolicyViolation, "no pong")
+				return
+			}
+		case <-c.ended:
+			return
+		}
+	}
+}
+
+// wsAdmit counts a new /ws handler unless the server is shutting down.
+func (s *Server) wsAdmit() bool {
+	s.wsMu.Lock()
+	defer s.wsMu.Unlock()
+	if s.wsClosed {
+		return false
+	}
+	s.wsClients.Add(1)
+	return true
+}
+
+func (s *Server) trackWS(c *wsClient, live bool) {
+	s.wsMu.Lock()
+	defer s.wsMu.Unlock()
+	if live {
+		s.wsLive[c] = struct{}{}
+		if s.wsClosed { // shutdown began while this one was connecting
+			c.end(websocket.StatusGoingAway, "gateway shutting down")
+		}
+	} else {
+		delete(s.wsLive, c)
+	}
+}
+
+// closeWSClients closes every /ws client with 1001 and waits for their
+// handlers, until ctx is done.
+func (s *Server) closeWSClients(ctx context.Context) {
+	s.wsMu.Lock()
+	s.wsClosed = true
+	for c := range s.wsLive {
+		c.end(websocket.StatusGoingAway, "gateway shutting down")
+	}
+	s.wsMu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wsClients.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
