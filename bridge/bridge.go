@@ -33,7 +33,9 @@ type Options struct {
 	// loss. Otherwise the first call dials, and after a loss the next call
 	// does.
 	Eager bool
-	// DialTimeout bounds one dial, handshake included. Default 10 s.
+	// DialTimeout bounds one dial, handshake included. Callers wait for a
+	// dial under way, so it is also how long a call to an unresponsive
+	// address takes to fail. Default 5 s.
 	DialTimeout time.Duration
 	// Backoff is the wait between failed dials.
 	Backoff Backoff
@@ -85,7 +87,7 @@ func (o Options) withDefaults() Options {
 		o.Conns = 1
 	}
 	if o.DialTimeout <= 0 {
-		o.DialTimeout = 10 * time.Second
+		o.DialTimeout = 5 * time.Second
 	}
 	o.Backoff = o.Backoff.withDefaults()
 	if o.PingInterval == 0 {
@@ -140,6 +142,8 @@ type Bridge struct {
 
 	hub          *hub
 	cancelMethod []byte // Options.CancelMethod as a JSON string; nil if unset
+	// sleep waits out a backoff; tests replace it to observe the delays.
+	sleep func(ctx context.Context, d time.Duration) bool
 
 	// Background work (unsubscribes, resubscribes): bgCtx ends at Close,
 	// bgWG waits for it; bgMu orders goBackground against Close.
@@ -171,11 +175,15 @@ type counters struct {
 
 // New validates opts and returns a running Bridge. With opts.Eager it starts
 // dialling at once; otherwise nothing is dialled before the first call.
-func New(opts Options) (*Bridge, error) {
+func New(opts Options) (*Bridge, error) { return newBridge(opts, nil) }
+
+// newBridge is New with the backoff's sleep replaceable, for tests.
+func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*Bridge, error) {
 	opts = opts.withDefaults()
 	u, err := url.Parse(opts.URL)
 	if err != nil {
-		return nil, fmt.Errorf("backend URL: %w", err)
+		// Not %w: url.Error quotes the URL, credentials and all.
+		return nil, fmt.Errorf("backend URL %s is not a valid URL", RedactURL(opts.URL))
 	}
 	if u.Scheme != "ws" && u.Scheme != "wss" {
 		return nil, fmt.Errorf("backend URL %q: scheme must be ws or wss", RedactURL(opts.URL))
@@ -193,6 +201,10 @@ func New(opts Options) (*Bridge, error) {
 		lat:         window.NewLatency(6, 10*time.Second, nil),
 		cancel:      cancel,
 		idle:        make(chan struct{}),
+		sleep:       sleepCtx,
+	}
+	if sleep != nil {
+		b.sleep = sleep
 	}
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
 	if opts.CancelMethod != "" {
@@ -257,15 +269,17 @@ type callSpec struct {
 type resultHook func(slot int, result json.RawMessage)
 
 func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
+	if ctx.Err() != nil {
+		return nil, b.ctxError(ctx) // not even a dial for a caller already gone
+	}
 	// Count first, then check draining: Drain relies on that order.
-	n := b.inFlight.Add(1)
+	if !b.admit() {
+		b.counters.rejected.Add(1)
+		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
+	}
 	defer b.done()
 	if b.draining.Load() {
 		return nil, newError(CodeDraining, "gateway is shutting down", nil)
-	}
-	if n > int64(b.opts.MaxInFlight) {
-		b.counters.rejected.Add(1)
-		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
 	}
 	if method == "" {
 		return nil, newError(CodeInvalidArgument, "method is empty", nil)
@@ -298,11 +312,7 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 // a connection breaks before the request was written, it tries again on the
 // next connection with a new id.
 func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
-	idx := spec.slot
-	if idx < 0 {
-		idx = int((b.nextSlot.Add(1) - 1) % uint64(len(b.slots)))
-	}
-	s := b.slots[idx]
+	s := b.pickSlot(spec.slot)
 	for {
 		c, err := s.conn(ctx, co.WaitForReady)
 		if err != nil {
@@ -320,6 +330,28 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 	}
 }
 
+// pickSlot returns slot idx, or with idx < 0 the next slot round-robin. A
+// slot backing off after failures is passed over for a connected one, so
+// that one bad connection of a pool does not fail calls the others can
+// carry.
+func (b *Bridge) pickSlot(idx int) *slot {
+	if idx >= 0 {
+		return b.slots[idx]
+	}
+	n := uint64(len(b.slots))
+	start := b.nextSlot.Add(1) - 1
+	s := b.slots[start%n]
+	if n == 1 || s.currentState() != StateBackoff {
+		return s
+	}
+	for i := uint64(1); i < n; i++ {
+		if other := b.slots[(start+i)%n]; other.currentState() == StateConnected {
+			return other
+		}
+	}
+	return s
+}
+
 func (b *Bridge) tooLarge() *Error {
 	return newError(CodeTooLarge, fmt.Sprintf("request exceeds the %d-byte message limit; nothing was sent", b.opts.MaxMessageBytes), nil)
 }
@@ -328,19 +360,34 @@ func (b *Bridge) tooLarge() *Error {
 // written, so it may be sent again.
 var errNotSent = errors.New("connection closed before the request was written")
 
+// admit counts a call in flight unless MaxInFlight are already.
+func (b *Bridge) admit() bool {
+	for {
+		n := b.inFlight.Load()
+		if n >= int64(b.opts.MaxInFlight) {
+			return false
+		}
+		if b.inFlight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
 func (b *Bridge) done() {
 	if b.inFlight.Add(-1) == 0 && b.draining.Load() {
 		b.idleOnce.Do(func() { close(b.idle) })
 	}
 }
 
-// ctxError turns a context error into a coded error. A caller whose
-// deadline has passed counts as timed out even if its context reports
-// cancellation: a gRPC client cancels the stream when its deadline passes,
-// which can reach the server before the server's own timer fires.
+// deadlineSlack is how close to its deadline a cancellation counts as a
+// timeout: a gRPC client cancels the stream when its deadline passes, and
+// that can reach the server a little before the server's own timer fires.
+const deadlineSlack = 20 * time.Millisecond
+
+// ctxError turns a context error into a coded error.
 func (b *Bridge) ctxError(ctx context.Context) *Error {
 	dl, hasDeadline := ctx.Deadline()
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && !time.Now().Before(dl)) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && time.Until(dl) < deadlineSlack) {
 		b.counters.timeouts.Add(1)
 		return newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", ctx.Err())
 	}

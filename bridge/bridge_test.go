@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -18,7 +19,7 @@ import (
 )
 
 // newBridge returns a Bridge to srv, closed at the end of the test.
-func newBridge(t *testing.T, url string, opts Options) *Bridge {
+func startBridge(t *testing.T, url string, opts Options) *Bridge {
 	t.Helper()
 	opts.URL = url
 	if opts.Logger == nil && testing.Verbose() {
@@ -31,6 +32,10 @@ func newBridge(t *testing.T, url string, opts Options) *Bridge {
 	t.Cleanup(func() { b.Close() })
 	return b
 }
+
+// quickRedial makes connections that live a few milliseconds count as
+// healthy, so that a test's next call redials at once after a loss.
+var quickRedial = Backoff{Base: time.Microsecond, Max: time.Microsecond}
 
 type testWriter struct{ t *testing.T }
 
@@ -82,7 +87,7 @@ func nextConn(t *testing.T, srv *bridgetest.Server) *bridgetest.Conn {
 
 func TestCallEcho(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	for _, params := range []string{`{"a":1}`, `[1,"x",null]`, ``} {
 		res, err := b.Call(ctxT(t), "echo", json.RawMessage(params), CallOptions{})
 		if err != nil {
@@ -110,7 +115,7 @@ func TestCallEcho(t *testing.T) {
 
 func TestInvalidCalls(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	_, err := b.Call(ctxT(t), "", nil, CallOptions{})
 	wantCode(t, err, CodeInvalidArgument)
 	_, err = b.Call(ctxT(t), "echo", json.RawMessage(`42`), CallOptions{})
@@ -122,7 +127,7 @@ func TestInvalidCalls(t *testing.T) {
 
 func TestLazyDial(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	if st := b.Stats(); st.State != StateDisconnected || st.Connects != 0 {
 		t.Fatalf("before any call: %+v", st)
 	}
@@ -139,7 +144,7 @@ func TestLazyDial(t *testing.T) {
 
 func TestEagerDial(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{Eager: true})
+	b := startBridge(t, srv.URL(), Options{Eager: true})
 	nextConn(t, srv)
 	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
 	if st := b.Stats(); st.Connects != 1 {
@@ -150,7 +155,7 @@ func TestEagerDial(t *testing.T) {
 func TestSingleFlightDial(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	srv.HoldHandshakes()
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	const n = 100
 	errs := make(chan error, n)
 	for i := range n {
@@ -190,7 +195,7 @@ func TestPoolRoundRobin(t *testing.T) {
 			_ = c.Reply(ctx, r.ID, "ok")
 		}
 	})
-	b := newBridge(t, srv.URL(), Options{Conns: 3})
+	b := startBridge(t, srv.URL(), Options{Conns: 3})
 	for range 30 {
 		if _, err := b.Call(ctxT(t), "x", nil, CallOptions{}); err != nil {
 			t.Fatal(err)
@@ -228,7 +233,7 @@ func holdAll(got chan<- *bridgetest.Request) bridgetest.HandlerFunc {
 
 func TestLossFailsWrittenCallsAtOnce(t *testing.T) {
 	srv := bridgetest.NewServer(t, holdAll(nil))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{Backoff: quickRedial})
 	const n = 500
 	type outcome struct {
 		err     error
@@ -275,7 +280,7 @@ func TestLossFailsWrittenCallsAtOnce(t *testing.T) {
 
 func TestCloseFrameFromBackendIsALoss(t *testing.T) {
 	srv := bridgetest.NewServer(t, holdAll(nil))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	c := nextConn(t, srv)
@@ -305,7 +310,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 			_ = c.Reply(ctx, r.ID, "ok")
 		}
 	})
-	b := newBridge(t, srv.URL(), Options{PingInterval: -1, WriteTimeout: time.Minute, MaxMessageBytes: 8 << 20})
+	b := startBridge(t, srv.URL(), Options{Backoff: quickRedial, PingInterval: -1, WriteTimeout: time.Minute, MaxMessageBytes: 8 << 20})
 	big := json.RawMessage(`["` + strings.Repeat("x", 1<<20) + `"]`)
 	const n = 40
 	errs := make(chan error, n)
@@ -357,7 +362,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 func TestLazyDialFailureIsPromptAndBacksOff(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	srv.Stop() // nothing listens: connection refused
-	b := newBridge(t, srv.URL(), Options{Backoff: Backoff{Base: time.Hour}})
+	b := startBridge(t, srv.URL(), Options{Backoff: Backoff{Base: time.Hour}})
 	_, err := b.Call(ctxT(t), "echo", nil, CallOptions{})
 	e := wantCode(t, err, CodeUnavailable)
 	if !strings.Contains(e.Error(), "refused") {
@@ -377,7 +382,7 @@ func TestLazyDialFailureIsPromptAndBacksOff(t *testing.T) {
 func TestWaitForReadyWaitsThroughBackoff(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	srv.Stop()
-	b := newBridge(t, srv.URL(), Options{Backoff: Backoff{Base: 20 * time.Millisecond, Max: 50 * time.Millisecond}})
+	b := startBridge(t, srv.URL(), Options{Backoff: Backoff{Base: 20 * time.Millisecond, Max: 50 * time.Millisecond}})
 	_, err := b.Call(ctxT(t), "echo", nil, CallOptions{})
 	wantCode(t, err, CodeUnavailable)
 
@@ -409,7 +414,7 @@ func TestWaitForReadyWaitsThroughBackoff(t *testing.T) {
 func TestEagerRedialsWithBackoff(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	srv.Stop()
-	b := newBridge(t, srv.URL(), Options{Eager: true, Backoff: Backoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond}})
+	b := startBridge(t, srv.URL(), Options{Eager: true, Backoff: Backoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond}})
 	eventually(t, "repeated dials", func() bool { return b.Stats().DialFailures >= 4 })
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -455,7 +460,7 @@ func TestBackoffDelays(t *testing.T) {
 
 func TestHeartbeatDetectsSilentBackend(t *testing.T) {
 	srv := bridgetest.NewServer(t, holdAll(nil))
-	b := newBridge(t, srv.URL(), Options{PingInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
+	b := startBridge(t, srv.URL(), Options{PingInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	nextConn(t, srv)
@@ -470,7 +475,7 @@ func TestHeartbeatDetectsSilentBackend(t *testing.T) {
 func TestDeadlineAndLateReply(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
 	srv := bridgetest.NewServer(t, holdAll(got))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	_, err := b.Call(ctxT(t), "hold", nil, CallOptions{Timeout: 50 * time.Millisecond})
 	wantCode(t, err, CodeDeadlineExceeded)
 	if st := b.Stats(); st.Pending != 0 || st.InFlight != 0 || st.Timeouts != 1 {
@@ -499,14 +504,14 @@ func TestSmallestDeadlineWins(t *testing.T) {
 		{"bridge CallTimeout", time.Minute, 50 * time.Millisecond, time.Minute},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := newBridge(t, srv.URL(), Options{CallTimeout: tc.callTimeout})
+			b := startBridge(t, srv.URL(), Options{CallTimeout: tc.callTimeout})
 			ctx, cancel := context.WithTimeout(context.Background(), tc.ctxTimeout)
 			defer cancel()
 			start := time.Now()
 			_, err := b.Call(ctx, "hold", nil, CallOptions{Timeout: tc.optTimeout})
 			wantCode(t, err, CodeDeadlineExceeded)
-			// Generous: only a wrong (minute-long) deadline could exceed it.
-			if el := time.Since(start); el > 20*time.Second {
+			// Generous for a 50 ms deadline; the wrong one is a minute.
+			if el := time.Since(start); el > 5*time.Second {
 				t.Fatalf("took %v", el)
 			}
 		})
@@ -515,7 +520,7 @@ func TestSmallestDeadlineWins(t *testing.T) {
 
 func TestCancelRemovesEntryAtOnce(t *testing.T) {
 	srv := bridgetest.NewServer(t, holdAll(nil))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctx, "hold", nil, CallOptions{}); errc <- err }()
@@ -530,7 +535,7 @@ func TestCancelRemovesEntryAtOnce(t *testing.T) {
 
 func TestInFlightLimit(t *testing.T) {
 	srv := bridgetest.NewServer(t, holdAll(nil))
-	b := newBridge(t, srv.URL(), Options{MaxInFlight: 2})
+	b := startBridge(t, srv.URL(), Options{MaxInFlight: 2})
 	ctx, cancel := context.WithCancel(ctxT(t))
 	var wg sync.WaitGroup
 	for range 2 {
@@ -548,7 +553,7 @@ func TestInFlightLimit(t *testing.T) {
 
 func TestOversizeRequestIsRefusedBeforeSending(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{MaxMessageBytes: 1024})
+	b := startBridge(t, srv.URL(), Options{MaxMessageBytes: 1024})
 	_, err := b.Call(ctxT(t), "echo", json.RawMessage(`["`+strings.Repeat("x", 1000)+`"]`), CallOptions{})
 	wantCode(t, err, CodeTooLarge)
 	_, err = b.Call(ctxT(t), "echo", json.RawMessage(`["`+strings.Repeat("x", 2000)+`"]`), CallOptions{})
@@ -572,7 +577,7 @@ func TestOversizeReplyClosesWith1009(t *testing.T) {
 		_, err = c.Read(ctx)
 		closed <- websocket.CloseStatus(err)
 	})
-	b := newBridge(t, srv.URL(), Options{MaxMessageBytes: 1024})
+	b := startBridge(t, srv.URL(), Options{MaxMessageBytes: 1024})
 	_, err := b.Call(ctxT(t), "big", nil, CallOptions{})
 	e := wantCode(t, err, CodeReplyLost)
 	if !strings.Contains(e.Error(), "limit") {
@@ -612,7 +617,7 @@ func TestCloseSendsGoingAwayAndFailsInFlight(t *testing.T) {
 func TestDrainWaitsForCallsInFlight(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
 	srv := bridgetest.NewServer(t, holdAll(got))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	r := <-got
@@ -636,7 +641,7 @@ func TestDrainWaitsForCallsInFlight(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
-	// Drain gives up at its context's deadline.
+	// With nothing in flight Drain returns at once, even with a done context.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := b.Drain(ctx); err != nil {
@@ -644,10 +649,26 @@ func TestDrainWaitsForCallsInFlight(t *testing.T) {
 	}
 }
 
+func TestDrainGivesUpAtItsDeadline(t *testing.T) {
+	srv := bridgetest.NewServer(t, holdAll(nil))
+	b := startBridge(t, srv.URL(), Options{})
+	callCtx, stopCall := context.WithCancel(ctxT(t))
+	errc := make(chan error, 1)
+	go func() { _, err := b.Call(callCtx, "hold", nil, CallOptions{}); errc <- err }()
+	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := b.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Drain with a call held: %v", err)
+	}
+	stopCall()
+	wantCode(t, <-errc, CodeCanceled)
+}
+
 func TestRepliesOutOfOrder(t *testing.T) {
 	got := make(chan *bridgetest.Request, 2)
 	srv := bridgetest.NewServer(t, holdAll(got))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	res := make(chan string, 2)
 	for _, p := range []string{`["first"]`, `["second"]`} {
 		go func() {
@@ -687,7 +708,7 @@ func TestBackendErrorReply(t *testing.T) {
 			_ = c.WriteRaw(ctx, `{"jsonrpc":"2.0","id":`+string(r.ID)+`,"error":{"code":-32601,"message":"no such method","data":{"m":"x"}}}`)
 		}
 	})
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	_, err := b.Call(ctxT(t), "x", nil, CallOptions{})
 	e := wantCode(t, err, CodeBackendError)
 	if e.RPC == nil || e.RPC.Code != -32601 || e.RPC.Message != "no such method" || string(e.RPC.Data) != `{"m":"x"}` {
@@ -730,7 +751,7 @@ func TestMalformedReplies(t *testing.T) {
 		}
 	})
 	var notes atomic.Int64
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	listener := b.NewConsumer(func(method string, params json.RawMessage) {
 		if method == "note" && string(params) == "[1]" {
 			notes.Add(1)
@@ -770,7 +791,7 @@ func TestIDsNeverReusedAcrossReconnects(t *testing.T) {
 			_ = c.Reply(ctx, r.ID, "ok")
 		}
 	})
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{Backoff: quickRedial})
 	if _, err := b.Call(ctxT(t), "a", nil, CallOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -795,7 +816,7 @@ func TestIDsNeverReusedAcrossReconnects(t *testing.T) {
 func TestNotify(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
 	srv := bridgetest.NewServer(t, holdAll(got))
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	if err := b.Notify(ctxT(t), "note", json.RawMessage(`{"k":"v"}`), CallOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -811,7 +832,7 @@ func TestNotify(t *testing.T) {
 func TestHandshakeHeadersAndRedaction(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	url := strings.Replace(srv.URL(), "ws://", "ws://alice:secret@", 1) + "?token=hunter2"
-	b := newBridge(t, url, Options{Header: http.Header{"X-Api-Key": {"k1"}}})
+	b := startBridge(t, url, Options{Backoff: quickRedial, Header: http.Header{"X-Api-Key": {"k1"}}})
 	if got := b.URL(); strings.Contains(got, "secret") || strings.Contains(got, "hunter2") || strings.Contains(got, "alice") {
 		t.Fatalf("URL %q leaks credentials", got)
 	}
@@ -850,5 +871,148 @@ func TestNewRejectsBadURLs(t *testing.T) {
 		if _, err := New(Options{URL: u}); err == nil {
 			t.Errorf("New(%q) succeeded", u)
 		}
+	}
+}
+
+// recordingSleep stands in for the backoff timer: it records each delay and
+// returns at once, until n delays are recorded; then it blocks until the
+// Bridge closes.
+type recordingSleep struct {
+	mu     sync.Mutex
+	delays []time.Duration
+	n      int
+	full   chan struct{}
+}
+
+func newRecordingSleep(n int) *recordingSleep {
+	return &recordingSleep{n: n, full: make(chan struct{})}
+}
+
+func (r *recordingSleep) sleep(ctx context.Context, d time.Duration) bool {
+	r.mu.Lock()
+	if len(r.delays) < r.n {
+		r.delays = append(r.delays, d)
+		if len(r.delays) == r.n {
+			close(r.full)
+		}
+		r.mu.Unlock()
+		return true
+	}
+	r.mu.Unlock()
+	<-ctx.Done()
+	return false
+}
+
+func checkSchedule(t *testing.T, delays []time.Duration) {
+	t.Helper()
+	want := time.Second
+	for i, d := range delays {
+		if d < time.Duration(float64(want)*0.8) || d > time.Duration(float64(want)*1.2) {
+			t.Fatalf("delay %d = %v, want %v ± 20%% (all: %v)", i+1, d, want, delays)
+		}
+		want = min(time.Duration(float64(want)*1.6), 120*time.Second)
+	}
+}
+
+// The redial loop waits Backoff.Delay between failed dials (1 s, 1.6 s,
+// 2.56 s, ... ± 20 %), with the timer replaced so the test takes no time.
+func TestEagerBackoffSchedule(t *testing.T) {
+	srv := bridgetest.NewServer(t, nil)
+	srv.Stop()
+	rec := newRecordingSleep(12)
+	b, err := newBridge(Options{URL: srv.URL(), Eager: true}, rec.sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	<-rec.full
+	checkSchedule(t, rec.delays)
+	if rec.delays[11] > 120*time.Second*12/10 {
+		t.Fatalf("delay beyond the cap: %v", rec.delays[11])
+	}
+}
+
+// A backend that accepts and drops at once is not redialled in a tight
+// loop: a connection that did not last Backoff.Base counts as a failure.
+func TestDropAtOnceBacksOff(t *testing.T) {
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {})
+	rec := newRecordingSleep(5)
+	b, err := newBridge(Options{URL: srv.URL(), Eager: true}, rec.sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	<-rec.full
+	checkSchedule(t, rec.delays)
+	if n := srv.Accepted(); n > 6 {
+		t.Fatalf("%d connections for 5 backoff waits", n)
+	}
+}
+
+func TestCancelledCallersSendNothing(t *testing.T) {
+	srv := bridgetest.NewServer(t, nil)
+	b := startBridge(t, srv.URL(), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 200 {
+		_, err := b.Call(ctx, "echo", nil, CallOptions{})
+		wantCode(t, err, CodeCanceled)
+	}
+	if srv.Accepted() != 0 || srv.Frames() != 0 {
+		t.Fatalf("cancelled callers reached the backend: %d dials, %d frames", srv.Accepted(), srv.Frames())
+	}
+}
+
+func TestUnparseableReplyFailsItsCallerAtOnce(t *testing.T) {
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
+		for {
+			r, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			_ = c.WriteRaw(ctx, `{"jsonrpc":"2.0","id":`+string(r.ID)+`,"result":`) // truncated
+		}
+	})
+	b := startBridge(t, srv.URL(), Options{})
+	_, err := b.Call(ctxT(t), "x", nil, CallOptions{Timeout: time.Minute})
+	wantCode(t, err, CodeMalformedReply)
+}
+
+// A backend that accepts TCP but never answers the handshake: the call
+// fails with UNAVAILABLE at the dial timeout, not at its own deadline.
+func TestSilentBackendFailsAtTheDialTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	b := startBridge(t, "ws://"+ln.Addr().String()+"/", Options{DialTimeout: 100 * time.Millisecond})
+	_, err = b.Call(ctxT(t), "echo", nil, CallOptions{Timeout: time.Minute})
+	wantCode(t, err, CodeUnavailable)
+}
+
+// Close with a backend that never answers the close handshake is bounded
+// (coder/websocket alone would wait 5 s to write and 5 s for the reply).
+func TestCloseIsBoundedWithASilentBackend(t *testing.T) {
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) { <-ctx.Done() })
+	b, err := New(Options{URL: srv.URL(), Eager: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextConn(t, srv)
+	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	start := time.Now()
+	b.Close()
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("Close took %v", el)
 	}
 }

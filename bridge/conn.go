@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -20,21 +22,22 @@ type conn struct {
 	slot  *slot
 	b     *Bridge
 	ws    *websocket.Conn
+	raw   net.Conn      // the TCP connection under ws, when known
 	sendq chan *op      // requests for the writer
 	lost  chan struct{} // closed by fail: the connection is out of service
 
-	pending   pendingTable
-	abandoned abandonedSet
+	pending pendingTable
 
 	failOnce sync.Once
 	cause    error // written once by fail before lost is closed
 }
 
-func newConn(s *slot, ws *websocket.Conn) *conn {
+func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
 	return &conn{
 		slot:  s,
 		b:     s.b,
 		ws:    ws,
+		raw:   raw,
 		sendq: make(chan *op, s.b.opts.SendQueue),
 		lost:  make(chan struct{}),
 	}
@@ -71,8 +74,7 @@ func (c *conn) serve(ctx context.Context) error {
 	case <-ctx.Done():
 		closing = true
 		c.fail(errors.New("gateway is shutting down"))
-		// Tell the backend we are going away; this also ends the reader.
-		c.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+		c.closeGoingAway()
 	}
 	cancel()
 	wg.Wait()
@@ -94,8 +96,37 @@ func (c *conn) serve(ctx context.Context) error {
 	return c.cause
 }
 
+// closeTimeout bounds the 1001 close handshake at shutdown.
+const closeTimeout = time.Second
+
+// closeGoingAway tells the backend we are going away (this also ends the
+// reader), waiting at most closeTimeout for its answer: a silent backend
+// must not hold up shutdown for coder/websocket's own 5 + 5 s.
+func (c *conn) closeGoingAway() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+	}()
+	t := time.NewTimer(closeTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	if c.raw != nil {
+		_ = c.raw.Close()
+	}
+	<-done
+}
+
 // roundTrip registers o, queues it for the writer and waits for its outcome.
 func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
+	if ctx.Err() != nil {
+		return nil, c.b.ctxError(ctx)
+	}
+	o.callerDone = ctx.Done()
 	if !c.pending.add(o) {
 		return nil, errNotSent
 	}
@@ -104,22 +135,18 @@ func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
 	case <-c.lost:
 		// serve settles o once the connection's goroutines have exited.
 	case <-ctx.Done():
-		if c.pending.take(o.id) != nil {
-			return nil, c.b.ctxError(ctx)
-		}
+		// Handled below: the op is still pending.
 	}
 	select {
 	case r := <-o.resp:
 		return r.value, r.err
 	case <-ctx.Done():
-		if c.pending.take(o.id) == nil {
+		if !c.pending.abandon(o) {
 			// Someone else removed it and is delivering the outcome now.
 			r := <-o.resp
 			return r.value, r.err
 		}
-		if !o.state.CompareAndSwap(opQueued, opAbandoned) {
-			// Written: a reply may still come, and will count as late.
-			c.abandoned.add(o.id, o.onResult)
+		if o.state.Load() == opWritten && !o.notify {
 			c.sendCancel(o.id)
 		}
 		return nil, c.b.ctxError(ctx)
@@ -144,6 +171,13 @@ func (c *conn) writeLoop(ctx context.Context) error {
 	for {
 		select {
 		case o := <-c.sendq:
+			select {
+			case <-c.lost:
+				return errors.New("connection lost") // o goes out on the next one
+			case <-o.callerDone:
+				continue // the caller gave up: it takes o out of pending itself
+			default:
+			}
 			if !o.state.CompareAndSwap(opQueued, opWritten) {
 				continue // the caller gave up before it was sent
 			}
@@ -157,6 +191,8 @@ func (c *conn) writeLoop(ctx context.Context) error {
 			if o.notify && c.pending.take(o.id) != nil {
 				o.resp <- result{}
 			}
+		case <-c.lost:
+			return errors.New("connection lost")
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -207,7 +243,8 @@ func (c *conn) handleFrame(frame []byte) {
 	msgs, err := splitFrame(frame)
 	if err != nil {
 		c.b.counters.malformed.Add(1)
-		c.b.opts.Logger.Warn("backend sent an invalid frame; dropped", "err", err, "bytes", len(frame))
+		c.b.opts.Logger.Warn("backend sent an invalid frame", "err", err, "bytes", len(frame))
+		c.failGuessedCaller(frame, err)
 		return
 	}
 	for _, raw := range msgs {
@@ -221,7 +258,8 @@ func (c *conn) handleMessage(raw []byte) {
 	m, err := decodeMessage(raw)
 	if err != nil {
 		b.counters.malformed.Add(1)
-		b.opts.Logger.Warn("backend sent an invalid message; dropped", "err", err, "bytes", len(raw))
+		b.opts.Logger.Warn("backend sent an invalid message", "err", err, "bytes", len(raw))
+		c.failGuessedCaller(raw, err)
 		return
 	}
 	switch m.kind() {
@@ -247,20 +285,20 @@ func (c *conn) handleMessage(raw []byte) {
 
 	id, wrongType, ok := replyID(m.ID)
 	var o *op
+	var lateHook resultHook
+	var late bool
 	if ok {
-		o = c.pending.takeCall(id)
+		o, lateHook, late = c.pending.takeReply(id)
 	}
 	if o == nil {
-		if ok && !wrongType {
-			if hook, late := c.abandoned.take(id); late {
-				b.counters.late.Add(1)
-				if hook != nil {
-					if value, _, err := m.checkReply(); err == nil && value != nil {
-						hook(c.slot.idx, value)
-					}
+		if late && !wrongType {
+			b.counters.late.Add(1)
+			if lateHook != nil {
+				if value, _, err := m.checkReply(); err == nil && value != nil {
+					lateHook(c.slot.idx, value)
 				}
-				return
 			}
+			return
 		}
 		b.counters.unknown.Add(1)
 		b.opts.Logger.Debug("backend reply matches no call; dropped", "id", string(m.ID))
@@ -281,5 +319,24 @@ func (c *conn) handleMessage(raw []byte) {
 			o.onResult(c.slot.idx, value)
 		}
 		o.resp <- result{value: value}
+	}
+}
+
+// guessID finds a gateway id in a message too broken to decode, so that its
+// caller gets CodeMalformedReply at once instead of waiting for its
+// deadline.
+var guessID = regexp.MustCompile(`"id"\s*:\s*"?([0-9]{1,20})\b`)
+
+func (c *conn) failGuessedCaller(raw []byte, cause error) {
+	m := guessID.FindSubmatch(raw)
+	if m == nil {
+		return
+	}
+	id, err := strconv.ParseUint(string(m[1]), 10, 64)
+	if err != nil {
+		return
+	}
+	if o, _, _ := c.pending.takeReply(id); o != nil {
+		o.resp <- result{err: newError(CodeMalformedReply, "backend reply is not valid JSON", cause)}
 	}
 }

@@ -123,7 +123,7 @@ func syncReader(t *testing.T, b *Bridge) {
 func TestSubscriptionsRouteToTheirOwners(t *testing.T) {
 	sb := &subBackend{}
 	srv := bridgetest.NewServer(t, sb.handler)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	a, bb, c := newRecorder(b), newRecorder(b), newRecorder(b)
 	defer a.Close()
 	defer bb.Close()
@@ -197,7 +197,7 @@ func TestSubscriptionsRouteToTheirOwners(t *testing.T) {
 func TestNotificationRightAfterTheReplyIsRouted(t *testing.T) {
 	sb := &subBackend{}
 	srv := bridgetest.NewServer(t, sb.handler)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	for i := range 50 {
 		r := newRecorder(b)
 		if _, err := r.Call(ctxT(t), "x_subscribe", json.RawMessage(fmt.Sprintf(`["eager",%d]`, i)), CallOptions{}); err != nil {
@@ -212,7 +212,7 @@ func TestNotificationRightAfterTheReplyIsRouted(t *testing.T) {
 
 func TestListenedMethods(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	ticks, all, deaf := newRecorder(b), newRecorder(b), newRecorder(b)
 	defer ticks.Close()
 	defer all.Close()
@@ -246,7 +246,7 @@ func TestListenedMethods(t *testing.T) {
 func TestLossEndsSubscriptions(t *testing.T) {
 	sb := &subBackend{}
 	srv := bridgetest.NewServer(t, sb.handler)
-	b := newBridge(t, srv.URL(), Options{})
+	b := startBridge(t, srv.URL(), Options{})
 	a, l := newRecorder(b), newRecorder(b)
 	defer a.Close()
 	defer l.Close()
@@ -274,7 +274,7 @@ func TestLossEndsSubscriptions(t *testing.T) {
 func TestResubscribeAfterLoss(t *testing.T) {
 	sb := &subBackend{}
 	srv := bridgetest.NewServer(t, sb.handler)
-	b := newBridge(t, srv.URL(), Options{Resubscribe: true, Backoff: Backoff{Base: 10 * time.Millisecond}})
+	b := startBridge(t, srv.URL(), Options{Resubscribe: true, Backoff: Backoff{Base: 10 * time.Millisecond}})
 	a, l := newRecorder(b), newRecorder(b)
 	defer a.Close()
 	defer l.Close()
@@ -340,7 +340,7 @@ func TestSubscribePatterns(t *testing.T) {
 func TestCancelMethodTellsTheBackend(t *testing.T) {
 	got := make(chan *bridgetest.Request, 10)
 	srv := bridgetest.NewServer(t, holdAll(got))
-	b := newBridge(t, srv.URL(), Options{CancelMethod: "$/cancelRequest"})
+	b := startBridge(t, srv.URL(), Options{CancelMethod: "$/cancelRequest"})
 	_, err := b.Call(ctxT(t), "hold", nil, CallOptions{Timeout: 20 * time.Millisecond})
 	wantCode(t, err, CodeDeadlineExceeded)
 	call, cancel := <-got, <-got

@@ -20,6 +20,9 @@ type op struct {
 	resp chan result
 	// onResult, if set, runs on the reader with a successful result.
 	onResult resultHook
+	// callerDone is the caller's ctx.Done(): the writer skips an op whose
+	// caller has given up.
+	callerDone <-chan struct{}
 }
 
 const (
@@ -52,8 +55,16 @@ type pendingShard struct {
 	mu     sync.Mutex
 	ops    map[uint64]*op // guarded by mu
 	closed bool           // guarded by mu; set once by takeAll
-	_      [40]byte       // keep shards on separate cache lines
+	// late remembers calls abandoned after their request was written, so
+	// that a reply still to come counts as late (not unknown) and can still
+	// run the call's result hook. Guarded by mu; bounded by maxLatePerShard.
+	late map[uint64]resultHook
+	_    [32]byte // keep shards on separate cache lines
 }
+
+// maxLatePerShard bounds the late set; past it, the set starts over and
+// the oldest abandoned calls' replies count as unknown.
+const maxLatePerShard = 2048
 
 func (t *pendingTable) shard(id uint64) *pendingShard { return &t.shards[id%pendingShards] }
 
@@ -88,9 +99,10 @@ func (t *pendingTable) take(id uint64) *op {
 	return o
 }
 
-// takeCall is take for a reply: it leaves notifications alone, since their
-// ids were never sent and so cannot be answered.
-func (t *pendingTable) takeCall(id uint64) *op {
+// takeReply removes the call (not a notification: those have no reply)
+// with id. When there is none, it reports whether id was abandoned after
+// being written, with the call's result hook.
+func (t *pendingTable) takeReply(id uint64) (o *op, hook resultHook, late bool) {
 	s := t.shard(id)
 	s.mu.Lock()
 	o, ok := s.ops[id]
@@ -98,12 +110,35 @@ func (t *pendingTable) takeCall(id uint64) *op {
 		delete(s.ops, id)
 	} else {
 		o = nil
+		hook, late = s.late[id]
+		delete(s.late, id)
 	}
 	s.mu.Unlock()
 	if o != nil {
 		t.size.Add(-1)
 	}
-	return o
+	return o, hook, late
+}
+
+// abandon removes o for a caller that gave up. It returns false when o was
+// already removed (its outcome is being delivered). If the request was
+// written, a reply may still come: it is remembered as late.
+func (t *pendingTable) abandon(o *op) bool {
+	s := t.shard(o.id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ops[o.id] != o {
+		return false
+	}
+	delete(s.ops, o.id)
+	t.size.Add(-1)
+	if !o.state.CompareAndSwap(opQueued, opAbandoned) && !o.notify {
+		if s.late == nil || len(s.late) >= maxLatePerShard {
+			s.late = make(map[uint64]resultHook)
+		}
+		s.late[o.id] = o.onResult
+	}
+	return true
 }
 
 // takeAll closes the table and returns every op still in it.
@@ -123,33 +158,3 @@ func (t *pendingTable) takeAll() []*op {
 	return all
 }
 
-// abandonedSet remembers calls whose callers gave up after the request was
-// written, so that their replies count as late rather than unknown, and so
-// that a late reply can still run the call's result hook. It is bounded:
-// past maxAbandoned entries, late replies count as unknown.
-type abandonedSet struct {
-	mu  sync.Mutex
-	ids map[uint64]resultHook // guarded by mu
-}
-
-const maxAbandoned = 1 << 16
-
-func (a *abandonedSet) add(id uint64, hook resultHook) {
-	a.mu.Lock()
-	if a.ids == nil {
-		a.ids = make(map[uint64]resultHook)
-	}
-	if len(a.ids) < maxAbandoned {
-		a.ids[id] = hook
-	}
-	a.mu.Unlock()
-}
-
-// take reports whether id was abandoned, with its hook.
-func (a *abandonedSet) take(id uint64) (resultHook, bool) {
-	a.mu.Lock()
-	hook, ok := a.ids[id]
-	delete(a.ids, id)
-	a.mu.Unlock()
-	return hook, ok
-}

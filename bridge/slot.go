@@ -3,6 +3,9 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -41,6 +44,12 @@ func (s *slot) setState(st State) {
 	s.state = st
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+func (s *slot) currentState() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
 }
 
 func (s *slot) snapshot() (State, *conn) {
@@ -91,6 +100,11 @@ func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
 
 // run dials, serves and redials until ctx is done. It owns the slot's
 // connections: each one's goroutines have exited when serve returns.
+//
+// Backoff follows gRPC: failed dials wait Backoff.Delay(failures) before the
+// next one, and the count resets only once a connection has stayed up for
+// Backoff.Base, so a backend that accepts and at once drops the connection
+// is not redialled in a tight loop.
 func (s *slot) run(ctx context.Context) {
 	b := s.b
 	log := b.opts.Logger.With("conn", s.idx)
@@ -122,28 +136,12 @@ func (s *slot) run(ctx context.Context) {
 			}
 			failures++
 			b.counters.dialFailures.Add(1)
-			delay := b.opts.Backoff.Delay(failures, jitterRand)
-			log.Warn("backend dial failed", "url", b.redactedURL, "err", err, "failures", failures, "retry_in", delay)
-			s.mu.Lock()
-			s.lastErr = err
-			s.nextDial = time.Now().Add(delay)
-			s.setState(StateBackoff)
-			s.mu.Unlock()
-
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
+			if !s.backoff(ctx, failures, err, log) {
 				return
 			}
-			s.mu.Lock()
-			s.setState(StateDisconnected)
-			s.mu.Unlock()
 			continue
 		}
 
-		failures = 0
 		b.counters.connects.Add(1)
 		if lost {
 			b.counters.reconnects.Add(1)
@@ -155,12 +153,56 @@ func (s *slot) run(ctx context.Context) {
 		s.setState(StateConnected)
 		s.mu.Unlock()
 
+		up := time.Now()
 		cause := c.serve(ctx)
 		lost = true
-		if ctx.Err() == nil {
-			log.Warn("backend connection lost", "url", b.redactedURL, "err", cause)
-			b.hub.connLost(s.idx, cause)
+		if ctx.Err() != nil {
+			return
 		}
+		log.Warn("backend connection lost", "url", b.redactedURL, "err", cause)
+		b.hub.connLost(s.idx, cause)
+		if time.Since(up) >= b.opts.Backoff.Base {
+			failures = 0
+			continue
+		}
+		// It dropped as soon as it opened: count it as a failed dial.
+		failures++
+		if !s.backoff(ctx, failures, fmt.Errorf("connection dropped after %v: %w", time.Since(up).Round(time.Millisecond), cause), log) {
+			return
+		}
+	}
+}
+
+// backoff puts the slot in StateBackoff for the delay after failures
+// consecutive failures, then back to StateDisconnected. It reports false
+// when ctx ended first.
+func (s *slot) backoff(ctx context.Context, failures int, cause error, log *slog.Logger) bool {
+	b := s.b
+	delay := b.opts.Backoff.Delay(failures, jitterRand)
+	log.Warn("backend unavailable; backing off", "url", b.redactedURL, "err", cause, "failures", failures, "retry_in", delay)
+	s.mu.Lock()
+	s.lastErr = cause
+	s.nextDial = time.Now().Add(delay)
+	s.setState(StateBackoff)
+	s.mu.Unlock()
+	if !b.sleep(ctx, delay) {
+		return false
+	}
+	s.mu.Lock()
+	s.setState(StateDisconnected)
+	s.mu.Unlock()
+	return true
+}
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -188,8 +230,9 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 	b := s.b
 	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
 	defer cancel()
+	client, raw := capturingClient(b.opts.HTTPClient)
 	ws, resp, err := websocket.Dial(ctx, b.opts.URL, &websocket.DialOptions{
-		HTTPClient: b.opts.HTTPClient,
+		HTTPClient: client,
 		HTTPHeader: b.opts.Header,
 	})
 	if err != nil {
@@ -200,7 +243,44 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("dial %s: %w", b.redactedURL, err)
 	}
 	ws.SetReadLimit(b.opts.MaxMessageBytes)
-	return newConn(s, ws), nil
+	return newConn(s, ws, raw()), nil
+}
+
+// capturingClient returns a copy of client whose transport remembers the
+// network connection it dials, so that shutdown can cut a close handshake
+// short with a silent backend. Clients with another kind of transport are
+// used as they are (raw then returns nil).
+func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
+	tr, ok := client.Transport.(*http.Transport)
+	if client.Transport == nil {
+		tr, ok = http.DefaultTransport.(*http.Transport)
+	}
+	if !ok {
+		return client, func() net.Conn { return nil }
+	}
+	var mu sync.Mutex
+	var raw net.Conn
+	tr = tr.Clone()
+	dial := tr.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			mu.Lock()
+			raw = c
+			mu.Unlock()
+		}
+		return c, err
+	}
+	copied := *client
+	copied.Transport = tr
+	return &copied, func() net.Conn {
+		mu.Lock()
+		defer mu.Unlock()
+		return raw
+	}
 }
 
 // scrubbedError hides the backend URL's credentials in an error's text

@@ -541,8 +541,8 @@ func TestShutdownGraceIsBounded(t *testing.T) {
 	if c := status.Code(err); c != codes.Unavailable && c != codes.Canceled {
 		t.Fatalf("call cut by the grace period: %v", err)
 	}
-	// Generous bound: only a shutdown that ignores the grace takes a minute.
-	if el := time.Since(start); el > 15*time.Second {
+	// The grace plus the bounded close handshake, with room for a slow machine.
+	if el := time.Since(start); el > 3*time.Second {
 		t.Fatalf("shutdown took %v with a 200ms grace", el)
 	}
 }

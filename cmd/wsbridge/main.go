@@ -124,7 +124,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.BoolVar(&bo.Eager, "backend-eager", false, "dial the backend at start and redial in the background after a loss")
 	fs.IntVar(&bo.Conns, "backend-conns", 1, "backend connections, used round-robin")
 	fs.Var(&headers, "backend-header", "a header for the backend handshake, as `\"Name: value\"` (repeatable)")
-	fs.DurationVar(&bo.DialTimeout, "backend-dial-timeout", 10*time.Second, "bound on one backend dial, handshake included")
+	fs.DurationVar(&bo.DialTimeout, "backend-dial-timeout", 5*time.Second, "bound on one backend dial, handshake included")
 	fs.DurationVar(&bo.Backoff.Base, "backoff-base", time.Second, "redial delay after the first failed dial")
 	fs.Float64Var(&bo.Backoff.Multiplier, "backoff-multiplier", 1.6, "redial delay growth per failed dial")
 	fs.Float64Var(&bo.Backoff.Jitter, "backoff-jitter", 0.2, "redial delay jitter, as a fraction (negative for none)")
