@@ -157,4 +157,3 @@ func (t *pendingTable) takeAll() []*op {
 	t.size.Add(-int64(len(all)))
 	return all
 }
-
