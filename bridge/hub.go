@@ -145,15 +145,27 @@ type Consumer struct {
 	// Guarded by h.mu.
 	methods map[string]bool // listened methods; "*" means all
 	subs    map[*subscription]int
+	// holding keeps the notifications of subscriptions whose subscribe
+	// reply the client has not been sent yet (see CallHeld).
+	holding map[*subscription][]heldNote
 	closed  bool
 }
+
+type heldNote struct {
+	method string
+	params json.RawMessage
+}
+
+// maxHeld bounds the notifications held for one subscribe reply.
+const maxHeld = 4096
 
 // NewConsumer registers a consumer. deliver receives each notification
 // routed to it; it runs on a connection's reader and must not block (queue
 // or drop, and end the consumer if it cannot keep up). Close the consumer
 // when the client leaves.
 func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)) *Consumer {
-	c := &Consumer{h: b.hub, deliver: deliver, methods: map[string]bool{}, subs: map[*subscription]int{}}
+	c := &Consumer{h: b.hub, deliver: deliver, methods: map[string]bool{}, subs: map[*subscription]int{},
+		holding: map[*subscription][]heldNote{}}
 	b.hub.mu.Lock()
 	b.hub.consumers[c] = struct{}{}
 	b.hub.mu.Unlock()
@@ -161,12 +173,15 @@ func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)
 }
 
 // Listen adds methods whose notifications the consumer receives ("*": all).
+// Notifications only flow over an open connection, so a lazy Bridge dials
+// now.
 func (c *Consumer) Listen(methods ...string) {
 	c.h.mu.Lock()
 	for _, m := range methods {
 		c.methods[m] = true
 	}
 	c.h.mu.Unlock()
+	c.h.b.slots[0].kickDial()
 }
 
 // Unlisten removes listened methods.
@@ -203,27 +218,40 @@ func (c *Consumer) Notify(ctx context.Context, method string, params json.RawMes
 // releases one of the consumer's subscriptions, and reaches the backend only
 // when no other consumer shares it.
 func (c *Consumer) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	res, release, err := c.CallHeld(ctx, method, params, co)
+	release()
+	return res, err
+}
+
+// CallHeld is Call for a caller that still has to pass the reply on: the
+// notifications of a subscription the call creates or joins are held back
+// until release is called, so that a client never sees a subscription's
+// notification before the reply that gave it the subscription id. Call
+// release exactly once, after queueing the reply (also when err != nil).
+func (c *Consumer) CallHeld(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, func(), error) {
 	if unsub, ok := c.h.unsubscribeFor(method); ok {
 		return c.subscribe(ctx, method, unsub, params, co)
 	}
 	if c.h.isUnsubscribe(method) {
-		return c.unsubscribe(ctx, method, params, co)
+		res, err := c.unsubscribe(ctx, method, params, co)
+		return res, func() {}, err
 	}
-	return c.h.b.Call(ctx, method, params, co)
+	res, err := c.h.b.Call(ctx, method, params, co)
+	return res, func() {}, err
 }
 
-func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params json.RawMessage, co CallOptions) (json.RawMessage, func(), error) {
 	h := c.h
 	var compact bytes.Buffer
 	if len(params) > 0 && json.Compact(&compact, params) != nil {
-		return nil, newError(CodeInvalidArgument, "params are not valid JSON", nil)
+		return nil, func() {}, newError(CodeInvalidArgument, "params are not valid JSON", nil)
 	}
 	key := method + "\x00" + compact.String()
 
 	h.mu.Lock()
 	if c.closed {
 		h.mu.Unlock()
-		return nil, newError(CodeCanceled, "consumer closed", nil)
+		return nil, func() {}, newError(CodeCanceled, "consumer closed", nil)
 	}
 	sub := h.byKey[key]
 	creator := sub == nil
@@ -234,25 +262,27 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 	}
 	sub.owners[c]++
 	c.subs[sub]++
+	c.holding[sub] = nil
 	h.mu.Unlock()
+	release := func() { h.release(c, sub) }
 
 	if !creator {
 		select {
 		case <-sub.ready:
 		case <-ctx.Done():
 			h.drop(c, sub)
-			return nil, h.b.ctxError(ctx)
+			return nil, release, h.b.ctxError(ctx)
 		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if sub.state == subLive || sub.state == subResubscribing {
-			return sub.clientID, nil
+			return sub.clientID, release, nil
 		}
 		h.dropLocked(c, sub, 1)
 		if sub.err != nil {
-			return nil, sub.err
+			return nil, release, sub.err
 		}
-		return nil, newError(CodeUnavailable, "the shared subscription ended before this call joined it", nil)
+		return nil, release, newError(CodeUnavailable, "the shared subscription ended before this call joined it", nil)
 	}
 
 	res, err := h.b.do(ctx, method, params, co, callSpec{slot: -1, onResult: func(slot int, value json.RawMessage) {
@@ -265,11 +295,31 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 		h.removeLocked(sub)
 		close(sub.ready)
 		h.mu.Unlock()
-		return res, err
+		return res, release, err
 	}
 	close(sub.ready)
 	h.mu.Unlock()
-	return res, nil
+	return res, release, nil
+}
+
+// release delivers what was held for c's subscribe reply, and stops
+// holding. Delivering under mu keeps the held notifications ahead of any
+// routed after.
+func (h *hub) release(c *Consumer, sub *subscription) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	notes, ok := c.holding[sub]
+	if !ok {
+		return
+	}
+	delete(c.holding, sub)
+	if c.closed {
+		return
+	}
+	for _, n := range notes {
+		c.deliver(n.method, n.params)
+	}
+	h.delivered.Add(uint64(len(notes)))
 }
 
 // activate makes sub live once the backend answered its subscribe call. It
@@ -420,6 +470,7 @@ func (c *Consumer) Close() {
 	}
 	c.closed = true
 	delete(h.consumers, c)
+	clear(c.holding)
 	type undo struct {
 		method string
 		slot   int
@@ -455,12 +506,20 @@ func (h *hub) route(slot int, method string, params json.RawMessage) {
 		h.mu.Lock()
 		sub := h.byID[subRef{slot, string(id)}]
 		if sub != nil {
-			owners := ownersOf(sub)
-			clientID := sub.clientID
-			h.mu.Unlock()
-			if !bytes.Equal(clientID, id) {
-				params = replaceSubscriptionID(params, clientID)
+			if !bytes.Equal(sub.clientID, id) {
+				params = replaceSubscriptionID(params, sub.clientID)
 			}
+			owners := make([]*Consumer, 0, len(sub.owners))
+			for c := range sub.owners {
+				if held, ok := c.holding[sub]; ok {
+					if len(held) < maxHeld {
+						c.holding[sub] = append(held, heldNote{method, params})
+					}
+					continue
+				}
+				owners = append(owners, c)
+			}
+			h.mu.Unlock()
 			h.deliver(owners, method, params)
 			return
 		}
@@ -603,6 +662,14 @@ func (h *hub) connLost(slot int, cause error) {
 	}
 	for _, sub := range again {
 		h.b.goBackground(func(ctx context.Context) { h.resubscribe(ctx, sub) })
+	}
+	if slot == 0 && h.b.opts.Resubscribe {
+		h.mu.Lock()
+		listeners := h.methodGap
+		h.mu.Unlock()
+		if listeners {
+			h.b.slots[0].kickDial() // listeners wait for the next connection
+		}
 	}
 }
 

@@ -348,3 +348,23 @@ func TestCancelMethodTellsTheBackend(t *testing.T) {
 		t.Fatalf("backend got %s after %s", cancel.Raw, call.Raw)
 	}
 }
+
+// With CallHeld, a new subscription's notifications wait until the caller
+// has passed the reply on.
+func TestCallHeldHoldsNotificationsUntilReleased(t *testing.T) {
+	sb := &subBackend{}
+	srv := bridgetest.NewServer(t, sb.handler)
+	b := startBridge(t, srv.URL(), Options{})
+	r := newRecorder(b)
+	defer r.Close()
+	id, release, err := r.CallHeld(ctxT(t), "x_subscribe", json.RawMessage(`["eager"]`), CallOptions{})
+	if err != nil || string(id) != `"0x1"` {
+		t.Fatalf("subscribe: %s %v", id, err)
+	}
+	syncReader(t, b) // the eager notification has been routed by now
+	r.none(t)
+	release()
+	if n := r.next(t); !strings.Contains(n.params, "first") {
+		t.Fatalf("after release: %v", n)
+	}
+}

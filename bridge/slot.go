@@ -46,6 +46,18 @@ func (s *slot) setState(st State) {
 	s.changed = make(chan struct{})
 }
 
+// kickDial asks a lazy slot to dial if it is disconnected; it does not wait.
+func (s *slot) kickDial() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == StateDisconnected {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (s *slot) currentState() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -33,39 +33,48 @@ func listenParams(params json.RawMessage) ([]string, bool) {
 
 // callFor serves one client call from any JSON-RPC face. With a consumer
 // (/ws, Session) subscriptions are routed to it and the local methods work;
-// without one (/rpc) both are refused.
-func (s *Server) callFor(ctx context.Context, f face, consumer *bridge.Consumer, method string, params json.RawMessage) (json.RawMessage, error) {
+// without one (/rpc) both are refused. Call release once the reply is
+// queued: until then the notifications of a subscription the call made
+// are held back.
+func (s *Server) callFor(ctx context.Context, f face, consumer *bridge.Consumer, method string, params json.RawMessage) (res json.RawMessage, release func(), err error) {
 	s.counters.request(f)
-	res, err := s.dispatch(ctx, consumer, method, params)
+	res, release, err = s.dispatch(ctx, consumer, method, params)
 	s.counters.finished(err)
-	return res, err
+	return res, release, err
 }
 
-func (s *Server) dispatch(ctx context.Context, consumer *bridge.Consumer, method string, params json.RawMessage) (json.RawMessage, error) {
+func noRelease() {}
+
+func (s *Server) dispatch(ctx context.Context, consumer *bridge.Consumer, method string, params json.RawMessage) (json.RawMessage, func(), error) {
 	if method == methodListen || method == methodUnlisten {
 		if consumer == nil {
-			return nil, &bridge.Error{Code: bridge.CodeBackendError, Message: errNoSubscriptOnH.message,
-				RPC: &bridge.RPCError{Code: bridge.RPCMethodNotFound, Message: errNoSubscriptOnH.message}}
+			return nil, noRelease, errNoPush()
 		}
 		methods, ok := listenParams(params)
 		if !ok {
-			return nil, invalid("%s takes a list of notification methods", method)
+			return nil, noRelease, invalid("%s takes a list of notification methods", method)
 		}
 		if method == methodListen {
 			consumer.Listen(methods...)
 		} else {
 			consumer.Unlisten(methods...)
 		}
-		return json.RawMessage("true"), nil
+		return json.RawMessage("true"), noRelease, nil
 	}
 	if consumer == nil {
 		if strings.HasPrefix(method, "wsbridge_") || s.bridge.IsSubscribeMethod(method) {
-			return nil, &bridge.Error{Code: bridge.CodeBackendError, Message: errNoSubscriptOnH.message,
-				RPC: &bridge.RPCError{Code: bridge.RPCMethodNotFound, Message: errNoSubscriptOnH.message}}
+			return nil, noRelease, errNoPush()
 		}
-		return s.bridge.Call(ctx, method, params, bridge.CallOptions{})
+		res, err := s.bridge.Call(ctx, method, params, bridge.CallOptions{})
+		return res, noRelease, err
 	}
-	return consumer.Call(ctx, method, params, bridge.CallOptions{})
+	return consumer.CallHeld(ctx, method, params, bridge.CallOptions{})
+}
+
+// errNoPush refuses subscriptions where nothing can be pushed.
+func errNoPush() error {
+	return &bridge.Error{Code: bridge.CodeBackendError, Message: errNoSubscriptOnH.message,
+		RPC: &bridge.RPCError{Code: bridge.RPCMethodNotFound, Message: errNoSubscriptOnH.message}}
 }
 
 func (s *Server) notifyFor(ctx context.Context, f face, method string, params json.RawMessage) {

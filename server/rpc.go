@@ -51,7 +51,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 			wg.Go(func() { s.notifyFor(ctx, faceRPC, req.method, req.params) })
 		default:
 			wg.Go(func() {
-				res, err := s.callFor(ctx, faceRPC, nil, req.method, req.params)
+				res, _, err := s.callFor(ctx, faceRPC, nil, req.method, req.params)
 				if frame := reply(req.id, res, err); frame != nil {
 					mu.Lock()
 					replies = append(replies, frame)

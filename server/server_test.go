@@ -30,13 +30,19 @@ import (
 // demoBackend runs the demo backend on loopback for the test.
 func demoBackend(t *testing.T) string {
 	t.Helper()
+	return demoBackendWith(t, 0)
+}
+
+// demoBackendWith runs the demo backend with ticks every tick (0: none).
+func demoBackendWith(t *testing.T, tick time.Duration) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = backend.New(backend.Options{}).Serve(ctx, ln) }()
+	go func() { defer close(done); _ = backend.New(backend.Options{Tick: tick}).Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return "ws://" + ln.Addr().String() + "/"
 }

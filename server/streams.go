@@ -151,13 +151,14 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 				continue
 			}
 			spawn(func() {
-				resp := s.sessionCall(ctx, consumer, req)
+				resp, release := s.sessionCall(ctx, consumer, req)
 				mu.Lock()
 				delete(inflight, id)
 				mu.Unlock()
 				if resp != nil {
 					out.push(resp)
 				}
+				release()
 			})
 		}
 	}()
@@ -195,34 +196,34 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 	}
 }
 
-func (s *Server) sessionCall(ctx context.Context, consumer *bridge.Consumer, req *wsbridgev1.SessionRequest) *wsbridgev1.SessionResponse {
+func (s *Server) sessionCall(ctx context.Context, consumer *bridge.Consumer, req *wsbridgev1.SessionRequest) (*wsbridgev1.SessionResponse, func()) {
 	params, err := encodeParams(req.GetParams())
 	if err != nil {
-		return sessionError(req.GetId(), err)
+		return sessionError(req.GetId(), err), noRelease
 	}
 	callCtx := ctx
 	if req.GetTimeout() != nil {
 		co, err := callOptions(ctx, req.GetTimeout(), false)
 		if err != nil {
-			return sessionError(req.GetId(), err)
+			return sessionError(req.GetId(), err), noRelease
 		}
 		var cancel context.CancelFunc
 		callCtx, cancel = context.WithTimeout(ctx, co.Timeout)
 		defer cancel()
 	}
-	raw, err := s.callFor(callCtx, faceGRPC, consumer, req.GetMethod(), params)
+	raw, release, err := s.callFor(callCtx, faceGRPC, consumer, req.GetMethod(), params)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // the session is over
+			return nil, release // the session is over
 		}
-		return sessionError(req.GetId(), err)
+		return sessionError(req.GetId(), err), release
 	}
 	var v structpb.Value
 	if err := protojson.Unmarshal(raw, &v); err != nil {
-		return sessionError(req.GetId(), &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err})
+		return sessionError(req.GetId(), &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}), release
 	}
 	return &wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Reply{Reply: &wsbridgev1.SessionReply{
-		Id: req.GetId(), Outcome: &wsbridgev1.SessionReply_Result{Result: &v}}}}
+		Id: req.GetId(), Outcome: &wsbridgev1.SessionReply_Result{Result: &v}}}}, release
 }
 
 func sessionError(id string, err error) *wsbridgev1.SessionResponse {

@@ -31,7 +31,8 @@ type wsClient struct {
 	calls  sync.WaitGroup
 	tasks  sync.WaitGroup // writer, pinger, closer
 
-	endOnce sync.Once
+	endOnce  sync.Once
+	slowOnce sync.Once
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // guarded by mu: ids of the client's calls in flight
@@ -117,11 +118,12 @@ func (c *wsClient) handleFrame(data []byte) {
 			c.send(appendError(nil, r.id, errDuplicateID))
 		default:
 			c.calls.Go(func() {
-				res, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
+				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
 				c.release(r.id)
 				if frame := reply(r.id, res, err); frame != nil {
 					c.send(frame)
 				}
+				release()
 			})
 		}
 		return
@@ -134,33 +136,40 @@ func (c *wsClient) handleFrame(data []byte) {
 func (c *wsClient) serveBatch(reqs []clientRequest) {
 	var mu sync.Mutex
 	var replies [][]byte
-	add := func(frame []byte) {
+	var releases []func()
+	add := func(frame []byte, release func()) {
+		mu.Lock()
 		if frame != nil {
-			mu.Lock()
 			replies = append(replies, frame)
-			mu.Unlock()
 		}
+		if release != nil {
+			releases = append(releases, release)
+		}
+		mu.Unlock()
 	}
 	var wg sync.WaitGroup
 	for _, r := range reqs {
 		switch {
 		case r.invalid != nil:
-			add(appendError(nil, r.id, r.invalid))
+			add(appendError(nil, r.id, r.invalid), nil)
 		case r.isNotification():
 			wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
 		case !c.claim(r.id):
-			add(appendError(nil, r.id, errDuplicateID))
+			add(appendError(nil, r.id, errDuplicateID), nil)
 		default:
 			wg.Go(func() {
-				res, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
+				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
 				c.release(r.id)
-				add(reply(r.id, res, err))
+				add(reply(r.id, res, err), release)
 			})
 		}
 	}
 	wg.Wait()
 	if len(replies) > 0 {
 		c.send(joinArray(replies))
+	}
+	for _, release := range releases {
+		release()
 	}
 }
 
@@ -209,9 +218,16 @@ func (c *wsClient) send(frame []byte) {
 	select {
 	case c.out <- frame:
 	default:
-		c.s.counters.slowConsumers.Add(1)
-		c.end(websocket.StatusPolicyViolation, "send buffer full: client too slow")
+		c.endSlow("send buffer full: client too slow")
 	}
+}
+
+// endSlow ends a client that cannot keep up, counting it once.
+func (c *wsClient) endSlow(reason string) {
+	c.slowOnce.Do(func() {
+		c.s.counters.slowConsumers.Add(1)
+		c.end(websocket.StatusPolicyViolation, reason)
+	})
 }
 
 func (c *wsClient) writeLoop() {
@@ -223,9 +239,9 @@ func (c *wsClient) writeLoop() {
 			cancel()
 			if err != nil {
 				if errors.Is(err, context.DeadlineExceeded) {
-					c.s.counters.slowConsumers.Add(1)
+					c.endSlow("write timeout: client too slow")
 				}
-				c.end(websocket.StatusPolicyViolation, "write timeout: client too slow")
+				c.end(websocket.StatusPolicyViolation, "write failed")
 				return
 			}
 		case <-c.ended:
