@@ -32,6 +32,8 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 10s).
 	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzBackendFrame$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./backend -run '^$$' -fuzz '^FuzzServeMessage$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz '^FuzzIDRoundTrip$$' -fuzztime $(FUZZTIME)
 
 # The code generators, buf, grpcurl and staticcheck are pinned in tools/go.mod
 # and installed into .bin/.
