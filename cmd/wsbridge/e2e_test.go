@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -342,5 +343,102 @@ func TestUnreachableBackendFailsFast(t *testing.T) {
 	}
 	if code := g.signal(syscall.SIGINT); code != 0 {
 		t.Fatalf("exit %d after SIGINT", code)
+	}
+}
+
+type wsClient struct {
+	t    *testing.T
+	conn *websocket.Conn
+}
+
+func dialWS(t *testing.T, g *gateway) *wsClient {
+	t.Helper()
+	conn, _, err := websocket.Dial(ctxT(t), "ws://"+g.httpAddr+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return &wsClient{t, conn}
+}
+
+func (c *wsClient) call(frame string) string {
+	c.t.Helper()
+	if err := c.conn.Write(ctxT(c.t), websocket.MessageText, []byte(frame)); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.next()
+}
+
+func (c *wsClient) next() string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, b, err := c.conn.Read(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// nextNot skips notifications of method skip (queued before the event).
+func (c *wsClient) nextNot(skip string) string {
+	c.t.Helper()
+	for {
+		if m := c.next(); !strings.Contains(m, `"method":"`+skip+`"`) {
+			return m
+		}
+	}
+}
+
+// Two /ws clients subscribe; each gets only its own notifications. Killing
+// the backend ends both subscriptions explicitly; with --resubscribe they
+// resume, after a wsbridge_gap, under the ids the clients know.
+func TestSubscriptionsAcrossBackendRestart(t *testing.T) {
+	for _, resubscribe := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resubscribe=%v", resubscribe), func(t *testing.T) {
+			be, url := startBackend(t, "127.0.0.1:0")
+			args := []string{"--backend", url, "--backoff-base", "50ms"}
+			if resubscribe {
+				args = append(args, "--resubscribe")
+			}
+			g := startGateway(t, args...)
+			a, b := dialWS(t, g), dialWS(t, g)
+			subA := strings.TrimSuffix(strings.SplitN(a.call(`{"jsonrpc":"2.0","id":1,"method":"demo_subscribe","params":[20]}`), `"result":`, 2)[1], "}")
+			subB := strings.TrimSuffix(strings.SplitN(b.call(`{"jsonrpc":"2.0","id":1,"method":"demo_subscribe","params":[25]}`), `"result":`, 2)[1], "}")
+			if subA == subB || !strings.HasPrefix(subA, `"0x`) {
+				t.Fatalf("subscription ids %s and %s", subA, subB)
+			}
+			for range 3 {
+				if m := a.next(); !strings.Contains(m, `"subscription":`+subA) {
+					t.Fatalf("a got %s", m)
+				}
+				if m := b.next(); !strings.Contains(m, `"subscription":`+subB) {
+					t.Fatalf("b got %s", m)
+				}
+			}
+			be.signal(syscall.SIGKILL)
+			if !resubscribe {
+				for c, sub := range map[*wsClient]string{a: subA, b: subB} {
+					m := c.nextNot("demo_subscription")
+					if !strings.Contains(m, `"method":"wsbridge_subscriptionLost"`) || !strings.Contains(m, `"subscription":`+sub) {
+						t.Fatalf("after the kill: %s", m)
+					}
+				}
+				return
+			}
+			startBackend(t, strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/"))
+			for c, sub := range map[*wsClient]string{a: subA, b: subB} {
+				m := c.nextNot("demo_subscription")
+				if m != `{"jsonrpc":"2.0","method":"wsbridge_gap","params":{"subscription":`+sub+`}}` {
+					t.Fatalf("after the restart: %s", m)
+				}
+				if m := c.next(); !strings.Contains(m, `"method":"demo_subscription"`) || !strings.Contains(m, `"subscription":`+sub) {
+					t.Fatalf("resumed: %s", m)
+				}
+			}
+			if st := g.getStats(t); st.Resubscribes != 2 || st.Subscriptions != 2 {
+				t.Fatalf("stats %v", st)
+			}
+		})
 	}
 }
