@@ -13,7 +13,7 @@ help: ## List the targets.
 
 .PHONY: run
 run: ## Start the gateway with the embedded demo backend (gRPC :9090, HTTP :8080).
-	$(GO) run ./cmd/wsbridge serve $(RUN_ARGS)
+	$(GO) run ./cmd/wsbridge serve --demo-tick 1s $(RUN_ARGS)
 
 .PHONY: build
 build: ## Build bin/wsbridge.
@@ -63,3 +63,7 @@ lint: $(TOOLS) ## go vet, staticcheck, buf lint.
 .PHONY: readme-check
 readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbridge serve on the default ports.
 	scripts/readme-check.sh
+
+.PHONY: interop
+interop: ## Interoperability tests against go-ethereum's JSON-RPC client and server.
+	cd interop && $(GO) test -race -count=1 ./...

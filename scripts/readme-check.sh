@@ -11,7 +11,7 @@ command -v grpcurl >/dev/null || { echo "grpcurl not found: run make tools"; exi
 bin=$(mktemp -d)/wsbridge
 go build -o "$bin" ./cmd/wsbridge
 log=$(mktemp)
-"$bin" serve >"$log" 2>&1 &
+"$bin" serve --demo-tick 1s >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -21,16 +21,23 @@ done
 
 failed=0
 while IFS= read -r cmd; do
-  out=$(bash -c "$cmd" 2>&1) && rc=0 || rc=$?
-  expect_error=0
-  case "$cmd" in *"/fail"*|*"/sleep"*) expect_error=1 ;; esac
-  if [ "$expect_error" = 1 ]; then
-    if ! grep -q '"code"' <<<"$out"; then echo "FAIL (expected an error): $cmd"; echo "$out"; failed=1; continue; fi
-  elif [ "$rc" != 0 ] || grep -q '"message"' <<<"$out"; then
-    echo "FAIL (exit $rc): $cmd"; echo "$out"; failed=1; continue
-  fi
+  case "$cmd" in
+    npx*) # wscat only runs in a terminal
+      out=$(script -qec "$cmd" /dev/null </dev/null 2>&1 | tr -d "\r") && rc=0 || rc=$? ;;
+    *) out=$(bash -c "$cmd" 2>&1) && rc=0 || rc=$? ;;
+  esac
+  verdict=ok
+  case "$cmd" in
+    *"/fail"*|*"Grpc-Timeout"*) grep -q '"code"' <<<"$out" || verdict="expected an error" ;;
+    *"max-time"*) grep -q '"tick"' <<<"$out" || verdict="expected tick notifications" ;;
+    *demo_subscribe*) grep -q 'demo_subscription' <<<"$out" || verdict="expected subscription notifications" ;;
+    npx*) grep -q '"result"' <<<"$out" || verdict="expected a result" ;;
+    *Session*) { [ "$rc" = 0 ] && [ "$(grep -c '"reply"' <<<"$out")" = 3 ]; } || verdict="expected three replies" ;;
+    *) { [ "$rc" = 0 ] && ! grep -q '"message"' <<<"$out"; } || verdict="exit $rc or an error" ;;
+  esac
+  if [ "$verdict" != ok ]; then echo "FAIL ($verdict): $cmd"; echo "$out"; failed=1; continue; fi
   echo "ok: $cmd"
-done < <(awk '/^```sh/{inb=1; next} /^```/{inb=0} inb && ($1=="grpcurl" || $1=="curl")' README.md)
+done < <(awk '/^```sh/{inb=1; next} /^```/{inb=0} inb && ($1=="grpcurl" || $1=="curl" || $1=="npx")' README.md)
 
 kill -TERM $pid
 wait $pid && rc=0 || rc=$?
