@@ -205,3 +205,29 @@ func TestSessionSubscriptionsAreRouted(t *testing.T) {
 		}
 	}
 }
+
+func TestSubscribeSlowConsumerIsEnded(t *testing.T) {
+	fb := bridgetest.NewServer(t, flood)
+	h := start(t, fb.URL(), func(o *Options) { o.ClientBuffer = 4 })
+	stream, err := h.bridge.Subscribe(ctxT(t), &wsbridgev1.SubscribeRequest{Methods: []string{"x_subscription"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Start the flood (a plain subscribe call: its notifications are
+	// nobody's, so they fan out by method) and do not read the stream.
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "x_subscribe"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the stream to be ended as too slow", func() bool {
+		st, _ := h.stats.GetStats(ctxT(t), nil)
+		return st.SlowConsumers == 1
+	})
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("end of stream: %v", err)
+			}
+			return
+		}
+	}
+}

@@ -362,3 +362,20 @@ func TestWSShutdownSendsGoingAway(t *testing.T) {
 		}
 	}
 }
+
+// A client that stops reading answers no pings: it is closed.
+func TestWSClientThatStopsReadingIsClosed(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) {
+		o.ClientPingInterval = 20 * time.Millisecond
+		o.ClientWriteTimeout = 50 * time.Millisecond
+	})
+	c := dialWS(t, h)
+	c.roundTrip(`{"jsonrpc":"2.0","id":1,"method":"echo"}`)
+	waitFor(t, "the silent client to be closed", func() bool {
+		st, _ := h.stats.GetStats(ctxT(t), nil)
+		return st.WsClients == 0
+	})
+	if code := c.recvClose(); code != websocket.StatusPolicyViolation {
+		t.Fatalf("close %v, want 1008", code)
+	}
+}
