@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/internal/wsclose"
 )
 
 // conn is one open backend WebSocket. serve runs its reader, writer and
@@ -100,25 +102,9 @@ func (c *conn) serve(ctx context.Context) error {
 const closeTimeout = time.Second
 
 // closeGoingAway tells the backend we are going away (this also ends the
-// reader), waiting at most closeTimeout for its answer: a silent backend
-// must not hold up shutdown for coder/websocket's own 5 + 5 s.
+// reader), waiting at most closeTimeout for its answer.
 func (c *conn) closeGoingAway() {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
-	}()
-	t := time.NewTimer(closeTimeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	if c.raw != nil {
-		_ = c.raw.Close()
-	}
-	<-done
+	wsclose.Bounded(c.ws, c.raw, websocket.StatusGoingAway, "gateway shutting down", closeTimeout)
 }
 
 // roundTrip registers o, queues it for the writer and waits for its outcome.

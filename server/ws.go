@@ -1,9 +1,11 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/internal/wsclose"
 )
 
 // wsClient is one client of GET /ws: JSON-RPC 2.0 over WebSocket. The
@@ -22,6 +25,7 @@ type wsClient struct {
 	// Static after newWSClient.
 	s        *Server
 	conn     *websocket.Conn
+	raw      net.Conn // the hijacked connection under conn
 	consumer *bridge.Consumer
 	// ctx ends when the client goes; its calls are then abandoned.
 	ctx    context.Context
@@ -44,7 +48,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.wsClients.Done()
-	conn, err := websocket.Accept(w, r, nil)
+	hj := &hijackRecorder{ResponseWriter: w}
+	conn, err := websocket.Accept(hj, r, nil)
 	if err != nil {
 		return // Accept has written the HTTP error
 	}
@@ -55,7 +60,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &wsClient{
-		s: s, conn: conn, ctx: ctx, cancel: cancel,
+		s: s, conn: conn, raw: hj.conn, ctx: ctx, cancel: cancel,
 		out:      make(chan []byte, s.opts.ClientBuffer),
 		ended:    make(chan struct{}),
 		inflight: map[string]struct{}{},
@@ -85,8 +90,28 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 func (c *wsClient) end(code websocket.StatusCode, reason string) {
 	c.endOnce.Do(func() {
 		close(c.ended)
-		c.tasks.Go(func() { _ = c.conn.Close(code, reason) })
+		c.tasks.Go(func() { wsclose.Bounded(c.conn, c.raw, code, reason, closeTimeout) })
 	})
+}
+
+// closeTimeout bounds a close handshake with a client that does not answer.
+const closeTimeout = time.Second
+
+// hijackRecorder keeps the connection websocket.Accept hijacks, so that a
+// close handshake can be cut short.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot hijack")
+	}
+	c, rw, err := hj.Hijack()
+	h.conn = c
+	return c, rw, err
 }
 
 func (c *wsClient) readLoop() {
