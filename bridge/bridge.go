@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,20 @@ type Options struct {
 	// loss, and tells their consumers with a "wsbridge_gap" notification.
 	// Otherwise a loss ends them with "wsbridge_subscriptionLost".
 	Resubscribe bool
+	// AllowMethods, if set, are the only methods clients may call or
+	// notify (glob patterns: * matches any run of characters, as in
+	// path.Match). DenyMethods are refused even if allowed. A refused call
+	// fails with CodePermissionDenied before anything is sent.
+	AllowMethods, DenyMethods []string
+	// DropErrorData removes the data member of backend error objects before
+	// they reach callers (it may hold internals).
+	DropErrorData bool
+	// MaxMethodLength caps the length of a method name. Default 1024.
+	MaxMethodLength int
+	// OnStateChange, if set, is called with the Bridge's state (the best of
+	// its slots) whenever it may have changed. It runs on a slot's goroutine
+	// and must not block.
+	OnStateChange func(State)
 	// CancelMethod, if set, is sent as a notification {"id": <gateway id>}
 	// when a caller gives up on a call the backend has already received
 	// (e.g. "$/cancelRequest").
@@ -107,6 +122,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 4 << 20
+	}
+	if o.MaxMethodLength <= 0 {
+		o.MaxMethodLength = 1024
 	}
 	if o.SendQueue <= 0 {
 		o.SendQueue = 4096
@@ -190,6 +208,11 @@ func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*
 	}
 	if u.Host == "" {
 		return nil, fmt.Errorf("backend URL %q: no host", RedactURL(opts.URL))
+	}
+	for _, p := range append(append([]string{}, opts.AllowMethods...), opts.DenyMethods...) {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("method pattern %q: %w", p, err)
+		}
 	}
 	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
 		return nil, fmt.Errorf("subscription methods: %w", err)
@@ -283,6 +306,12 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 	}
 	if method == "" {
 		return nil, newError(CodeInvalidArgument, "method is empty", nil)
+	}
+	if len(method) > b.opts.MaxMethodLength {
+		return nil, newError(CodeInvalidArgument, fmt.Sprintf("method name longer than %d bytes", b.opts.MaxMethodLength), nil)
+	}
+	if !b.MethodAllowed(method) {
+		return nil, newError(CodePermissionDenied, "method not allowed", nil)
 	}
 	if !validParams(params) {
 		return nil, newError(CodeInvalidArgument, "params must be a JSON object or array", nil)
@@ -535,6 +564,34 @@ func (b *Bridge) Stats() Stats {
 			st.ConnsOpen++
 			st.Pending += c.pending.size.Load()
 		}
+	}
+	return st
+}
+
+// MethodAllowed reports whether clients may call method (see
+// Options.AllowMethods and DenyMethods).
+func (b *Bridge) MethodAllowed(method string) bool {
+	for _, p := range b.opts.DenyMethods {
+		if ok, _ := path.Match(p, method); ok {
+			return false
+		}
+	}
+	if len(b.opts.AllowMethods) == 0 {
+		return true
+	}
+	for _, p := range b.opts.AllowMethods {
+		if ok, _ := path.Match(p, method); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// State returns the Bridge's state: the best state of its slots.
+func (b *Bridge) State() State {
+	st := StateDisconnected
+	for _, s := range b.slots {
+		st = max(st, s.currentState())
 	}
 	return st
 }

@@ -299,6 +299,9 @@ func (c *conn) handleMessage(raw []byte) {
 		b.counters.malformed.Add(1)
 		o.resp <- result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", err)}
 	case rpcErr != nil:
+		if b.opts.DropErrorData {
+			rpcErr.Data = nil
+		}
 		o.resp <- result{err: &Error{Code: CodeBackendError, Message: rpcErr.Error(), RPC: rpcErr}}
 	default:
 		if o.onResult != nil {

@@ -37,6 +37,9 @@ const (
 	// CodeBackendError: the backend replied with a JSON-RPC error object,
 	// available as Error.RPC.
 	CodeBackendError
+	// CodePermissionDenied: the method is not allowed (Options.AllowMethods
+	// and DenyMethods); nothing was sent.
+	CodePermissionDenied
 )
 
 var codeNames = map[Code]string{
@@ -50,13 +53,14 @@ var codeNames = map[Code]string{
 	CodeInvalidArgument:  "invalid_argument",
 	CodeMalformedReply:   "malformed_reply",
 	CodeBackendError:     "backend_error",
+	CodePermissionDenied: "permission_denied",
 }
 
 // Codes lists every Code, for tables and their tests.
 func Codes() []Code {
 	return []Code{CodeUnavailable, CodeReplyLost, CodeDraining, CodeDeadlineExceeded,
 		CodeCanceled, CodeOverloaded, CodeTooLarge, CodeInvalidArgument,
-		CodeMalformedReply, CodeBackendError}
+		CodeMalformedReply, CodeBackendError, CodePermissionDenied}
 }
 
 func (c Code) String() string {

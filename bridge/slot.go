@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -33,6 +34,9 @@ type slot struct {
 	lastErr   error         // the last dial error, for StateBackoff
 	nextDial  time.Time     // when the backoff ends, for StateBackoff
 	closedErr *Error        // set once the Bridge is closing
+
+	// published mirrors state for readers that must not take mu.
+	published atomic.Int32
 }
 
 func newSlot(b *Bridge, idx int) *slot {
@@ -42,8 +46,12 @@ func newSlot(b *Bridge, idx int) *slot {
 // setState changes the state and wakes every waiter. s.mu must be held.
 func (s *slot) setState(st State) {
 	s.state = st
+	s.published.Store(int32(st))
 	close(s.changed)
 	s.changed = make(chan struct{})
+	if f := s.b.opts.OnStateChange; f != nil {
+		f(s.b.State())
+	}
 }
 
 // kickDial asks a lazy slot to dial if it is disconnected; it does not wait.
@@ -58,11 +66,8 @@ func (s *slot) kickDial() {
 	}
 }
 
-func (s *slot) currentState() State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.state
-}
+// currentState reads the state without s.mu.
+func (s *slot) currentState() State { return State(s.published.Load()) }
 
 func (s *slot) snapshot() (State, *conn) {
 	s.mu.Lock()

@@ -21,6 +21,7 @@ const (
 	RPCOverloaded       = -32012
 	RPCTimeout          = -32015
 	RPCRequestTooLarge  = -32021
+	RPCPermissionDenied = -32001
 	rpcNoReply          = 0 // the caller is gone; nothing is sent
 	maxErrorMessageSize = 1024
 )
@@ -47,6 +48,7 @@ var errorTable = map[bridge.Code]errorMapping{
 	bridge.CodeTooLarge:         {codes.ResourceExhausted, 429, RPCRequestTooLarge},
 	bridge.CodeInvalidArgument:  {codes.InvalidArgument, 400, bridge.RPCInvalidRequest},
 	bridge.CodeMalformedReply:   {codes.Internal, 500, bridge.RPCInternalError},
+	bridge.CodePermissionDenied: {codes.PermissionDenied, 403, RPCPermissionDenied},
 }
 
 // backendTable maps the backend's JSON-RPC error codes to gRPC. Any other

@@ -31,12 +31,13 @@ func (s *Server) httpHandler() (http.Handler, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", s.serveHealthz)
 	mux.HandleFunc("/__stats", s.serveSeedStats)
 	mux.HandleFunc("/ws", s.serveWS)
 	mux.HandleFunc("/rpc", s.serveRPC)
 	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
 	mux.Handle("/", s.restHandler(gw))
-	return mux, nil
+	return s.requireAuth(mux), nil
 }
 
 // restHandler marks requests as REST for the counters and caps the body at

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,10 +10,12 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -46,8 +49,36 @@ type Options struct {
 	// Subscribe stream or Session; past it the consumer is ended as too
 	// slow. Default 1024.
 	ClientBuffer int
+	// Auth, if set, checks bearer tokens: every client face then requires
+	// "Authorization: Bearer <token>" (gRPC metadata, REST, /rpc; /ws also
+	// takes the subprotocol "bearer.<token>"). Health (gRPC health,
+	// /healthz) and reflection stay open unless AuthAll.
+	Auth Authenticator
+	// AuthAll extends Auth to health and reflection.
+	AuthAll bool
+	// WSOrigins are the host patterns of browser origins allowed on /ws
+	// (as coder/websocket's AcceptOptions.OriginPatterns). Empty: the same
+	// host only.
+	WSOrigins []string
+	// TLS, if set, serves both listeners over TLS (1.2 at least).
+	TLS *tls.Config
+	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
+	// Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// MaxClients caps concurrent /ws clients; more get 503 at the
+	// handshake. 0: no cap.
+	MaxClients int
+	// MaxInFlightPerClient caps the calls one /ws client or Session may
+	// have in flight, so that one client cannot starve the rest; more get
+	// -32012 / RESOURCE_EXHAUSTED. 0: no cap.
+	MaxInFlightPerClient int
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
+}
+
+// Authenticator checks a bearer token.
+type Authenticator interface {
+	Check(token string) bool
 }
 
 func (o Options) withDefaults() Options {
@@ -68,6 +99,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ClientBuffer <= 0 {
 		o.ClientBuffer = 1024
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -108,8 +142,31 @@ type Server struct {
 	wsClients sync.WaitGroup
 	wsLive    map[*wsClient]struct{}
 	wsClosed  bool
+	// wsReserved counts /ws handshakes under way or served, for MaxClients.
+	wsReserved atomic.Int64
+
+	draining atomic.Bool // set at shutdown: readiness stays NOT_SERVING
 
 	runOnce sync.Once
+}
+
+// LivenessService is the gRPC health service name that reports the process
+// alive (SERVING until shutdown) whatever the backend does; "" and
+// wsbridge.v1.BridgeService report readiness: NOT_SERVING while the backend
+// link is backing off after failures, or while shutting down.
+const LivenessService = "liveness"
+
+func (s *Server) setReadiness(st bridge.State) {
+	if s.draining.Load() {
+		return
+	}
+	status := healthpb.HealthCheckResponse_SERVING
+	if st == bridge.StateBackoff {
+		status = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	for _, name := range []string{"", wsbridgev1.BridgeService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, status)
+	}
 }
 
 // New creates the Bridge and opens both listeners. The caller must call Run,
@@ -119,6 +176,16 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), wsLive: map[*wsClient]struct{}{}}
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
+	// Readiness follows the backend link; health exists before the Bridge
+	// so that the first state change finds it.
+	s.health = health.NewServer()
+	userHook := opts.Bridge.OnStateChange
+	opts.Bridge.OnStateChange = func(st bridge.State) {
+		s.setReadiness(st)
+		if userHook != nil {
+			userHook(st)
+		}
+	}
 	b, err := bridge.New(opts.Bridge)
 	if err != nil {
 		return nil, err
@@ -136,21 +203,32 @@ func New(opts Options) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("HTTP listener: %w", err)
 	}
+	var grpcTLS []grpc.ServerOption
+	if opts.TLS != nil {
+		cfg := opts.TLS.Clone()
+		if cfg.MinVersion < tls.VersionTLS12 {
+			cfg.MinVersion = tls.VersionTLS12
+		}
+		grpcTLS = append(grpcTLS, grpc.Creds(credentials.NewTLS(cfg)))
+		httpCfg := cfg.Clone()
+		httpCfg.NextProtos = []string{"h2", "http/1.1"}
+		s.httpLn = tls.NewListener(s.httpLn, httpCfg)
+	}
 
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(grpcTLS,
 		grpc.StatsHandler(connCounter{s.counters}),
-		grpc.StreamInterceptor(s.streamInterceptor),
+		grpc.ChainUnaryInterceptor(s.authUnary),
+		grpc.ChainStreamInterceptor(s.authStream, s.streamInterceptor),
 		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-	)
+	)...)
 	wsbridgev1.RegisterBridgeServiceServer(s.grpc, bridgeService{s: s})
 	wsbridgev1.RegisterStatsServiceServer(s.grpc, statsService{s: s})
-	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
-	for _, name := range []string{"", wsbridgev1.BridgeService_ServiceDesc.ServiceName, wsbridgev1.StatsService_ServiceDesc.ServiceName} {
-		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
-	}
+	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(wsbridgev1.StatsService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.setReadiness(b.State())
 	reflection.Register(s.grpc)
 
 	s.inproc = bufconn.Listen(1 << 20)
@@ -173,10 +251,12 @@ func New(opts Options) (*Server, error) {
 	}
 	s.http = &http.Server{
 		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ConnState:         s.trackHTTPConn,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		// Bounds reading a request body; /ws clears it after the upgrade.
+		ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute,
+		ConnState:   s.trackHTTPConn,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
@@ -239,7 +319,8 @@ func (s *Server) shutdown() {
 	defer cancel()
 
 	s.bridge.BeginDrain() // new calls: UNAVAILABLE from here on
-	s.health.Shutdown()   // every service NOT_SERVING
+	s.draining.Store(true)
+	s.health.Shutdown() // every service NOT_SERVING
 	if err := s.bridge.Drain(graceCtx); err != nil {
 		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
 	}

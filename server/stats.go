@@ -45,6 +45,7 @@ type counters struct {
 
 	requests, grpcCalls, httpProxied, wsUpgrades atomic.Uint64
 	errors, backendErrors, slowConsumers         atomic.Uint64
+	unauthenticated, refusedClients              atomic.Uint64
 	activeGRPC, activeHTTP, activeWS             atomic.Int64
 }
 

@@ -144,10 +144,17 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 			}
 			mu.Lock()
 			dup := inflight[id]
-			inflight[id] = true
+			over := s.opts.MaxInFlightPerClient > 0 && len(inflight) >= s.opts.MaxInFlightPerClient
+			if !dup && !over {
+				inflight[id] = true
+			}
 			mu.Unlock()
 			if dup {
 				out.push(sessionError(id, invalid("a call with id %q is still in flight", id)))
+				continue
+			}
+			if over {
+				out.push(sessionError(id, &bridge.Error{Code: bridge.CodeOverloaded, Message: "too many calls in flight in this session"}))
 				continue
 			}
 			spawn(func() {

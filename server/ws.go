@@ -48,10 +48,25 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.wsClients.Done()
+	n := s.wsReserved.Add(1)
+	defer s.wsReserved.Add(-1)
+	if max := s.opts.MaxClients; max > 0 && n > int64(max) {
+		s.counters.refusedClients.Add(1)
+		http.Error(w, "too many WebSocket clients", http.StatusServiceUnavailable)
+		return
+	}
+	accept := &websocket.AcceptOptions{OriginPatterns: s.opts.WSOrigins}
+	if p, ok := r.Context().Value(subprotocolKey{}).(string); ok {
+		accept.Subprotocols = []string{p}
+	}
 	hj := &hijackRecorder{ResponseWriter: w}
-	conn, err := websocket.Accept(hj, r, nil)
+	conn, err := websocket.Accept(hj, r, accept)
 	if err != nil {
-		return // Accept has written the HTTP error
+		return // Accept has written the HTTP error (403 for a foreign origin)
+	}
+	if hj.conn != nil {
+		// The HTTP server's read deadline must not end the WebSocket.
+		_ = hj.conn.SetDeadline(time.Time{})
 	}
 	conn.SetReadLimit(s.bridge.MaxMessageBytes())
 	s.counters.wsUpgrades.Add(1)
@@ -139,9 +154,11 @@ func (c *wsClient) handleFrame(data []byte) {
 			c.send(appendError(nil, r.id, r.invalid))
 		case r.isNotification():
 			c.calls.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
-		case !c.claim(r.id):
-			c.send(appendError(nil, r.id, errDuplicateID))
 		default:
+			if e := c.claim(r.id); e != nil {
+				c.send(appendError(nil, r.id, e))
+				return
+			}
 			c.calls.Go(func() {
 				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
 				c.release(r.id)
@@ -179,9 +196,11 @@ func (c *wsClient) serveBatch(reqs []clientRequest) {
 			add(appendError(nil, r.id, r.invalid), nil)
 		case r.isNotification():
 			wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
-		case !c.claim(r.id):
-			add(appendError(nil, r.id, errDuplicateID), nil)
 		default:
+			if e := c.claim(r.id); e != nil {
+				add(appendError(nil, r.id, e), nil)
+				continue
+			}
 			wg.Go(func() {
 				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
 				c.release(r.id)
@@ -214,15 +233,19 @@ func joinArray(elems [][]byte) []byte {
 	return append(out, ']')
 }
 
-// claim registers a call id as in flight; false when it already is.
-func (c *wsClient) claim(id json.RawMessage) bool {
+// claim registers a call id as in flight, or returns why it cannot be: the
+// id is already in flight, or the client is at its in-flight cap.
+func (c *wsClient) claim(id json.RawMessage) *rpcError {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, dup := c.inflight[string(id)]; dup {
-		return false
+		return errDuplicateID
+	}
+	if max := c.s.opts.MaxInFlightPerClient; max > 0 && len(c.inflight) >= max {
+		return errClientOverCap
 	}
 	c.inflight[string(id)] = struct{}{}
-	return true
+	return nil
 }
 
 func (c *wsClient) release(id json.RawMessage) {

@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/internal/auth"
 	"github.com/wsbridge/wsbridge/server"
 )
 
@@ -146,6 +149,23 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.BoolVar(&bo.Resubscribe, "resubscribe", false, "re-issue live subscriptions after a backend reconnect (subscribers get a wsbridge_gap notification)")
 	fs.StringVar(&bo.CancelMethod, "cancel-method", "", "notification sent to the backend with {\"id\": <gateway id>} when a caller gives up (e.g. $/cancelRequest)")
 	fs.DurationVar(&tick, "demo-tick", 0, "embedded demo backend: send a tick notification this often (0: never)")
+	var (
+		tokenFile, tlsCert, tlsKey, backendCA string
+		backendInsecure, errorData            bool
+		allow, deny, origins                  commaList
+	)
+	fs.StringVar(&tokenFile, "auth-token-file", "", "file of accepted bearer tokens, one per line (reread when it changes); enables authentication on every client face")
+	fs.BoolVar(&opts.AuthAll, "auth-all", false, "require the token for health checks and reflection too")
+	fs.Var(&allow, "allow-methods", "comma-separated method patterns clients may call (* = any text); empty allows all")
+	fs.Var(&deny, "deny-methods", "comma-separated method patterns clients may not call")
+	fs.Var(&origins, "ws-origins", "comma-separated host patterns of browser origins allowed on /ws; empty: same host only")
+	fs.StringVar(&tlsCert, "tls-cert", "", "certificate (PEM) for the gateway's listeners; with --tls-key serves TLS 1.2+")
+	fs.StringVar(&tlsKey, "tls-key", "", "private key (PEM) for --tls-cert")
+	fs.StringVar(&backendCA, "backend-ca", "", "extra CA certificates (PEM) trusted for a wss:// backend, besides the system roots")
+	fs.BoolVar(&backendInsecure, "backend-insecure", false, "do not verify the wss:// backend's certificate (insecure; logged as a warning)")
+	fs.BoolVar(&errorData, "backend-error-data", true, "pass the data member of backend errors on to clients")
+	fs.IntVar(&opts.MaxClients, "max-clients", 0, "most concurrent /ws clients; more get 503 at the handshake (0: no limit)")
+	fs.IntVar(&opts.MaxInFlightPerClient, "max-inflight-per-client", 0, "most calls one /ws client or Session may have in flight (0: no limit)")
 	logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -181,6 +201,40 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	}
 	bo.URL = backendU
 	bo.SubscribeMethods, bo.UnsubscribeMethods = []string(subMethods), []string(unsubMethods)
+
+	bo.AllowMethods, bo.DenyMethods, opts.WSOrigins = allow, deny, origins
+	bo.DropErrorData = !errorData
+	if tokenFile != "" {
+		tokens, err := auth.Load(tokenFile)
+		if err != nil {
+			log.Error("cannot load --auth-token-file", "err", err)
+			return 1
+		}
+		opts.Auth = tokens
+	}
+	if (tlsCert == "") != (tlsKey == "") {
+		fmt.Fprintln(stderr, "serve: --tls-cert and --tls-key go together")
+		return 2
+	}
+	if tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+		if err != nil {
+			log.Error("cannot load the TLS certificate", "err", err)
+			return 1
+		}
+		opts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if backendCA != "" || backendInsecure {
+		client, err := backendClient(backendCA, backendInsecure)
+		if err != nil {
+			log.Error("backend TLS settings", "err", err)
+			return 1
+		}
+		if backendInsecure {
+			log.Warn("--backend-insecure: the backend's certificate is not verified; anyone on the path can impersonate it")
+		}
+		bo.HTTPClient = client
+	}
 
 	srv, err := server.New(opts)
 	if err != nil {
@@ -266,4 +320,27 @@ func runBackend(ctx context.Context, args []string, stderr io.Writer, getenv fun
 	}
 	log.Info("demo backend stopped")
 	return 0
+}
+
+// backendClient returns the HTTP client for dialling a wss:// backend: the
+// system roots plus caFile, or no verification at all when insecure.
+func backendClient(caFile string, insecure bool) (*http.Client, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure} //nolint:gosec // opt-in, warned about
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Transport: tr}, nil
 }
