@@ -36,15 +36,24 @@ func demoBackend(t *testing.T) string {
 // demoBackendWith runs the demo backend with ticks every tick (0: none).
 func demoBackendWith(t *testing.T, tick time.Duration) string {
 	t.Helper()
+	url, _ := demoBackendServer(t, tick)
+	return url
+}
+
+// demoBackendServer is demoBackendWith, also returning the backend, whose
+// request counter shows what reached it.
+func demoBackendServer(t *testing.T, tick time.Duration) (string, *backend.Server) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = backend.New(backend.Options{Tick: tick}).Serve(ctx, ln) }()
+	be := backend.New(backend.Options{Tick: tick})
+	go func() { defer close(done); _ = be.Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return "ws://" + ln.Addr().String() + "/"
+	return "ws://" + ln.Addr().String() + "/", be
 }
 
 type harness struct {
