@@ -35,6 +35,9 @@ type Server struct {
 	accepted atomic.Int64
 	frames   atomic.Int64 // frames received from the gateway, all connections
 	noPong   atomic.Bool
+	// open and maxLive count open connections, for "never more backend
+	// connections than configured".
+	open, maxLive atomic.Int64
 
 	mu       sync.Mutex
 	addr     string         // guarded by mu: fixed at the first Start
@@ -76,6 +79,9 @@ func (s *Server) Addr() string {
 
 // Accepted returns the number of WebSocket handshakes completed.
 func (s *Server) Accepted() int64 { return s.accepted.Load() }
+
+// MaxLive returns the most connections that were open at once.
+func (s *Server) MaxLive() int64 { return s.maxLive.Load() }
 
 // Frames returns the number of frames received from the gateway.
 func (s *Server) Frames() int64 { return s.frames.Load() }
@@ -180,6 +186,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.handlers.Add(1)
 	s.mu.Unlock()
 	s.accepted.Add(1)
+	n := s.open.Add(1)
+	for {
+		m := s.maxLive.Load()
+		if n <= m || s.maxLive.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	defer s.open.Add(-1)
 	s.Conns <- c
 	defer s.handlers.Done()
 	defer func() {
