@@ -11,9 +11,9 @@ import (
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"go.uber.org/goleak"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -296,7 +296,9 @@ func TestScenario03BackendDownAtStart(t *testing.T) {
 // deadline with its own reply or an error; nothing is left over.
 func TestScenario06FlappingBackend(t *testing.T) {
 	invariants.Goroutines(t, toxiproxyLeaks...)
-	r := newRig(t, func(o *Options) { o.Bridge.Backoff = bridge.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond} })
+	r := newRig(t, func(o *Options) {
+		o.Bridge.Backoff = bridge.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	})
 	stop := make(chan struct{})
 	var flaps sync.WaitGroup
 	flaps.Go(func() {
