@@ -1016,3 +1016,66 @@ func TestCloseIsBoundedWithASilentBackend(t *testing.T) {
 		t.Fatalf("Close took %v", el)
 	}
 }
+
+// Scenario 4: 100 gateways backing off do not dial in lockstep: the
+// jittered delays spread.
+func TestScenario04JitterSpreadsRedials(t *testing.T) {
+	b := Backoff{}.withDefaults()
+	seen := map[time.Duration]bool{}
+	lo, hi := time.Hour, time.Duration(0)
+	for range 100 {
+		d := b.Delay(3, jitterRand)
+		seen[d.Round(time.Millisecond)] = true
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if len(seen) < 50 || hi-lo < 500*time.Millisecond {
+		t.Fatalf("100 delays: %d distinct, spread %v; want them spread over ±20%% of 2.56s", len(seen), hi-lo)
+	}
+}
+
+// Scenario 4: the backoff starts over after a connection that lasted.
+func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
+	var up atomic.Bool
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) { <-ctx.Done() })
+	srv.Stop()
+	rec := newRecordingSleep(1000)
+	b, err := newBridge(Options{URL: srv.URL(), Eager: true, Backoff: Backoff{Base: 10 * time.Millisecond, Max: time.Second}}, func(ctx context.Context, d time.Duration) bool {
+		if up.Load() {
+			return sleepCtx(ctx, d)
+		}
+		return rec.sleep(ctx, d)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	eventually(t, "five failed dials", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.delays) >= 5
+	})
+	up.Store(true)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := nextConn(t, srv)
+	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	time.Sleep(20 * time.Millisecond) // the connection lasts longer than Backoff.Base
+	rec.mu.Lock()
+	before := len(rec.delays)
+	rec.mu.Unlock()
+	up.Store(false)
+	srv.Stop()
+	_ = c
+	eventually(t, "a failed dial after the loss", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.delays) > before
+	})
+	rec.mu.Lock()
+	first := rec.delays[before]
+	rec.mu.Unlock()
+	if first > 12*time.Millisecond {
+		t.Fatalf("first delay after a lasting connection %v, want the base (10ms ± 20%%)", first)
+	}
+}

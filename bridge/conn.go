@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -220,6 +221,14 @@ func (c *conn) readLoop(ctx context.Context) error {
 			c.b.opts.Logger.Warn("backend sent a binary frame; dropped", "bytes", len(frame))
 			continue
 		}
+		if !utf8.Valid(frame) {
+			// RFC 6455 requires UTF-8 in text frames; passing it on would
+			// break clients' text frames and proto strings alike.
+			c.b.counters.malformed.Add(1)
+			c.b.opts.Logger.Warn("backend sent a text frame that is not UTF-8", "bytes", len(frame))
+			c.failGuessedCaller(frame, errNotUTF8)
+			continue
+		}
 		c.handleFrame(frame)
 	}
 }
@@ -314,6 +323,8 @@ func (c *conn) handleMessage(raw []byte) {
 // guessID finds a gateway id in a message too broken to decode, so that its
 // caller gets CodeMalformedReply at once instead of waiting for its
 // deadline.
+var errNotUTF8 = errors.New("text frame is not valid UTF-8")
+
 var guessID = regexp.MustCompile(`"id"\s*:\s*"?([0-9]{1,20})\b`)
 
 func (c *conn) failGuessedCaller(raw []byte, cause error) {

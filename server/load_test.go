@@ -20,7 +20,7 @@ import (
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
 
-// shuffling echoes every request after a random 0-3 ms, so replies come
+// shuffling echoes every request after a random 0-50 ms (scenario 12), so replies come
 // back in a different order than the requests went out.
 func shuffling(ctx context.Context, c *bridgetest.Conn) {
 	var wg sync.WaitGroup
@@ -34,7 +34,7 @@ func shuffling(ctx context.Context, c *bridgetest.Conn) {
 			continue
 		}
 		wg.Go(func() {
-			t := time.NewTimer(time.Duration(rand.IntN(3000)) * time.Microsecond)
+			t := time.NewTimer(time.Duration(rand.IntN(50000)) * time.Microsecond)
 			defer t.Stop()
 			select {
 			case <-t.C:

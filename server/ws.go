@@ -88,11 +88,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	c.tasks.Go(c.writeLoop)
 	c.tasks.Go(c.pingLoop)
-	c.readLoop()
+	err = c.readLoop()
 
 	// The client is gone (or being closed): abandon its calls, release its
-	// subscriptions, and wait for every goroutine of this client.
-	c.end(websocket.StatusNormalClosure, "")
+	// subscriptions, and wait for every goroutine of this client. A read
+	// that failed without a close frame was a protocol violation (or a
+	// dead connection, where the close frame goes nowhere).
+	if websocket.CloseStatus(err) == -1 {
+		c.end(websocket.StatusProtocolError, "protocol error")
+	} else {
+		c.end(websocket.StatusNormalClosure, "")
+	}
 	c.cancel()
 	c.calls.Wait()
 	c.consumer.Close()
@@ -129,17 +135,18 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, rw, err
 }
 
-func (c *wsClient) readLoop() {
+// readLoop reads until the connection ends and returns why.
+func (c *wsClient) readLoop() error {
 	for {
 		// Reads use a context that is never cancelled: cancelling a read
 		// drops the TCP connection without the close handshake.
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
-			return
+			return err
 		}
 		if typ == websocket.MessageText && !utf8.Valid(data) {
 			c.end(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
-			return
+			return nil
 		}
 		c.handleFrame(data)
 	}

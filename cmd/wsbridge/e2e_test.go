@@ -442,3 +442,67 @@ func TestSubscriptionsAcrossBackendRestart(t *testing.T) {
 		})
 	}
 }
+
+// Scenario 11: SIGTERM with 500 calls in flight. Readiness turns
+// NOT_SERVING at once and new calls get UNAVAILABLE; the calls in flight
+// drain; /ws clients get 1001; the process exits 0 within the grace + 1 s.
+// Calls longer than the grace are cut with UNAVAILABLE.
+func TestScenario11GracefulShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sleepMS int
+		want    codes.Code
+	}{{"drains", 500, codes.OK}, {"cut at the grace", 20000, codes.Unavailable}} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := startGateway(t, "--shutdown-grace", "2s")
+			ws := dialWS(t, g)
+			ws.call(`{"jsonrpc":"2.0","id":1,"method":"echo"}`)
+			watch, err := healthpb.NewHealthClient(g.conn).Watch(ctxT(t), &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health before: %v %v", r, err)
+			}
+			const n = 500
+			out := make(chan codes.Code, n)
+			for range n {
+				go func() {
+					_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, fmt.Sprintf("[%d]", tc.sleepMS))})
+					out <- status.Code(err)
+				}()
+			}
+			for deadline := time.Now().Add(20 * time.Second); g.getStats(t).InFlight != n; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the calls never got in flight")
+				}
+			}
+			start := time.Now()
+			if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Fatalf("health at SIGTERM: %v %v", r, err)
+			}
+			if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.Unavailable {
+				t.Fatalf("a new call during shutdown: %v", err)
+			}
+			for range n {
+				if code := <-out; code != tc.want && !(tc.want == codes.Unavailable && code == codes.Canceled) {
+					t.Fatalf("a call in flight at SIGTERM ended with %v, want %v", code, tc.want)
+				}
+			}
+			_, _, err = ws.conn.Read(ctxT(t))
+			if websocket.CloseStatus(err) != websocket.StatusGoingAway {
+				t.Fatalf("/ws client: %v, want 1001", err)
+			}
+			<-g.done
+			if err := g.cmd.Wait(); err != nil {
+				t.Fatalf("exit: %v", err)
+			}
+			if el := time.Since(start); el > 3*time.Second {
+				t.Fatalf("exit %v after SIGTERM with a 2s grace", el)
+			}
+		})
+	}
+}
