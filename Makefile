@@ -67,3 +67,9 @@ readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbr
 .PHONY: interop
 interop: ## Interoperability tests against go-ethereum's JSON-RPC client and server.
 	cd interop && $(GO) test -race -count=1 ./...
+
+SOAK_ARGS ?= --duration 2m
+.PHONY: soak
+soak: build ## Soak (backend restarted every 20 s) then flap (200 ms up/down) runs; not part of make test. SOAK_ARGS to change.
+	$(GO) run ./cmd/wsbridge-soak --wsbridge bin/wsbridge --mode restart $(SOAK_ARGS)
+	$(GO) run ./cmd/wsbridge-soak --wsbridge bin/wsbridge --mode flap --duration 1m --rate 200

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -138,6 +139,8 @@ func (c *counters) snapshot(b *bridge.Bridge) *wsbridgev1.Stats {
 		SlowConsumers:          c.slowConsumers.Load(),
 		NotificationsDelivered: bs.Delivered,
 		Resubscribes:           bs.Resubscribes,
+		Goroutines:             int64(runtime.NumGoroutine()),
+		Unauthenticated:        c.unauthenticated.Load(),
 	}
 }
 
@@ -177,6 +180,8 @@ type seedStats struct {
 	SlowConsumers           uint64      `json:"slowConsumers"`
 	NotificationsDelivered  uint64      `json:"notificationsDelivered"`
 	Resubscribes            uint64      `json:"resubscribes"`
+	Goroutines              int64       `json:"goroutines"`
+	Unauthenticated         uint64      `json:"unauthenticated"`
 	Latency                 seedLatency `json:"latency"`
 }
 
@@ -222,6 +227,8 @@ func toSeed(s *wsbridgev1.Stats) seedStats {
 		SlowConsumers:           s.SlowConsumers,
 		NotificationsDelivered:  s.NotificationsDelivered,
 		Resubscribes:            s.Resubscribes,
+		Goroutines:              s.Goroutines,
+		Unauthenticated:         s.Unauthenticated,
 		Latency: seedLatency{
 			P50Ms: s.Latency.GetP50Ms(), P90Ms: s.Latency.GetP90Ms(), P99Ms: s.Latency.GetP99Ms(),
 			Count: s.Latency.GetCount(), WindowSeconds: s.Latency.GetWindowSeconds(),

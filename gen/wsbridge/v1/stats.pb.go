@@ -265,9 +265,13 @@ type Stats struct {
 	// Notifications delivered to consumers.
 	NotificationsDelivered uint64 `protobuf:"varint,32,opt,name=notifications_delivered,json=notificationsDelivered,proto3" json:"notifications_delivered,omitempty"`
 	// Subscriptions re-issued on a new backend connection (--resubscribe).
-	Resubscribes  uint64 `protobuf:"varint,33,opt,name=resubscribes,proto3" json:"resubscribes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resubscribes uint64 `protobuf:"varint,33,opt,name=resubscribes,proto3" json:"resubscribes,omitempty"`
+	// Goroutines in the gateway process now (for soak runs and leak hunts).
+	Goroutines int64 `protobuf:"varint,34,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
+	// Requests refused for a missing or invalid token.
+	Unauthenticated uint64 `protobuf:"varint,35,opt,name=unauthenticated,proto3" json:"unauthenticated,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -531,6 +535,20 @@ func (x *Stats) GetResubscribes() uint64 {
 	return 0
 }
 
+func (x *Stats) GetGoroutines() int64 {
+	if x != nil {
+		return x.Goroutines
+	}
+	return 0
+}
+
+func (x *Stats) GetUnauthenticated() uint64 {
+	if x != nil {
+		return x.Unauthenticated
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -542,8 +560,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xc9\n" +
-	"\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\x93\v\n" +
 	"\x05Stats\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x129\n" +
@@ -584,7 +601,11 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\rsubscriptions\x18\x1e \x01(\x03R\rsubscriptions\x12%\n" +
 	"\x0eslow_consumers\x18\x1f \x01(\x04R\rslowConsumers\x127\n" +
 	"\x17notifications_delivered\x18  \x01(\x04R\x16notificationsDelivered\x12\"\n" +
-	"\fresubscribes\x18! \x01(\x04R\fresubscribes*\xa3\x01\n" +
+	"\fresubscribes\x18! \x01(\x04R\fresubscribes\x12\x1e\n" +
+	"\n" +
+	"goroutines\x18\" \x01(\x03R\n" +
+	"goroutines\x12(\n" +
+	"\x0funauthenticated\x18# \x01(\x04R\x0funauthenticated*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +
