@@ -364,4 +364,3 @@ func wsClient(ctx context.Context, url string, id int, every, deadline time.Dura
 		t.end(code, time.Since(start), deadline)
 	}
 }
-

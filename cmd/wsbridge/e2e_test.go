@@ -255,12 +255,13 @@ func TestBackendLossAndReturn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st := g.getStats(t); st.BackendConnects != 1 {
-		t.Fatalf("100 first calls made %d dials, want 1", st.BackendConnects)
+	baseline := g.getStats(t)
+	if baseline.BackendConnects != 1 {
+		t.Fatalf("100 first calls made %d dials, want 1", baseline.BackendConnects)
 	}
 
-	// 500 calls in flight, then the backend process dies.
-	const n = 500
+	// 1,000 calls in flight, then the backend process dies.
+	const n = 1000
 	type outcome struct {
 		code codes.Code
 		at   time.Time
@@ -318,6 +319,16 @@ func TestBackendLossAndReturn(t *testing.T) {
 	}
 	if st := g.getStats(t); st.BackendReconnects != 1 || st.BackendConnects != 2 {
 		t.Fatalf("reconnects %d connects %d, want 1 and 2", st.BackendReconnects, st.BackendConnects)
+	}
+	// The gateway's goroutines are back to where they were before the load.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st := g.getStats(t)
+		if st.Goroutines <= baseline.Goroutines+2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway goroutines %d, %d before the load", st.Goroutines, baseline.Goroutines)
+		}
 	}
 }
 
