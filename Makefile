@@ -66,7 +66,7 @@ readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbr
 
 .PHONY: interop
 interop: ## Interoperability tests against go-ethereum's JSON-RPC client and server.
-	cd interop && $(GO) test -race -count=1 ./...
+	cd interop && $(GO) mod tidy && $(GO) test -race -count=1 ./...
 
 SOAK_ARGS ?= --duration 2m
 .PHONY: soak
