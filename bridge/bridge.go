@@ -327,8 +327,12 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 	if co.Timeout > 0 && co.Timeout < timeout {
 		timeout = co.Timeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	// A caller whose own deadline comes first needs no timer of ours.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	start := time.Now()
 	res, err := b.attempt(ctx, quoted, params, co, spec)
 	if !spec.notify {

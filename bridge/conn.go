@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -14,7 +15,8 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/wsbridge/wsbridge/internal/wsclose"
+	"github.com/wsbridge/wsbridge/internal/cork"
+	"github.com/wsbridge/wsbridge/internal/wsutil"
 )
 
 // conn is one open backend WebSocket. serve runs its reader, writer and
@@ -105,7 +107,7 @@ const closeTimeout = time.Second
 // closeGoingAway tells the backend we are going away (this also ends the
 // reader), waiting at most closeTimeout for its answer.
 func (c *conn) closeGoingAway() {
-	wsclose.Bounded(c.ws, c.raw, websocket.StatusGoingAway, "gateway shutting down", closeTimeout)
+	wsutil.Bounded(c.ws, c.raw, websocket.StatusGoingAway, "gateway shutting down", closeTimeout)
 }
 
 // roundTrip registers o, queues it for the writer and waits for its outcome.
@@ -154,36 +156,89 @@ func (c *conn) sendCancel(id uint64) {
 	}
 }
 
+// maxBatch bounds the messages written under one cork.
+const maxBatch = 64
+
+// writeLoop writes queued requests. When several are queued it corks the
+// socket, writes them back to back and uncorks, so that they leave in one
+// system call (coder/websocket flushes every message).
 func (c *conn) writeLoop(ctx context.Context) error {
+	corked := cork.Of(c.raw)
+	var written []*op // notifications written in this batch
 	for {
+		var o *op
 		select {
-		case o := <-c.sendq:
-			select {
-			case <-c.lost:
-				return errors.New("connection lost") // o goes out on the next one
-			case <-o.callerDone:
-				continue // the caller gave up: it takes o out of pending itself
-			default:
-			}
-			if !o.state.CompareAndSwap(opQueued, opWritten) {
-				continue // the caller gave up before it was sent
-			}
-			wctx, cancel := context.WithTimeout(ctx, c.b.opts.WriteTimeout)
-			err := c.ws.Write(wctx, websocket.MessageText, o.frame)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("write: %w", err)
-			}
-			c.b.counters.messagesOut.Add(1)
-			if o.notify && c.pending.take(o.id) != nil {
-				o.resp <- result{}
-			}
+		case o = <-c.sendq:
 		case <-c.lost:
 			return errors.New("connection lost")
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		// With the socket in hand, the write timeout is the socket's
+		// deadline: a context deadline would cost coder/websocket a timer
+		// per message.
+		wctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if corked != nil {
+			_ = corked.SetWriteDeadline(time.Now().Add(c.b.opts.WriteTimeout))
+			corked.Cork()
+		} else {
+			wctx, cancel = context.WithTimeout(ctx, c.b.opts.WriteTimeout)
+		}
+		written = written[:0]
+		// Let the goroutines that are about to queue more do so, so that
+		// they join this batch (a no-op when nothing else is runnable).
+		runtime.Gosched()
+		var err error
+		for n := 0; o != nil && err == nil; n++ {
+			var sent bool
+			sent, err = c.writeOne(wctx, o)
+			if sent && o.notify {
+				written = append(written, o)
+			}
+			o = nil
+			if n+1 < maxBatch {
+				select {
+				case o = <-c.sendq:
+				default:
+				}
+			}
+		}
+		if corked != nil {
+			if uerr := corked.Uncork(time.Now().Add(c.b.opts.WriteTimeout)); err == nil && uerr != nil {
+				err = fmt.Errorf("write: %w", uerr)
+			}
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, o := range written {
+			if c.pending.take(o.id) != nil {
+				o.resp <- result{}
+			}
+		}
 	}
+}
+
+// writeOne writes o unless its caller gave up; sent reports whether it was
+// written. An error means the connection is lost (queued ops go out on the
+// next one).
+func (c *conn) writeOne(ctx context.Context, o *op) (sent bool, err error) {
+	select {
+	case <-c.lost:
+		return false, errors.New("connection lost")
+	case <-o.callerDone:
+		return false, nil // the caller gave up: it takes o out of pending itself
+	default:
+	}
+	if !o.state.CompareAndSwap(opQueued, opWritten) {
+		return false, nil // the caller gave up before it was sent
+	}
+	if err := c.ws.Write(ctx, websocket.MessageText, o.frame); err != nil {
+		return true, fmt.Errorf("write: %w", err)
+	}
+	c.b.counters.messagesOut.Add(1)
+	return true, nil
 }
 
 func (c *conn) pingLoop(ctx context.Context) error {
@@ -209,7 +264,9 @@ func (c *conn) pingLoop(ctx context.Context) error {
 
 func (c *conn) readLoop(ctx context.Context) error {
 	for {
-		typ, frame, err := c.ws.Read(ctx)
+		// Not ctx: a read context costs coder/websocket a timer per
+		// message; serve closes the socket to end the read.
+		typ, frame, err := wsutil.ReadMessage(context.Background(), c.ws)
 		if err != nil {
 			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
 				return fmt.Errorf("backend sent a message over the %d-byte limit (closed with 1009): %w", c.b.opts.MaxMessageBytes, err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,28 +97,35 @@ func validPatterns(sub, unsub []string) error {
 		return fmt.Errorf("%d subscribe patterns but %d unsubscribe patterns: they pair by position", len(sub), len(unsub))
 	}
 	for _, p := range append(append([]string{}, sub...), unsub...) {
-		if _, err := path.Match(p, ""); err != nil {
-			return fmt.Errorf("pattern %q: %w", p, err)
-		}
-		if strings.Count(p, "*") > 1 {
-			return fmt.Errorf("pattern %q: at most one *", p)
+		if strings.Count(p, "*") > 1 || strings.ContainsAny(p, "?[\\") {
+			return fmt.Errorf("pattern %q: only one * may stand for any text", p)
 		}
 	}
 	return nil
+}
+
+// matchStar matches method against a pattern with at most one * (checked
+// by validPatterns) and returns what the * stood for. It is on every call's
+// path, so it avoids path.Match.
+func matchStar(pattern, method string) (wild string, ok bool) {
+	prefix, suffix, star := strings.Cut(pattern, "*")
+	if !star {
+		return "", pattern == method
+	}
+	if len(method) < len(prefix)+len(suffix) || !strings.HasPrefix(method, prefix) || !strings.HasSuffix(method, suffix) {
+		return "", false
+	}
+	return method[len(prefix) : len(method)-len(suffix)], true
 }
 
 // unsubscribeFor returns the unsubscribe method paired with a subscribe
 // method, and whether method is a subscribe method at all.
 func (h *hub) unsubscribeFor(method string) (string, bool) {
 	for i, p := range h.subPatterns {
-		if ok, _ := path.Match(p, method); !ok {
+		wild, ok := matchStar(p, method)
+		if !ok {
 			continue
 		}
-		prefix, suffix, star := strings.Cut(p, "*")
-		if !star {
-			return h.unsubPatterns[i], true
-		}
-		wild := method[len(prefix) : len(method)-len(suffix)]
 		return strings.Replace(h.unsubPatterns[i], "*", wild, 1), true
 	}
 	return "", false
@@ -127,7 +133,7 @@ func (h *hub) unsubscribeFor(method string) (string, bool) {
 
 func (h *hub) isUnsubscribe(method string) bool {
 	for _, p := range h.unsubPatterns {
-		if ok, _ := path.Match(p, method); ok {
+		if _, ok := matchStar(p, method); ok {
 			return true
 		}
 	}

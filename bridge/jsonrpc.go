@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/wsbridge/wsbridge/internal/rpcscan"
 )
 
 // appendRequest appends a JSON-RPC 2.0 request (or, with hasID false, a
@@ -191,30 +193,50 @@ func decodeRPCError(raw json.RawMessage) (*RPCError, error) {
 }
 
 // splitFrame returns the messages in one text frame: one object, or the
-// elements of a batch.
+// elements of a batch. The frame is validated once here; the messages are
+// spans of it.
 func splitFrame(frame []byte) ([]json.RawMessage, error) {
 	p := bytes.TrimLeft(frame, " \t\r\n")
-	if len(p) > 0 && p[0] == '[' {
-		var batch []json.RawMessage
-		if err := json.Unmarshal(p, &batch); err != nil {
-			return nil, err
-		}
-		if len(batch) == 0 {
-			return nil, errors.New("empty batch")
-		}
-		return batch, nil
+	if !json.Valid(p) {
+		return nil, errors.New("frame is not valid JSON")
 	}
-	// A single message is validated when decodeMessage parses it.
-	return []json.RawMessage{p}, nil
+	if p[0] != '[' {
+		return []json.RawMessage{p}, nil
+	}
+	elems, _ := rpcscan.Array(p)
+	if len(elems) == 0 {
+		return nil, errors.New("empty batch")
+	}
+	msgs := make([]json.RawMessage, len(elems))
+	for i, e := range elems {
+		msgs[i] = e
+	}
+	return msgs, nil
 }
 
+// decodeMessage picks the members of one message (valid JSON) by their
+// exact names, without decoding the values.
 func decodeMessage(raw json.RawMessage) (*wireMessage, error) {
-	var m wireMessage
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, errors.New("message is not a JSON object")
 	}
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, err
-	}
+	var m wireMessage
+	_ = rpcscan.Object(raw, func(key, value []byte) bool {
+		switch string(key) {
+		case "jsonrpc":
+			m.JSONRPC = value
+		case "id":
+			m.ID = value
+		case "method":
+			m.Method = value
+		case "params":
+			m.Params = value
+		case "result":
+			m.Result = value
+		case "error":
+			m.Error = value
+		}
+		return true
+	})
 	return &m, nil
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/internal/cork"
 )
 
 // slot is one backend connection position of the pool: it dials, serves the
@@ -264,8 +266,8 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 }
 
 // capturingClient returns a copy of client whose transport remembers the
-// network connection it dials, so that shutdown can cut a close handshake
-// short with a silent backend. Clients with another kind of transport are
+// network connection it dials (wrapped so that the writer can cork it), so
+// that shutdown can cut a close handshake short with a silent backend. Clients with another kind of transport are
 // used as they are (raw then returns nil).
 func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
 	tr, ok := client.Transport.(*http.Transport)
@@ -284,12 +286,14 @@ func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
 	}
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
-		if err == nil {
-			mu.Lock()
-			raw = c
-			mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
-		return c, err
+		cc := cork.Wrap(c)
+		mu.Lock()
+		raw = cc
+		mu.Unlock()
+		return cc, nil
 	}
 	copied := *client
 	copied.Transport = tr

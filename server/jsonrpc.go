@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/internal/rpcscan"
 )
 
 // clientRequest is one JSON-RPC request or notification from a client of
@@ -44,14 +45,15 @@ var (
 
 // parseClientFrame parses one WebSocket message or HTTP body. A parse error
 // yields one invalid request (reply: -32700, id null); an empty batch one
-// invalid request (-32600, id null, not in an array).
+// invalid request (-32600, id null, not in an array). The requests' slices
+// point into data.
 func parseClientFrame(data []byte) (reqs []clientRequest, batch bool) {
 	data = bytes.TrimLeft(data, " \t\r\n")
-	if len(data) > 0 && data[0] == '[' {
-		var elems []json.RawMessage
-		if err := json.Unmarshal(data, &elems); err != nil {
-			return []clientRequest{{invalid: errParse}}, false
-		}
+	if !json.Valid(data) {
+		return []clientRequest{{invalid: errParse}}, false
+	}
+	if data[0] == '[' {
+		elems, _ := rpcscan.Array(data)
 		if len(elems) == 0 {
 			return []clientRequest{{invalid: errEmptyBatch}}, false
 		}
@@ -61,21 +63,33 @@ func parseClientFrame(data []byte) (reqs []clientRequest, batch bool) {
 		}
 		return reqs, true
 	}
-	if !json.Valid(data) {
-		return []clientRequest{{invalid: errParse}}, false
-	}
 	return []clientRequest{parseClientRequest(data)}, false
 }
 
-// parseClientRequest checks one request object. Members are matched
-// exactly (encoding/json would take "Method" for "method").
+// parseClientRequest checks one request object, which is valid JSON.
+// Members are matched exactly (encoding/json would take "Method" for
+// "method").
 func parseClientRequest(raw json.RawMessage) clientRequest {
-	var members map[string]json.RawMessage
-	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &members) != nil {
+	if len(raw) == 0 || raw[0] != '{' {
 		return clientRequest{invalid: errNotObject}
 	}
+	var version, id, method, params []byte
+	var hasID bool
+	_ = rpcscan.Object(raw, func(key, value []byte) bool {
+		switch string(key) {
+		case "jsonrpc":
+			version = value
+		case "id":
+			id, hasID = value, true
+		case "method":
+			method = value
+		case "params":
+			params = value
+		}
+		return true
+	})
 	var r clientRequest
-	if id, ok := members["id"]; ok {
+	if hasID {
 		switch id[0] {
 		case '"', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
 			r.id = id
@@ -84,20 +98,37 @@ func parseClientRequest(raw json.RawMessage) clientRequest {
 		}
 	}
 	fail := func(e *rpcError) clientRequest { return clientRequest{id: r.id, invalid: e} }
-	var version string
-	if json.Unmarshal(members["jsonrpc"], &version) != nil || version != "2.0" {
+	if v, ok := jsonString(version); !ok || v != "2.0" {
 		return fail(errVersion)
 	}
-	if json.Unmarshal(members["method"], &r.method) != nil || r.method == "" || members["method"][0] != '"' {
+	m, ok := jsonString(method)
+	if !ok || m == "" {
 		return fail(errMethod)
 	}
-	if p, ok := members["params"]; ok && string(p) != "null" {
-		if p[0] != '{' && p[0] != '[' {
+	r.method = m
+	if len(params) > 0 && string(params) != "null" {
+		if params[0] != '{' && params[0] != '[' {
 			return fail(errParams)
 		}
-		r.params = p
+		r.params = params
 	}
 	return r
+}
+
+// jsonString decodes a JSON string value (a valid span); ok is false for
+// any other kind of value.
+func jsonString(v []byte) (string, bool) {
+	if len(v) < 2 || v[0] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(v, '\\') < 0 {
+		return string(v[1 : len(v)-1]), true
+	}
+	var s string
+	if json.Unmarshal(v, &s) != nil {
+		return "", false
+	}
+	return s, true
 }
 
 func idOrNull(id json.RawMessage) json.RawMessage {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/cork"
 )
 
 // Options configure a Server. Zero values mean the defaults given.
@@ -203,6 +204,8 @@ func New(opts Options) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("HTTP listener: %w", err)
 	}
+	// /ws writers cork their connections to batch writes.
+	s.httpLn = cork.Listener{Listener: s.httpLn}
 	var grpcTLS []grpc.ServerOption
 	if opts.TLS != nil {
 		cfg := opts.TLS.Clone()

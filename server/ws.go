@@ -7,6 +7,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -14,7 +16,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsbridge/wsbridge/bridge"
-	"github.com/wsbridge/wsbridge/internal/wsclose"
+	"github.com/wsbridge/wsbridge/internal/cork"
+	"github.com/wsbridge/wsbridge/internal/wsutil"
 )
 
 // wsClient is one client of GET /ws: JSON-RPC 2.0 over WebSocket. The
@@ -111,7 +114,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 func (c *wsClient) end(code websocket.StatusCode, reason string) {
 	c.endOnce.Do(func() {
 		close(c.ended)
-		c.tasks.Go(func() { wsclose.Bounded(c.conn, c.raw, code, reason, closeTimeout) })
+		c.tasks.Go(func() { wsutil.Bounded(c.conn, c.raw, code, reason, closeTimeout) })
 	})
 }
 
@@ -140,7 +143,7 @@ func (c *wsClient) readLoop() error {
 	for {
 		// Reads use a context that is never cancelled: cancelling a read
 		// drops the TCP connection without the close handshake.
-		typ, data, err := c.conn.Read(context.Background())
+		typ, data, err := wsutil.ReadMessage(context.Background(), c.conn)
 		if err != nil {
 			return err
 		}
@@ -285,25 +288,56 @@ func (c *wsClient) endSlow(reason string) {
 	})
 }
 
+// writeLoop sends queued frames; several queued frames are written under
+// one cork, so they leave in one system call.
 func (c *wsClient) writeLoop() {
+	corked := cork.Of(c.raw)
 	for {
+		var frame []byte
 		select {
-		case frame := <-c.out:
-			ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
-			err := c.conn.Write(ctx, websocket.MessageText, frame)
-			cancel()
-			if err != nil {
-				if errors.Is(err, context.DeadlineExceeded) {
-					c.endSlow("write timeout: client too slow")
-				}
-				c.end(websocket.StatusPolicyViolation, "write failed")
-				return
-			}
+		case frame = <-c.out:
 		case <-c.ended:
+			return
+		}
+		// With the socket in hand the write timeout is its deadline (a
+		// context deadline costs coder/websocket a timer per message).
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if corked != nil {
+			_ = corked.SetWriteDeadline(time.Now().Add(c.s.opts.ClientWriteTimeout))
+			corked.Cork()
+		} else {
+			ctx, cancel = context.WithTimeout(ctx, c.s.opts.ClientWriteTimeout)
+		}
+		runtime.Gosched() // let replies about to be queued join this batch
+		var err error
+		for n := 0; frame != nil && err == nil; n++ {
+			err = c.conn.Write(ctx, websocket.MessageText, frame)
+			frame = nil
+			if n+1 < maxBatch {
+				select {
+				case frame = <-c.out:
+				default:
+				}
+			}
+		}
+		if corked != nil {
+			if uerr := corked.Uncork(time.Now().Add(c.s.opts.ClientWriteTimeout)); err == nil {
+				err = uerr
+			}
+		}
+		cancel()
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+				c.endSlow("write timeout: client too slow")
+			}
+			c.end(websocket.StatusPolicyViolation, "write failed")
 			return
 		}
 	}
 }
+
+// maxBatch bounds the frames written under one cork.
+const maxBatch = 64
 
 func (c *wsClient) pingLoop() {
 	t := time.NewTicker(c.s.opts.ClientPingInterval)

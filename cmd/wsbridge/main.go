@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -166,6 +167,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.BoolVar(&errorData, "backend-error-data", true, "pass the data member of backend errors on to clients")
 	fs.IntVar(&opts.MaxClients, "max-clients", 0, "most concurrent /ws clients; more get 503 at the handshake (0: no limit)")
 	fs.IntVar(&opts.MaxInFlightPerClient, "max-inflight-per-client", 0, "most calls one /ws client or Session may have in flight (0: no limit)")
+	var debugAddr string
+	fs.StringVar(&debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
 	logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -234,6 +237,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 			log.Warn("--backend-insecure: the backend's certificate is not verified; anyone on the path can impersonate it")
 		}
 		bo.HTTPClient = client
+	}
+
+	if debugAddr != "" {
+		stopDebug, err := serveDebug(debugAddr)
+		if err != nil {
+			log.Error("cannot listen on --debug-addr", "err", err)
+			return 1
+		}
+		defer stopDebug()
+		log.Info("pprof listening", "addr", debugAddr)
 	}
 
 	srv, err := server.New(opts)
@@ -343,4 +356,23 @@ func backendClient(caFile string, insecure bool) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = cfg
 	return &http.Client{Transport: tr}, nil
+}
+
+// serveDebug serves net/http/pprof on addr until the returned func is
+// called.
+func serveDebug(addr string) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(ln) }()
+	return func() { hs.Close(); <-done }, nil
 }
