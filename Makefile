@@ -75,3 +75,13 @@ SOAK_ARGS ?= --duration 2m
 soak: build ## Soak (backend restarted every 20 s) then flap (200 ms up/down) runs; not part of make test. SOAK_ARGS to change.
 	$(GO) run ./cmd/wsbridge-soak --wsbridge bin/wsbridge --mode restart $(SOAK_ARGS)
 	$(GO) run ./cmd/wsbridge-soak --wsbridge bin/wsbridge --mode flap --duration 1m --rate 200
+
+BENCH_ARGS ?=
+.PHONY: bench
+bench: ## Benchmarks, each server its own process (not part of make test; about 6 minutes). BENCH_ARGS to select cases, durations, concurrency.
+	mkdir -p bench/bin
+	$(GO) build -o bench/bin/wsbridge ./cmd/wsbridge
+	$(GO) build -o bench/bin/benchkit ./bench/benchkit
+	cd bench/tools && $(GO) build -o ../bin/ghz github.com/bojand/ghz/cmd/ghz
+	$(GO) run ./bench/runner $(BENCH_ARGS)
+	$(GO) test -run '^$$' -bench . -benchmem ./bridge ./server

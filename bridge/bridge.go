@@ -295,38 +295,12 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 	if ctx.Err() != nil {
 		return nil, b.ctxError(ctx) // not even a dial for a caller already gone
 	}
-	// Count first, then check draining: Drain relies on that order.
-	if !b.admit() {
-		b.counters.rejected.Add(1)
-		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
+	quoted, err := b.begin(method, params)
+	if err != nil {
+		return nil, err
 	}
 	defer b.done()
-	if b.draining.Load() {
-		return nil, newError(CodeDraining, "gateway is shutting down", nil)
-	}
-	if method == "" {
-		return nil, newError(CodeInvalidArgument, "method is empty", nil)
-	}
-	if len(method) > b.opts.MaxMethodLength {
-		return nil, newError(CodeInvalidArgument, fmt.Sprintf("method name longer than %d bytes", b.opts.MaxMethodLength), nil)
-	}
-	if !b.MethodAllowed(method) {
-		return nil, newError(CodePermissionDenied, "method not allowed", nil)
-	}
-	if !validParams(params) {
-		return nil, newError(CodeInvalidArgument, "params must be a JSON object or array", nil)
-	}
-	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
-		return nil, b.tooLarge() // before escaping a huge method
-	}
-	quoted := appendJSONString(nil, method)
-	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
-		return nil, b.tooLarge()
-	}
-	timeout := b.opts.CallTimeout
-	if co.Timeout > 0 && co.Timeout < timeout {
-		timeout = co.Timeout
-	}
+	timeout := b.timeout(co)
 	// A caller whose own deadline comes first needs no timer of ours.
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
 		var cancel context.CancelFunc
@@ -339,6 +313,51 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 		b.lat.Record(time.Since(start))
 	}
 	return res, err
+}
+
+// begin admits a call (counting it in flight; the caller must call b.done
+// once it ends) and checks it; it returns the method as a JSON string.
+func (b *Bridge) begin(method string, params json.RawMessage) ([]byte, error) {
+	// Count first, then check draining: Drain relies on that order.
+	if !b.admit() {
+		b.counters.rejected.Add(1)
+		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
+	}
+	fail := func(err *Error) ([]byte, error) {
+		b.done()
+		return nil, err
+	}
+	if b.draining.Load() {
+		return fail(newError(CodeDraining, "gateway is shutting down", nil))
+	}
+	if method == "" {
+		return fail(newError(CodeInvalidArgument, "method is empty", nil))
+	}
+	if len(method) > b.opts.MaxMethodLength {
+		return fail(newError(CodeInvalidArgument, fmt.Sprintf("method name longer than %d bytes", b.opts.MaxMethodLength), nil))
+	}
+	if !b.MethodAllowed(method) {
+		return fail(newError(CodePermissionDenied, "method not allowed", nil))
+	}
+	if !validParams(params) {
+		return fail(newError(CodeInvalidArgument, "params must be a JSON object or array", nil))
+	}
+	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
+		return fail(b.tooLarge()) // before escaping a huge method
+	}
+	quoted := appendJSONString(nil, method)
+	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
+		return fail(b.tooLarge())
+	}
+	return quoted, nil
+}
+
+// timeout is the longest a call with co may take.
+func (b *Bridge) timeout(co CallOptions) time.Duration {
+	if co.Timeout > 0 && co.Timeout < b.opts.CallTimeout {
+		return co.Timeout
+	}
+	return b.opts.CallTimeout
 }
 
 // attempt sends the request on a connection and waits for its outcome. When
@@ -472,14 +491,15 @@ func (b *Bridge) Close() error {
 }
 
 // goBackground runs f in a goroutine that Close cancels and waits for. After
-// Close it does nothing.
-func (b *Bridge) goBackground(f func(ctx context.Context)) {
+// Close it does nothing and returns false.
+func (b *Bridge) goBackground(f func(ctx context.Context)) bool {
 	b.bgMu.Lock()
 	defer b.bgMu.Unlock()
 	if b.bgClosed {
-		return
+		return false
 	}
 	b.bgWG.Go(func() { f(b.bgCtx) })
+	return true
 }
 
 // State is the state of a backend connection slot.

@@ -89,13 +89,13 @@ func (c *conn) serve(ctx context.Context) error {
 		written := !o.state.CompareAndSwap(opQueued, opAbandoned)
 		switch {
 		case closing:
-			o.resp <- result{err: newError(CodeDraining, "gateway is shutting down; the backend connection was closed", nil)}
+			o.complete(result{err: newError(CodeDraining, "gateway is shutting down; the backend connection was closed", nil)})
 		case written && o.notify:
-			o.resp <- result{err: newError(CodeReplyLost, "backend connection lost while the notification was written; it may not have been delivered", c.cause)}
+			o.complete(result{err: newError(CodeReplyLost, "backend connection lost while the notification was written; it may not have been delivered", c.cause)})
 		case written:
-			o.resp <- result{err: newError(CodeReplyLost, "backend connection lost after the request was written; the reply was lost and the call was not retried (the backend may have run it)", c.cause)}
+			o.complete(result{err: newError(CodeReplyLost, "backend connection lost after the request was written; the reply was lost and the call was not retried (the backend may have run it)", c.cause)})
 		default:
-			o.resp <- result{err: errNotSent}
+			o.complete(result{err: errNotSent})
 		}
 	}
 	return c.cause
@@ -214,7 +214,7 @@ func (c *conn) writeLoop(ctx context.Context) error {
 		}
 		for _, o := range written {
 			if c.pending.take(o.id) != nil {
-				o.resp <- result{}
+				o.complete(result{})
 			}
 		}
 	}
@@ -363,17 +363,17 @@ func (c *conn) handleMessage(raw []byte) {
 	switch {
 	case err != nil:
 		b.counters.malformed.Add(1)
-		o.resp <- result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", err)}
+		o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", err)})
 	case rpcErr != nil:
 		if b.opts.DropErrorData {
 			rpcErr.Data = nil
 		}
-		o.resp <- result{err: &Error{Code: CodeBackendError, Message: rpcErr.Error(), RPC: rpcErr}}
+		o.complete(result{err: &Error{Code: CodeBackendError, Message: rpcErr.Error(), RPC: rpcErr}})
 	default:
 		if o.onResult != nil {
 			o.onResult(c.slot.idx, value)
 		}
-		o.resp <- result{value: value}
+		o.complete(result{value: value})
 	}
 }
 
@@ -394,6 +394,6 @@ func (c *conn) failGuessedCaller(raw []byte, cause error) {
 		return
 	}
 	if o, _, _ := c.pending.takeReply(id); o != nil {
-		o.resp <- result{err: newError(CodeMalformedReply, "backend reply is not valid JSON", cause)}
+		o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON", cause)})
 	}
 }

@@ -246,6 +246,27 @@ func (c *Consumer) CallHeld(ctx context.Context, method string, params json.RawM
 	return res, func() {}, err
 }
 
+// Go is Bridge.Go for this consumer, with CallHeld's release: call it once
+// the reply is queued. Subscribe and unsubscribe calls, which the hub
+// tracks, run on a goroutine of the Bridge.
+func (c *Consumer) Go(method string, params json.RawMessage, co CallOptions, done func(res json.RawMessage, release func(), err error)) (cancel func()) {
+	_, sub := c.h.unsubscribeFor(method)
+	if !sub && !c.h.isUnsubscribe(method) {
+		return c.h.b.Go(method, params, co, func(res json.RawMessage, err error) { done(res, func() {}, err) })
+	}
+	ctx, stop := context.WithCancel(c.h.b.bgCtx)
+	started := c.h.b.goBackground(func(context.Context) {
+		defer stop()
+		res, release, err := c.CallHeld(ctx, method, params, co)
+		done(res, release, err)
+	})
+	if !started {
+		stop()
+		done(nil, func() {}, newError(CodeDraining, "gateway is shutting down", nil))
+	}
+	return stop
+}
+
 func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params json.RawMessage, co CallOptions) (json.RawMessage, func(), error) {
 	h := c.h
 	var compact bytes.Buffer

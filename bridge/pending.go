@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // op is one call (or notification) on one connection attempt.
@@ -15,9 +16,13 @@ type op struct {
 	// (by the caller giving up, or by teardown). Whoever wins the CAS decides
 	// whether the backend can have seen the request.
 	state atomic.Uint32
-	// resp receives the outcome exactly once: from whoever removed the op
-	// from the pending table.
+	// resp (a synchronous caller waiting) or done (an asynchronous one)
+	// receives the outcome exactly once, from whoever removed the op from
+	// the pending table; see complete.
 	resp chan result
+	done func(result)
+	// timer is an asynchronous call's deadline.
+	timer *time.Timer
 	// onResult, if set, runs on the reader with a successful result.
 	onResult resultHook
 	// callerDone is the caller's ctx.Done(): the writer skips an op whose
@@ -38,6 +43,19 @@ type result struct {
 
 func newOp(id uint64, notify bool, frame []byte) *op {
 	return &op{id: id, notify: notify, frame: frame, resp: make(chan result, 1)}
+}
+
+// complete hands o its outcome. Only the goroutine that removed o from the
+// pending table (or never added it) may call it, so it runs once.
+func (o *op) complete(r result) {
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+	if o.done != nil {
+		o.done(r)
+		return
+	}
+	o.resp <- r
 }
 
 // pendingShards spreads the pending table over several locks so that callers

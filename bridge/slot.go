@@ -68,6 +68,16 @@ func (s *slot) kickDial() {
 	}
 }
 
+// openConn returns the open connection, or nil when the slot has none.
+func (s *slot) openConn() *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != StateConnected {
+		return nil
+	}
+	return s.current
+}
+
 // currentState reads the state without s.mu.
 func (s *slot) currentState() State { return State(s.published.Load()) }
 

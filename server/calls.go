@@ -45,6 +45,22 @@ func (s *Server) callFor(ctx context.Context, f face, consumer *bridge.Consumer,
 
 func noRelease() {}
 
+// goFor is callFor without a goroutine: done receives the outcome (see
+// bridge.Bridge.Go), and cancel gives up on the call.
+func (s *Server) goFor(f face, consumer *bridge.Consumer, method string, params json.RawMessage, done func(json.RawMessage, func(), error)) (cancel func()) {
+	s.counters.request(f)
+	if method == methodListen || method == methodUnlisten {
+		res, release, err := s.dispatch(context.Background(), consumer, method, params)
+		s.counters.finished(err)
+		done(res, release, err)
+		return noRelease
+	}
+	return consumer.Go(method, params, bridge.CallOptions{}, func(res json.RawMessage, release func(), err error) {
+		s.counters.finished(err)
+		done(res, release, err)
+	})
+}
+
 func (s *Server) dispatch(ctx context.Context, consumer *bridge.Consumer, method string, params json.RawMessage) (json.RawMessage, func(), error) {
 	if method == methodListen || method == methodUnlisten {
 		if consumer == nil {

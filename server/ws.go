@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,7 +43,7 @@ type wsClient struct {
 	slowOnce sync.Once
 
 	mu       sync.Mutex
-	inflight map[string]struct{} // guarded by mu: ids of the client's calls in flight
+	inflight map[string]func() // guarded by mu: the client's calls in flight by id, with their cancel (nil until known)
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -81,7 +82,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s: s, conn: conn, raw: hj.conn, ctx: ctx, cancel: cancel,
 		out:      make(chan []byte, s.opts.ClientBuffer),
 		ended:    make(chan struct{}),
-		inflight: map[string]struct{}{},
+		inflight: map[string]func(){},
 	}
 	c.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
 		c.send(appendNotification(nil, method, params))
@@ -103,6 +104,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.end(websocket.StatusNormalClosure, "")
 	}
 	c.cancel()
+	c.cancelAll()
 	c.calls.Wait()
 	c.consumer.Close()
 	c.tasks.Wait()
@@ -169,14 +171,17 @@ func (c *wsClient) handleFrame(data []byte) {
 				c.send(appendError(nil, r.id, e))
 				return
 			}
-			c.calls.Go(func() {
-				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
-				c.release(r.id)
-				if frame := reply(r.id, res, err); frame != nil {
+			// No goroutine per call: the outcome arrives on the bridge's
+			// goroutines, which only queue the reply.
+			id := bytes.Clone(r.id)
+			cancel := c.s.goFor(faceWS, c.consumer, r.method, bytes.Clone(r.params), func(res json.RawMessage, release func(), err error) {
+				c.release(id)
+				if frame := reply(id, res, err); frame != nil {
 					c.send(frame)
 				}
 				release()
 			})
+			c.setCancel(id, cancel)
 		}
 		return
 	}
@@ -254,8 +259,32 @@ func (c *wsClient) claim(id json.RawMessage) *rpcError {
 	if max := c.s.opts.MaxInFlightPerClient; max > 0 && len(c.inflight) >= max {
 		return errClientOverCap
 	}
-	c.inflight[string(id)] = struct{}{}
+	c.inflight[string(id)] = nil
 	return nil
+}
+
+// setCancel records how to cancel the call id, unless it has ended already.
+func (c *wsClient) setCancel(id json.RawMessage, cancel func()) {
+	c.mu.Lock()
+	if f, ok := c.inflight[string(id)]; ok && f == nil {
+		c.inflight[string(id)] = cancel
+	}
+	c.mu.Unlock()
+}
+
+// cancelAll abandons every call in flight: the client has gone.
+func (c *wsClient) cancelAll() {
+	c.mu.Lock()
+	var cancels []func()
+	for _, f := range c.inflight {
+		if f != nil {
+			cancels = append(cancels, f)
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range cancels {
+		f()
+	}
 }
 
 func (c *wsClient) release(id json.RawMessage) {

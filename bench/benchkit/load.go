@@ -31,7 +31,9 @@ type result struct {
 	MaxMs   float64 `json:"max_ms"`
 }
 
-func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3) }
+func newHist() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
+}
 
 func summarize(h *hdrhistogram.Histogram, errs int64, d time.Duration) result {
 	ms := func(v int64) float64 { return float64(v) / 1000 }
