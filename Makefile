@@ -32,10 +32,12 @@ vet: ## go vet.
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 50000x: a few seconds each).
 	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzBackendFrame$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./bridge -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/jsonenc -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./backend -run '^$$' -fuzz '^FuzzServeMessage$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzIDRoundTrip$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/rpcscan -run '^$$' -fuzz '^FuzzObject$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/jsonpb -run '^$$' -fuzz '^FuzzToValue$$' -fuzztime $(FUZZTIME)
 
 # The code generators, buf, grpcurl and staticcheck are pinned in tools/go.mod
 # and installed into .bin/.

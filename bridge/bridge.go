@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wsbridge/wsbridge/internal/jsonenc"
 	"github.com/wsbridge/wsbridge/internal/window"
 )
 
@@ -231,7 +232,7 @@ func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*
 	}
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
 	if opts.CancelMethod != "" {
-		b.cancelMethod = appendJSONString(nil, opts.CancelMethod)
+		b.cancelMethod = jsonenc.AppendString(nil, opts.CancelMethod)
 	}
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	for i := range opts.Conns {
@@ -345,7 +346,7 @@ func (b *Bridge) begin(method string, params json.RawMessage) ([]byte, error) {
 	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge()) // before escaping a huge method
 	}
-	quoted := appendJSONString(nil, method)
+	quoted := jsonenc.AppendString(nil, method)
 	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge())
 	}

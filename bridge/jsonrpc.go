@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/wsbridge/wsbridge/internal/rpcscan"
 )
 
 // appendRequest appends a JSON-RPC 2.0 request (or, with hasID false, a
 // notification) to dst. method is already a JSON string (see
-// appendJSONString); params must be nil or valid JSON (object or array).
+// jsonenc.AppendString); params must be nil or valid JSON (object or array).
 func appendRequest(dst []byte, id uint64, hasID bool, method []byte, params json.RawMessage) []byte {
 	dst = append(dst, `{"jsonrpc":"2.0",`...)
 	if hasID {
@@ -33,51 +32,6 @@ func appendRequest(dst []byte, id uint64, hasID bool, method []byte, params json
 // with the longest id (20 digits), the quoted method and the params.
 func maxRequestSize(quotedMethod []byte, params json.RawMessage) int {
 	return len(`{"jsonrpc":"2.0","id":,"method":,"params":}`) + 20 + len(quotedMethod) + len(params)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,
-// as encoding/json does.
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		b := s[i]
-		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '"', '\\':
-				dst = append(dst, '\\', b)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // validParams reports whether params can be sent as JSON-RPC params: absent,

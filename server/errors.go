@@ -8,11 +8,10 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/jsonpb"
 )
 
 // Gateway conditions reported to JSON-RPC clients, with proxyd's numbers.
@@ -103,9 +102,8 @@ func grpcError(err error) error {
 	st := status.New(m.GRPC, capMessage(be.RPC.Message))
 	detail := &wsbridgev1.BackendError{Code: be.RPC.Code, Message: capMessage(be.RPC.Message)}
 	if len(be.RPC.Data) > 0 {
-		var v structpb.Value
-		if protojson.Unmarshal(be.RPC.Data, &v) == nil {
-			detail.Data = &v
+		if v, err := jsonpb.ToValue(be.RPC.Data); err == nil {
+			detail.Data = v
 		}
 	}
 	info := &errdetails.ErrorInfo{

@@ -140,6 +140,9 @@ func idOrNull(id json.RawMessage) json.RawMessage {
 
 // appendResult appends a JSON-RPC success reply.
 func appendResult(dst []byte, id, result json.RawMessage) []byte {
+	if dst == nil {
+		dst = make([]byte, 0, len(`{"jsonrpc":"2.0","id":,"result":}`)+len(idOrNull(id))+max(len(result), 4))
+	}
 	dst = append(dst, `{"jsonrpc":"2.0","id":`...)
 	dst = append(dst, idOrNull(id)...)
 	dst = append(dst, `,"result":`...)

@@ -223,6 +223,9 @@ func New(opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(s.authUnary),
 		grpc.ChainStreamInterceptor(s.authStream, s.streamInterceptor),
 		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
+		// Reused workers keep their grown stacks: a goroutine per call would
+		// grow a fresh stack through the bridge's call path every time.
+		grpc.NumStreamWorkers(256),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 	)...)

@@ -7,12 +7,12 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/jsonpb"
 )
 
 // WaitForReadyMetadata is the request metadata (REST: the header
@@ -48,11 +48,11 @@ func (s *Server) call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbrid
 	if err != nil {
 		return nil, err
 	}
-	var v structpb.Value
-	if err := protojson.Unmarshal(raw, &v); err != nil {
-		return nil, &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}
+	v, err := resultValue(raw)
+	if err != nil {
+		return nil, err
 	}
-	return &wsbridgev1.CallResponse{Result: &v}, nil
+	return &wsbridgev1.CallResponse{Result: v}, nil
 }
 
 func (svc bridgeService) Notify(ctx context.Context, req *wsbridgev1.NotifyRequest) (*wsbridgev1.NotifyResponse, error) {
@@ -89,7 +89,7 @@ func encodeParams(v *structpb.Value) (json.RawMessage, error) {
 	case nil, *structpb.Value_NullValue:
 		return nil, nil
 	case *structpb.Value_StructValue, *structpb.Value_ListValue:
-		b, err := protojson.Marshal(v)
+		b, err := jsonpb.AppendValue(nil, v)
 		if err != nil {
 			return nil, invalid("params: %v", err)
 		}
@@ -130,4 +130,14 @@ type statsService struct {
 
 func (svc statsService) GetStats(context.Context, *wsbridgev1.GetStatsRequest) (*wsbridgev1.Stats, error) {
 	return svc.s.counters.snapshot(svc.s.bridge), nil
+}
+
+// resultValue turns a backend result into a Value: an error for the caller
+// (INTERNAL) when it cannot be one.
+func resultValue(raw json.RawMessage) (*structpb.Value, error) {
+	v, err := jsonpb.ToValue(raw)
+	if err != nil {
+		return nil, &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}
+	}
+	return v, nil
 }

@@ -9,11 +9,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/jsonpb"
 )
 
 // streamOut is the bounded queue between a consumer's deliveries (on the
@@ -54,9 +53,8 @@ func (o *streamOut[T]) push(v T) {
 func notificationProto(method string, params json.RawMessage) *wsbridgev1.Notification {
 	n := &wsbridgev1.Notification{Method: method}
 	if len(params) > 0 {
-		var v structpb.Value
-		if protojson.Unmarshal(params, &v) == nil {
-			n.Params = &v
+		if v, err := jsonpb.ToValue(params); err == nil {
+			n.Params = v
 		}
 	}
 	return n
@@ -225,12 +223,12 @@ func (s *Server) sessionCall(ctx context.Context, consumer *bridge.Consumer, req
 		}
 		return sessionError(req.GetId(), err), release
 	}
-	var v structpb.Value
-	if err := protojson.Unmarshal(raw, &v); err != nil {
-		return sessionError(req.GetId(), &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}), release
+	v, err := resultValue(raw)
+	if err != nil {
+		return sessionError(req.GetId(), err), release
 	}
 	return &wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Reply{Reply: &wsbridgev1.SessionReply{
-		Id: req.GetId(), Outcome: &wsbridgev1.SessionReply_Result{Result: &v}}}}, release
+		Id: req.GetId(), Outcome: &wsbridgev1.SessionReply_Result{Result: v}}}}, release
 }
 
 func sessionError(id string, err error) *wsbridgev1.SessionResponse {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -34,7 +35,7 @@ type wsClient struct {
 	// ctx ends when the client goes; its calls are then abandoned.
 	ctx    context.Context
 	cancel context.CancelFunc
-	out    chan []byte   // frames for the writer; bounded by --client-buffer
+	out    outQueue      // frames for the writer; bounded by --client-buffer
 	ended  chan struct{} // closed by end
 	calls  sync.WaitGroup
 	tasks  sync.WaitGroup // writer, pinger, closer
@@ -80,7 +81,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &wsClient{
 		s: s, conn: conn, raw: hj.conn, ctx: ctx, cancel: cancel,
-		out:      make(chan []byte, s.opts.ClientBuffer),
+		out:      outQueue{limit: s.opts.ClientBuffer, ready: make(chan struct{}, 1)},
 		ended:    make(chan struct{}),
 		inflight: map[string]func(){},
 	}
@@ -91,7 +92,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer s.trackWS(c, false)
 
 	c.tasks.Go(c.writeLoop)
-	c.tasks.Go(c.pingLoop)
 	err = c.readLoop()
 
 	// The client is gone (or being closed): abandon its calls, release its
@@ -293,6 +293,47 @@ func (c *wsClient) release(id json.RawMessage) {
 	c.mu.Unlock()
 }
 
+// outQueue holds the frames waiting for a client's writer. Unlike a
+// buffered channel it costs memory only for what it holds: an idle client
+// must stay cheap.
+type outQueue struct {
+	ready chan struct{} // signals the writer; capacity 1
+	limit int
+
+	mu    sync.Mutex
+	items [][]byte // guarded by mu
+}
+
+// push queues f; false when the queue is full.
+func (q *outQueue) push(f []byte) bool {
+	q.mu.Lock()
+	if len(q.items) >= q.limit {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, f)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take moves every queued frame into dst.
+func (q *outQueue) take(dst [][]byte) [][]byte {
+	q.mu.Lock()
+	dst = append(dst[:0], q.items...)
+	clear(q.items)
+	if cap(q.items) > 64 {
+		q.items = nil // a burst is over: give its memory back
+	} else {
+		q.items = q.items[:0]
+	}
+	q.mu.Unlock()
+	return dst
+}
+
 // send queues a frame for the client. A client whose queue is full cannot
 // keep up: it is closed with 1008, so that it never holds up the backend
 // reader or other clients.
@@ -302,9 +343,7 @@ func (c *wsClient) send(frame []byte) {
 		return
 	default:
 	}
-	select {
-	case c.out <- frame:
-	default:
+	if !c.out.push(frame) {
 		c.endSlow("send buffer full: client too slow")
 	}
 }
@@ -317,16 +356,34 @@ func (c *wsClient) endSlow(reason string) {
 	})
 }
 
-// writeLoop sends queued frames; several queued frames are written under
-// one cork, so they leave in one system call.
+// writeLoop sends queued frames, all that are queued under one cork so that
+// they leave in one system call, and pings the client every
+// ClientPingInterval (each ping on a short-lived goroutine, since it waits
+// for the pong).
 func (c *wsClient) writeLoop() {
 	corked := cork.Of(c.raw)
+	ping := time.NewTicker(c.s.opts.ClientPingInterval)
+	defer ping.Stop()
+	var pinging atomic.Bool
+	var batch [][]byte
 	for {
-		var frame []byte
 		select {
-		case frame = <-c.out:
+		case <-c.out.ready:
+		case <-ping.C:
+			if pinging.CompareAndSwap(false, true) {
+				c.tasks.Go(func() {
+					defer pinging.Store(false)
+					c.pingOnce()
+				})
+			}
+			continue
 		case <-c.ended:
 			return
+		}
+		runtime.Gosched() // let replies about to be queued join this batch
+		batch = c.out.take(batch)
+		if len(batch) == 0 {
+			continue
 		}
 		// With the socket in hand the write timeout is its deadline (a
 		// context deadline costs coder/websocket a timer per message).
@@ -337,18 +394,13 @@ func (c *wsClient) writeLoop() {
 		} else {
 			ctx, cancel = context.WithTimeout(ctx, c.s.opts.ClientWriteTimeout)
 		}
-		runtime.Gosched() // let replies about to be queued join this batch
 		var err error
-		for n := 0; frame != nil && err == nil; n++ {
-			err = c.conn.Write(ctx, websocket.MessageText, frame)
-			frame = nil
-			if n+1 < maxBatch {
-				select {
-				case frame = <-c.out:
-				default:
-				}
+		for _, frame := range batch {
+			if err = c.conn.Write(ctx, websocket.MessageText, frame); err != nil {
+				break
 			}
 		}
+		clear(batch)
 		if corked != nil {
 			if uerr := corked.Uncork(time.Now().Add(c.s.opts.ClientWriteTimeout)); err == nil {
 				err = uerr
@@ -365,25 +417,12 @@ func (c *wsClient) writeLoop() {
 	}
 }
 
-// maxBatch bounds the frames written under one cork.
-const maxBatch = 64
-
-func (c *wsClient) pingLoop() {
-	t := time.NewTicker(c.s.opts.ClientPingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
-			err := c.conn.Ping(ctx)
-			cancel()
-			if err != nil {
-				c.end(websocket.StatusPolicyViolation, "no pong")
-				return
-			}
-		case <-c.ended:
-			return
-		}
+// pingOnce pings the client; no pong in time ends it.
+func (c *wsClient) pingOnce() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil {
+		c.end(websocket.StatusPolicyViolation, "no pong")
 	}
 }
 

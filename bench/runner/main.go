@@ -389,43 +389,57 @@ func settleRSS(pid int) int64 {
 	return rssKiB(pid)
 }
 
-func (o options) memory(e *env) (Mem, error) {
-	m := Mem{IdleClients: o.idleClients, Pending: o.pendingN}
-	wsb := filepath.Join(o.bin, "wsbridge")
-	gw, err := start("wsbridge-mem", wsb, []string{"serve", "--backend", e.backendURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--max-inflight", "1000000", "--call-timeout", "2m", "--log-format", "json"}, "grpc", "http")
+// memGateway starts a fresh gateway for one memory run, with its backend
+// link open, and returns it with its settled RSS.
+func (o options) memGateway(e *env) (*proc, string, int64, error) {
+	gw, err := start("wsbridge-mem", filepath.Join(o.bin, "wsbridge"), []string{"serve", "--backend", e.backendURL,
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--max-inflight", "1000000", "--call-timeout", "2m",
+		"--log-format", "json"}, "grpc", "http")
 	if err != nil {
-		return m, err
+		return nil, "", 0, err
 	}
-	defer gw.stop()
 	httpAddr := strings.Fields(gw.addr)[1]
-	// Warm the backend link, then the baseline.
 	resp, err := http.Post("http://"+httpAddr+"/rpc", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"echo"}`))
 	if err == nil {
 		resp.Body.Close()
 	}
-	base := settleRSS(gw.pid())
+	return gw, httpAddr, settleRSS(gw.pid()), nil
+}
 
+// memory measures the gateway's RSS per idle /ws client and per pending
+// call, each on a fresh gateway process.
+func (o options) memory(e *env) (Mem, error) {
+	m := Mem{IdleClients: o.idleClients, Pending: o.pendingN}
+	gw, httpAddr, base, err := o.memGateway(e)
+	if err != nil {
+		return m, err
+	}
 	idle := exec.Command(filepath.Join(o.bin, "benchkit"), "idle-clients", "-n", strconv.Itoa(o.idleClients), "-url", "ws://"+httpAddr+"/ws")
 	stdin, _ := idle.StdinPipe()
 	out, _ := idle.StdoutPipe()
 	idle.Stderr = os.Stderr
 	if err := idle.Start(); err != nil {
+		gw.stop()
 		return m, err
 	}
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if !strings.HasPrefix(line, "ready") {
 		_ = idle.Process.Kill()
 		_ = idle.Wait()
+		gw.stop()
 		return m, fmt.Errorf("idle clients: %q", line)
 	}
-	withIdle := settleRSS(gw.pid())
-	m.IdleRSSDeltaKiB = withIdle - base
+	m.IdleRSSDeltaKiB = settleRSS(gw.pid()) - base
 	m.KiBPerIdleClient = float64(m.IdleRSSDeltaKiB) / float64(o.idleClients)
 	stdin.Close()
 	_ = idle.Wait()
-	base = settleRSS(gw.pid())
+	gw.stop()
 
+	gw, httpAddr, base, err = o.memGateway(e)
+	if err != nil {
+		return m, err
+	}
+	defer gw.stop()
 	pend := exec.Command(filepath.Join(o.bin, "benchkit"), "pending", "-n", strconv.Itoa(o.pendingN), "-conns", "100",
 		"-sleep-ms", "20000", "-url", "ws://"+httpAddr+"/ws")
 	pout, _ := pend.StdoutPipe()

@@ -1,0 +1,83 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
+	"github.com/wsbridge/wsbridge/internal/jsonenc"
+)
+
+var benchParams = json.RawMessage(`{"k":"0123456789abcd"}`)
+
+// BenchmarkEncodeRequest: building one request frame.
+func BenchmarkEncodeRequest(b *testing.B) {
+	method := jsonenc.AppendString(nil, "eth_getBalance")
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for i := range b.N {
+		buf = appendRequest(buf[:0], uint64(i), true, method, benchParams)
+	}
+}
+
+// BenchmarkRouteReply: one reply frame, from bytes to its caller.
+func BenchmarkRouteReply(b *testing.B) {
+	br := &Bridge{opts: Options{}.withDefaults()}
+	br.hub = newHub(br, nil, nil)
+	c := &conn{b: br, slot: newSlot(br, 0)}
+	frame := []byte(`{"jsonrpc":"2.0","id":12345,"result":{"k":"0123456789abcd"}}`)
+	o := newOp(12345, false, nil)
+	b.ReportAllocs()
+	for range b.N {
+		c.pending.add(o)
+		c.handleFrame(frame)
+		<-o.resp
+	}
+}
+
+// BenchmarkCall: a whole call through a Bridge to an in-process backend
+// over loopback (both ends in this process).
+func BenchmarkCall(b *testing.B) {
+	srv := bridgetest.NewServer(b, nil)
+	br, err := New(Options{URL: srv.URL()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	ctx := context.Background()
+	if _, err := br.Call(ctx, "echo", benchParams, CallOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := br.Call(ctx, "echo", benchParams, CallOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkGo: the same with Bridge.Go, which needs no goroutine per call.
+func BenchmarkGo(b *testing.B) {
+	srv := bridgetest.NewServer(b, nil)
+	br, err := New(Options{URL: srv.URL()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	if _, err := br.Call(context.Background(), "echo", benchParams, CallOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		done := make(chan error, 1)
+		for pb.Next() {
+			br.Go("echo", benchParams, CallOptions{}, func(_ json.RawMessage, err error) { done <- err })
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
