@@ -14,8 +14,8 @@ import (
 // connection's reader, its teardown, or the deadline's timer). done must
 // not block. cancel gives up on the call: done then gets CodeCanceled
 // unless the outcome came first. A call that cannot start on an open
-// connection at once (the Bridge is dialling, or the queue is full) runs on
-// a goroutine of the Bridge instead.
+// connection at once (the Bridge is dialling) runs on a goroutine of the
+// Bridge instead.
 //
 // Go suits faces that keep many calls in flight per client (/ws): a
 // pending call then costs a few hundred bytes, not a goroutine stack.
@@ -80,15 +80,7 @@ func (a *asyncCall) startOn() {
 	}
 	a.op, a.conn = o, c
 	a.mu.Unlock()
-	select {
-	case c.sendq <- o:
-	default:
-		// The writer's queue is full: wait for room on a goroutine.
-		if c.pending.abandon(o) {
-			o.timer.Stop()
-			a.fallback()
-		}
-	}
+	c.sendq.Push(o)
 }
 
 // expire gives up on o: for its deadline, or because the caller cancelled.

@@ -59,9 +59,6 @@ type Options struct {
 	// closes the connection with 1009; a larger request fails with
 	// CodeTooLarge before anything is sent. Default 4 MiB.
 	MaxMessageBytes int64
-	// SendQueue is the number of requests that may wait for the writer of
-	// one connection. Default 4096.
-	SendQueue int
 	// SubscribeMethods are the methods that create a backend subscription
 	// when a Consumer calls them: glob patterns where * matches any run of
 	// characters. UnsubscribeMethods pairs with it by index ("*_subscribe"
@@ -126,9 +123,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxMethodLength <= 0 {
 		o.MaxMethodLength = 1024
-	}
-	if o.SendQueue <= 0 {
-		o.SendQueue = 4096
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -324,7 +324,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 		if cn == nil {
 			return false
 		}
-		queued = len(cn.sendq)
+		queued = unwritten(cn)
 		return int64(queued)+int64(b.Stats().MessagesOut) == n-1 && queued >= 5
 	})
 	c1.Kill()
@@ -1078,4 +1078,21 @@ func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
 	if first > 12*time.Millisecond {
 		t.Fatalf("first delay after a lasting connection %v, want the base (10ms ± 20%%)", first)
 	}
+}
+
+// unwritten counts the requests registered on c that the writer has not
+// (yet) written.
+func unwritten(c *conn) int {
+	n := 0
+	for i := range c.pending.shards {
+		sh := &c.pending.shards[i]
+		sh.mu.Lock()
+		for _, o := range sh.ops {
+			if o.state.Load() == opQueued {
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
 }

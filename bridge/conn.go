@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsbridge/wsbridge/internal/cork"
+	"github.com/wsbridge/wsbridge/internal/queue"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
 )
 
@@ -27,9 +28,9 @@ type conn struct {
 	slot  *slot
 	b     *Bridge
 	ws    *websocket.Conn
-	raw   net.Conn      // the TCP connection under ws, when known
-	sendq chan *op      // requests for the writer
-	lost  chan struct{} // closed by fail: the connection is out of service
+	raw   net.Conn          // the TCP connection under ws, when known
+	sendq *queue.Queue[*op] // requests for the writer; MaxInFlight bounds it
+	lost  chan struct{}     // closed by fail: the connection is out of service
 
 	pending pendingTable
 
@@ -43,7 +44,7 @@ func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
 		b:     s.b,
 		ws:    ws,
 		raw:   raw,
-		sendq: make(chan *op, s.b.opts.SendQueue),
+		sendq: queue.New[*op](0),
 		lost:  make(chan struct{}),
 	}
 }
@@ -119,13 +120,7 @@ func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
 	if !c.pending.add(o) {
 		return nil, errNotSent
 	}
-	select {
-	case c.sendq <- o:
-	case <-c.lost:
-		// serve settles o once the connection's goroutines have exited.
-	case <-ctx.Done():
-		// Handled below: the op is still pending.
-	}
+	c.sendq.Push(o)
 	select {
 	case r := <-o.resp:
 		return r.value, r.err
@@ -150,29 +145,29 @@ func (c *conn) sendCancel(id uint64) {
 	}
 	params := strconv.AppendUint([]byte(`{"id":`), id, 10)
 	o := newOp(0, true, appendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
-	select {
-	case c.sendq <- o:
-	default:
-	}
+	c.sendq.Push(o)
 }
 
-// maxBatch bounds the messages written under one cork.
-const maxBatch = 64
-
-// writeLoop writes queued requests. When several are queued it corks the
-// socket, writes them back to back and uncorks, so that they leave in one
-// system call (coder/websocket flushes every message).
+// writeLoop writes queued requests: all that are queued at once, under one
+// cork, so that they leave in one system call (coder/websocket flushes
+// every message).
 func (c *conn) writeLoop(ctx context.Context) error {
 	corked := cork.Of(c.raw)
-	var written []*op // notifications written in this batch
+	var batch, written []*op // written: the notifications of the batch
 	for {
-		var o *op
 		select {
-		case o = <-c.sendq:
+		case <-c.sendq.Ready():
 		case <-c.lost:
 			return errors.New("connection lost")
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		// Let the goroutines that are about to queue more do so, so that
+		// they join this batch (a no-op when nothing else is runnable).
+		runtime.Gosched()
+		batch = c.sendq.Take(batch)
+		if len(batch) == 0 {
+			continue
 		}
 		// With the socket in hand, the write timeout is the socket's
 		// deadline: a context deadline would cost coder/websocket a timer
@@ -185,24 +180,17 @@ func (c *conn) writeLoop(ctx context.Context) error {
 			wctx, cancel = context.WithTimeout(ctx, c.b.opts.WriteTimeout)
 		}
 		written = written[:0]
-		// Let the goroutines that are about to queue more do so, so that
-		// they join this batch (a no-op when nothing else is runnable).
-		runtime.Gosched()
 		var err error
-		for n := 0; o != nil && err == nil; n++ {
+		for _, o := range batch {
 			var sent bool
-			sent, err = c.writeOne(wctx, o)
+			if sent, err = c.writeOne(wctx, o); err != nil {
+				break // the rest were not written: they go out on the next connection
+			}
 			if sent && o.notify {
 				written = append(written, o)
 			}
-			o = nil
-			if n+1 < maxBatch {
-				select {
-				case o = <-c.sendq:
-				default:
-				}
-			}
 		}
+		clear(batch)
 		if corked != nil {
 			if uerr := corked.Uncork(time.Now().Add(c.b.opts.WriteTimeout)); err == nil && uerr != nil {
 				err = fmt.Errorf("write: %w", uerr)

@@ -61,4 +61,3 @@ func FuzzBackendFrame(f *testing.F) {
 		}
 	})
 }
-

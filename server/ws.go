@@ -19,6 +19,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/cork"
+	"github.com/wsbridge/wsbridge/internal/queue"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
 )
 
@@ -35,8 +36,8 @@ type wsClient struct {
 	// ctx ends when the client goes; its calls are then abandoned.
 	ctx    context.Context
 	cancel context.CancelFunc
-	out    outQueue      // frames for the writer; bounded by --client-buffer
-	ended  chan struct{} // closed by end
+	out    *queue.Queue[[]byte] // frames for the writer; bounded by --client-buffer
+	ended  chan struct{}        // closed by end
 	calls  sync.WaitGroup
 	tasks  sync.WaitGroup // writer, pinger, closer
 
@@ -81,7 +82,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &wsClient{
 		s: s, conn: conn, raw: hj.conn, ctx: ctx, cancel: cancel,
-		out:      outQueue{limit: s.opts.ClientBuffer, ready: make(chan struct{}, 1)},
+		out:      queue.New[[]byte](s.opts.ClientBuffer),
 		ended:    make(chan struct{}),
 		inflight: map[string]func(){},
 	}
@@ -293,47 +294,6 @@ func (c *wsClient) release(id json.RawMessage) {
 	c.mu.Unlock()
 }
 
-// outQueue holds the frames waiting for a client's writer. Unlike a
-// buffered channel it costs memory only for what it holds: an idle client
-// must stay cheap.
-type outQueue struct {
-	ready chan struct{} // signals the writer; capacity 1
-	limit int
-
-	mu    sync.Mutex
-	items [][]byte // guarded by mu
-}
-
-// push queues f; false when the queue is full.
-func (q *outQueue) push(f []byte) bool {
-	q.mu.Lock()
-	if len(q.items) >= q.limit {
-		q.mu.Unlock()
-		return false
-	}
-	q.items = append(q.items, f)
-	q.mu.Unlock()
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-// take moves every queued frame into dst.
-func (q *outQueue) take(dst [][]byte) [][]byte {
-	q.mu.Lock()
-	dst = append(dst[:0], q.items...)
-	clear(q.items)
-	if cap(q.items) > 64 {
-		q.items = nil // a burst is over: give its memory back
-	} else {
-		q.items = q.items[:0]
-	}
-	q.mu.Unlock()
-	return dst
-}
-
 // send queues a frame for the client. A client whose queue is full cannot
 // keep up: it is closed with 1008, so that it never holds up the backend
 // reader or other clients.
@@ -343,7 +303,7 @@ func (c *wsClient) send(frame []byte) {
 		return
 	default:
 	}
-	if !c.out.push(frame) {
+	if !c.out.Push(frame) {
 		c.endSlow("send buffer full: client too slow")
 	}
 }
@@ -368,7 +328,7 @@ func (c *wsClient) writeLoop() {
 	var batch [][]byte
 	for {
 		select {
-		case <-c.out.ready:
+		case <-c.out.Ready():
 		case <-ping.C:
 			if pinging.CompareAndSwap(false, true) {
 				c.tasks.Go(func() {
@@ -381,7 +341,7 @@ func (c *wsClient) writeLoop() {
 			return
 		}
 		runtime.Gosched() // let replies about to be queued join this batch
-		batch = c.out.take(batch)
+		batch = c.out.Take(batch)
 		if len(batch) == 0 {
 			continue
 		}
