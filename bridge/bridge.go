@@ -154,7 +154,9 @@ type Bridge struct {
 	wg     sync.WaitGroup
 
 	hub          *hub
-	cancelMethod []byte // Options.CancelMethod as a JSON string; nil if unset
+	cancelMethod []byte   // Options.CancelMethod as a JSON string; nil if unset
+	quoted       sync.Map // method -> []byte, see quote
+	quotedN      atomic.Int64
 	// sleep waits out a backoff; tests replace it to observe the delays.
 	sleep func(ctx context.Context, d time.Duration) bool
 
@@ -340,11 +342,30 @@ func (b *Bridge) begin(method string, params json.RawMessage) ([]byte, error) {
 	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge()) // before escaping a huge method
 	}
-	quoted := jsonenc.AppendString(nil, method)
+	quoted := b.quote(method)
 	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge())
 	}
 	return quoted, nil
+}
+
+// maxQuoted bounds the cache of quoted method names.
+const maxQuoted = 1024
+
+// quote returns method as a JSON string. Callers use few methods, so the
+// quoted forms are cached (up to maxQuoted); the result must not be
+// modified.
+func (b *Bridge) quote(method string) []byte {
+	if q, ok := b.quoted.Load(method); ok {
+		return q.([]byte)
+	}
+	q := jsonenc.AppendString(nil, method)
+	if b.quotedN.Load() < maxQuoted {
+		if _, loaded := b.quoted.LoadOrStore(method, q); !loaded {
+			b.quotedN.Add(1)
+		}
+	}
+	return q
 }
 
 // timeout is the longest a call with co may take.

@@ -91,6 +91,7 @@ func (s *slot) snapshot() (State, *conn) {
 // needed. While the slot backs off after a failed dial it fails fast with
 // CodeUnavailable, unless waitForReady.
 func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
+	sawDial := false // this caller waited through a dial: it waits for no second one
 	for {
 		s.mu.Lock()
 		if s.closedErr != nil {
@@ -107,8 +108,13 @@ func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
 			case s.kick <- struct{}{}:
 			default:
 			}
+		case StateConnecting:
+			sawDial = true
 		case StateBackoff:
-			if !waitForReady {
+			// Fail fast while the backoff runs, or when the dial this caller
+			// waited for failed. Once the backoff is over the redial is
+			// imminent, and a newcomer waits for it.
+			if !waitForReady && (sawDial || time.Now().Before(s.nextDial)) {
 				err := newError(CodeUnavailable,
 					fmt.Sprintf("backend unavailable (next dial in %v)", time.Until(s.nextDial).Round(time.Millisecond)),
 					s.lastErr)

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -82,6 +84,10 @@ func invalid(format string, args ...any) error {
 	return &bridge.Error{Code: bridge.CodeInvalidArgument, Message: fmt.Sprintf(format, args...)}
 }
 
+// paramBufs are scratch buffers for encodeParams: the encoding grows one,
+// and the result is copied out at its exact size.
+var paramBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
 // encodeParams turns the request's params into JSON-RPC params: absent or
 // null means none; otherwise an object or an array.
 func encodeParams(v *structpb.Value) (json.RawMessage, error) {
@@ -89,11 +95,14 @@ func encodeParams(v *structpb.Value) (json.RawMessage, error) {
 	case nil, *structpb.Value_NullValue:
 		return nil, nil
 	case *structpb.Value_StructValue, *structpb.Value_ListValue:
-		b, err := jsonpb.AppendValue(nil, v)
+		buf := paramBufs.Get().(*[]byte)
+		defer paramBufs.Put(buf)
+		b, err := jsonpb.AppendValue((*buf)[:0], v)
 		if err != nil {
 			return nil, invalid("params: %v", err)
 		}
-		return b, nil
+		*buf = b
+		return bytes.Clone(b), nil
 	}
 	return nil, invalid("params must be an object or an array (JSON-RPC 2.0 allows no other)")
 }
