@@ -131,3 +131,61 @@ func TestConsumerGoRoutesSubscriptions(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// With Batch, requests queued together reach the backend as JSON-RPC
+// batches, and every caller still gets its own reply.
+func TestBatchCoalescing(t *testing.T) {
+	var mu sync.Mutex
+	batches, maxSize := 0, 0
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
+		for {
+			raw, err := c.ReadRaw(ctx)
+			if err != nil {
+				return
+			}
+			var reqs []struct {
+				ID     json.RawMessage `json:"id"`
+				Params json.RawMessage `json:"params"`
+			}
+			if raw[0] != '[' {
+				var one struct {
+					ID     json.RawMessage `json:"id"`
+					Params json.RawMessage `json:"params"`
+				}
+				_ = json.Unmarshal(raw, &one)
+				_ = c.Reply(ctx, one.ID, one.Params)
+				continue
+			}
+			_ = json.Unmarshal(raw, &reqs)
+			mu.Lock()
+			batches++
+			maxSize = max(maxSize, len(reqs))
+			mu.Unlock()
+			var parts []string
+			for _, r := range reqs {
+				parts = append(parts, `{"jsonrpc":"2.0","id":`+string(r.ID)+`,"result":`+string(r.Params)+`}`)
+			}
+			_ = c.WriteRaw(ctx, "["+strings.Join(parts, ",")+"]")
+		}
+	})
+	b := startBridge(t, srv.URL(), Options{Batch: true})
+	if _, err := b.Call(ctxT(t), "echo", json.RawMessage(`[0]`), CallOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 500 {
+		wg.Go(func() {
+			out, _ := goCall(b, "echo", fmt.Sprintf(`[%d]`, i), CallOptions{})
+			if o := <-out; o.err != nil || string(o.res) != fmt.Sprintf(`[%d]`, i) {
+				t.Errorf("call %d: %s %v", i, o.res, o.err)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if batches == 0 || maxSize < 2 {
+		t.Fatalf("%d batches, largest %d: the calls were not coalesced", batches, maxSize)
+	}
+	t.Logf("%d batches, largest %d", batches, maxSize)
+}

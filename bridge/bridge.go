@@ -75,6 +75,11 @@ type Options struct {
 	// path.Match). DenyMethods are refused even if allowed. A refused call
 	// fails with CodePermissionDenied before anything is sent.
 	AllowMethods, DenyMethods []string
+	// Batch sends the requests queued together as one JSON-RPC batch (an
+	// array), for backends that handle batches: fewer frames for the
+	// backend to parse. A backend answers a batch only once every call in
+	// it is done, so a slow call delays the fast ones batched with it.
+	Batch bool
 	// DropErrorData removes the data member of backend error objects before
 	// they reach callers (it may hold internals).
 	DropErrorData bool

@@ -181,13 +181,17 @@ func (c *conn) writeLoop(ctx context.Context) error {
 		}
 		written = written[:0]
 		var err error
-		for _, o := range batch {
-			var sent bool
-			if sent, err = c.writeOne(wctx, o); err != nil {
-				break // the rest were not written: they go out on the next connection
-			}
-			if sent && o.notify {
-				written = append(written, o)
+		if c.b.opts.Batch && len(batch) > 1 {
+			written, err = c.writeBatches(wctx, batch, written)
+		} else {
+			for _, o := range batch {
+				var sent bool
+				if sent, err = c.writeOne(wctx, o); err != nil {
+					break // the rest were not written: they go out on the next connection
+				}
+				if sent && o.notify {
+					written = append(written, o)
+				}
 			}
 		}
 		clear(batch)
@@ -206,6 +210,56 @@ func (c *conn) writeLoop(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// writeBatches writes the ops as JSON-RPC batches (arrays), each within
+// the message limit (Options.Batch). It appends the notifications written
+// to written.
+func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, error) {
+	frame := make([]byte, 0, 4096)
+	var inFrame []*op
+	flush := func() error {
+		if len(inFrame) == 0 {
+			return nil
+		}
+		frame = append(frame, ']')
+		if err := c.ws.Write(ctx, websocket.MessageText, frame); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		c.b.counters.messagesOut.Add(uint64(len(inFrame)))
+		for _, o := range inFrame {
+			if o.notify {
+				written = append(written, o)
+			}
+		}
+		frame, inFrame = frame[:0], inFrame[:0]
+		return nil
+	}
+	for _, o := range ops {
+		select {
+		case <-c.lost:
+			return written, errors.New("connection lost")
+		case <-o.callerDone:
+			continue
+		default:
+		}
+		if int64(len(frame)+len(o.frame)+2) > c.b.opts.MaxMessageBytes {
+			if err := flush(); err != nil {
+				return written, err
+			}
+		}
+		if !o.state.CompareAndSwap(opQueued, opWritten) {
+			continue
+		}
+		if len(inFrame) == 0 {
+			frame = append(frame, '[')
+		} else {
+			frame = append(frame, ',')
+		}
+		frame = append(frame, o.frame...)
+		inFrame = append(inFrame, o)
+	}
+	return written, flush()
 }
 
 // writeOne writes o unless its caller gave up; sent reports whether it was

@@ -147,6 +147,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	unsubMethods := commaList{"*_unsubscribe"}
 	fs.Var(&subMethods, "subscribe-methods", "comma-separated patterns (* = any text) of methods that create a backend subscription")
 	fs.Var(&unsubMethods, "unsubscribe-methods", "comma-separated patterns of the methods that undo them, paired by position")
+	fs.BoolVar(&bo.Batch, "backend-batch", false, "send requests queued together as one JSON-RPC batch (for backends that handle batches; a batch's replies wait for its slowest call)")
 	fs.BoolVar(&bo.Resubscribe, "resubscribe", false, "re-issue live subscriptions after a backend reconnect (subscribers get a wsbridge_gap notification)")
 	fs.StringVar(&bo.CancelMethod, "cancel-method", "", "notification sent to the backend with {\"id\": <gateway id>} when a caller gives up (e.g. $/cancelRequest)")
 	fs.DurationVar(&tick, "demo-tick", 0, "embedded demo backend: send a tick notification this often (0: never)")
