@@ -60,9 +60,7 @@ func (a *asyncCall) startOn() {
 		return
 	}
 	id := b.nextID.Add(1)
-	o := newOp(id, false, appendRequest(make([]byte, 0, maxRequestSize(a.quoted, a.params)), id, true, a.quoted, a.params))
-	o.resp = nil
-	o.done = func(r result) { a.settle(r) }
+	o := newAsyncOp(id, appendRequest(make([]byte, 0, maxRequestSize(a.quoted, a.params)), id, true, a.quoted, a.params), a.settle)
 	// The timer exists before o can complete (complete stops it).
 	o.timer = time.AfterFunc(time.Until(a.deadline), func() { a.expire(o, c, CodeDeadlineExceeded) })
 	a.mu.Lock()

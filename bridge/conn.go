@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -334,11 +335,16 @@ func (c *conn) readLoop(ctx context.Context) error {
 
 // handleFrame routes every message of one text frame.
 func (c *conn) handleFrame(frame []byte) {
-	msgs, err := splitFrame(frame)
+	msgs, batch, err := splitFrame(frame)
 	if err != nil {
 		c.b.counters.malformed.Add(1)
 		c.b.opts.Logger.Warn("backend sent an invalid frame", "err", err, "bytes", len(frame))
 		c.failGuessedCaller(frame, err)
+		return
+	}
+	if !batch {
+		c.b.counters.messagesIn.Add(1)
+		c.handleMessage(bytes.TrimLeft(frame, " \t\r\n"))
 		return
 	}
 	for _, raw := range msgs {

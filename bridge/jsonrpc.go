@@ -146,35 +146,30 @@ func decodeRPCError(raw json.RawMessage) (*RPCError, error) {
 	return e, nil
 }
 
-// splitFrame returns the messages in one text frame: one object, or the
-// elements of a batch. The frame is validated once here; the messages are
-// spans of it.
-func splitFrame(frame []byte) ([]json.RawMessage, error) {
+// splitFrame validates one text frame and returns its messages: the frame
+// itself (one message; batch false) or the elements of a batch. They are
+// spans of the frame.
+func splitFrame(frame []byte) (msgs [][]byte, batch bool, err error) {
 	p := bytes.TrimLeft(frame, " \t\r\n")
 	if !json.Valid(p) {
-		return nil, errors.New("frame is not valid JSON")
+		return nil, false, errors.New("frame is not valid JSON")
 	}
 	if p[0] != '[' {
-		return []json.RawMessage{p}, nil
+		return nil, false, nil
 	}
 	elems, _ := rpcscan.Array(p)
 	if len(elems) == 0 {
-		return nil, errors.New("empty batch")
+		return nil, true, errors.New("empty batch")
 	}
-	msgs := make([]json.RawMessage, len(elems))
-	for i, e := range elems {
-		msgs[i] = e
-	}
-	return msgs, nil
+	return elems, true, nil
 }
 
 // decodeMessage picks the members of one message (valid JSON) by their
 // exact names, without decoding the values.
-func decodeMessage(raw json.RawMessage) (*wireMessage, error) {
+func decodeMessage(raw json.RawMessage) (m wireMessage, err error) {
 	if len(raw) == 0 || raw[0] != '{' {
-		return nil, errors.New("message is not a JSON object")
+		return m, errors.New("message is not a JSON object")
 	}
-	var m wireMessage
 	_ = rpcscan.Object(raw, func(key, value []byte) bool {
 		switch string(key) {
 		case "jsonrpc":
@@ -192,5 +187,5 @@ func decodeMessage(raw json.RawMessage) (*wireMessage, error) {
 		}
 		return true
 	})
-	return &m, nil
+	return m, nil
 }

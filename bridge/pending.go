@@ -45,6 +45,12 @@ func newOp(id uint64, notify bool, frame []byte) *op {
 	return &op{id: id, notify: notify, frame: frame, resp: make(chan result, 1)}
 }
 
+// newAsyncOp is newOp for a caller that is not waiting: done receives the
+// outcome.
+func newAsyncOp(id uint64, frame []byte, done func(result)) *op {
+	return &op{id: id, frame: frame, done: done}
+}
+
 // complete hands o its outcome. Only the goroutine that removed o from the
 // pending table (or never added it) may call it, so it runs once.
 func (o *op) complete(r result) {
