@@ -51,6 +51,7 @@ tools: $(TOOLS) ## Install the pinned tools into .bin/.
 .PHONY: generate
 generate: $(TOOLS) ## Regenerate gen/ from proto/ (buf with local plugins).
 	$(BIN)/buf lint
+	rm -f gen/wsbridge/v1/*.pb.go gen/wsbridge/v1/*.pb.gw.go gen/openapiv2/*.json gen/*.json
 	$(BIN)/buf generate
 
 .PHONY: check-generate

@@ -37,9 +37,9 @@ func listenParams(params json.RawMessage) ([]string, bool) {
 // queued: until then the notifications of a subscription the call made
 // are held back.
 func (s *Server) callFor(ctx context.Context, f face, consumer *bridge.Consumer, method string, params json.RawMessage) (res json.RawMessage, release func(), err error) {
-	s.counters.request(f)
+	start := s.counters.request(f)
 	res, release, err = s.dispatch(ctx, consumer, method, params)
-	s.counters.finished(err)
+	s.counters.finished(f, method, start, err)
 	return res, release, err
 }
 
@@ -48,15 +48,15 @@ func noRelease() {}
 // goFor is callFor without a goroutine: done receives the outcome (see
 // bridge.Bridge.Go), and cancel gives up on the call.
 func (s *Server) goFor(f face, consumer *bridge.Consumer, method string, params json.RawMessage, done func(json.RawMessage, func(), error)) (cancel func()) {
-	s.counters.request(f)
+	start := s.counters.request(f)
 	if method == methodListen || method == methodUnlisten {
 		res, release, err := s.dispatch(context.Background(), consumer, method, params)
-		s.counters.finished(err)
+		s.counters.finished(f, method, start, err)
 		done(res, release, err)
 		return noRelease
 	}
 	return consumer.Go(method, params, bridge.CallOptions{}, func(res json.RawMessage, release func(), err error) {
-		s.counters.finished(err)
+		s.counters.finished(f, method, start, err)
 		done(res, release, err)
 	})
 }
@@ -94,9 +94,9 @@ func errNoPush() error {
 }
 
 func (s *Server) notifyFor(ctx context.Context, f face, method string, params json.RawMessage) {
-	s.counters.request(f)
+	start := s.counters.request(f)
 	err := s.bridge.Notify(ctx, method, params, bridge.CallOptions{})
-	s.counters.finished(err)
+	s.counters.finished(f, method, start, err)
 	if err != nil {
 		s.log.Debug("client notification not forwarded", "err", err)
 	}

@@ -30,12 +30,18 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	if err := wsbridgev1.RegisterBridgeServiceHandlerClient(ctx, streamGW, wsbridgev1.NewBridgeServiceClient(s.inprocConn)); err != nil {
 		return nil, err
 	}
+	if err := wsbridgev1.RegisterStatsServiceHandlerClient(ctx, streamGW, wsbridgev1.NewStatsServiceClient(s.inprocConn)); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", s.serveHealthz)
 	mux.HandleFunc("/__stats", s.serveSeedStats)
 	mux.HandleFunc("/ws", s.serveWS)
 	mux.HandleFunc("/rpc", s.serveRPC)
 	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
+	mux.Handle("/v1/stats:watch", s.restHandler(streamGW))
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/", s.restHandler(gw))
 	return s.requireAuth(mux), nil
 }

@@ -61,8 +61,8 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 var queryTokenParams = []string{"access_token", "token", "auth", "authorization", "api_key", "apikey"}
 
 // requireAuth wraps the HTTP faces: without a valid bearer token nothing
-// reaches the handler (and so nothing reaches the backend). /healthz stays
-// open unless AuthAll. A /ws client may send the token as the subprotocol
+// reaches the handler (and so nothing reaches the backend). Health, metrics
+// and the API description stay open unless AuthAll (see openHTTP). A /ws client may send the token as the subprotocol
 // "bearer.<token>" (browsers cannot set headers); the token then selects
 // that subprotocol in the handshake.
 func (s *Server) requireAuth(next http.Handler) http.Handler {
@@ -75,7 +75,7 @@ func (s *Server) requireAuth(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if s.opts.Auth == nil || (!s.opts.AuthAll && r.URL.Path == "/healthz") {
+		if s.opts.Auth == nil || (!s.opts.AuthAll && openHTTP(r.URL.Path)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -121,4 +121,15 @@ func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = w.Write([]byte("ok\n"))
+}
+
+// openHTTP reports whether an HTTP path needs no token unless AuthAll:
+// health, metrics, the API description and the dashboard's page (its data
+// comes from the authenticated API).
+func openHTTP(path string) bool {
+	switch path {
+	case "/healthz", "/metrics", "/openapi.json", "/", "/dashboard.js", "/dashboard.css":
+		return true
+	}
+	return false
 }

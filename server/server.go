@@ -73,6 +73,10 @@ type Options struct {
 	// have in flight, so that one client cannot starve the rest; more get
 	// -32012 / RESOURCE_EXHAUSTED. 0: no cap.
 	MaxInFlightPerClient int
+	// MetricsMethods are the method names that may appear as a label in
+	// /metrics; calls to any other method are labelled "other", so that no
+	// client-supplied string becomes a label.
+	MetricsMethods []string
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
 }
@@ -175,6 +179,7 @@ func (s *Server) setReadiness(st bridge.State) {
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), wsLive: map[*wsClient]struct{}{}}
+	s.counters.metrics = newMetrics(s, opts.MetricsMethods)
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
 	// Readiness follows the backend link; health exists before the Bridge

@@ -31,9 +31,10 @@ type bridgeService struct {
 
 func (svc bridgeService) Call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbridgev1.CallResponse, error) {
 	s := svc.s
-	s.counters.request(faceOf(ctx))
+	f := faceOf(ctx)
+	start := s.counters.request(f)
 	res, err := s.call(ctx, req)
-	s.counters.finished(err)
+	s.counters.finished(f, req.GetMethod(), start, err)
 	return res, grpcError(err)
 }
 
@@ -59,9 +60,10 @@ func (s *Server) call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbrid
 
 func (svc bridgeService) Notify(ctx context.Context, req *wsbridgev1.NotifyRequest) (*wsbridgev1.NotifyResponse, error) {
 	s := svc.s
-	s.counters.request(faceOf(ctx))
+	f := faceOf(ctx)
+	start := s.counters.request(f)
 	err := s.notify(ctx, req)
-	s.counters.finished(err)
+	s.counters.finished(f, req.GetMethod(), start, err)
 	if err != nil {
 		return nil, grpcError(err)
 	}

@@ -47,6 +47,7 @@ type counters struct {
 	requests, grpcCalls, httpProxied, wsUpgrades atomic.Uint64
 	errors, backendErrors, slowConsumers         atomic.Uint64
 	unauthenticated, refusedClients              atomic.Uint64
+	metrics                                      *metrics // nil: no histograms
 	activeGRPC, activeHTTP, activeWS             atomic.Int64
 }
 
@@ -60,8 +61,8 @@ func newCounters() *counters {
 	}
 }
 
-// request counts one client request arriving on f.
-func (c *counters) request(f face) {
+// request counts one client request arriving on f, and returns when.
+func (c *counters) request(f face) time.Time {
 	c.requests.Add(1)
 	c.recent.Add()
 	switch f {
@@ -70,10 +71,14 @@ func (c *counters) request(f face) {
 	case faceREST, faceRPC:
 		c.httpProxied.Add(1)
 	}
+	return time.Now()
 }
 
-// finished counts the outcome of one client request.
-func (c *counters) finished(err error) {
+// finished counts the outcome of one client request made on f at start.
+func (c *counters) finished(f face, method string, start time.Time, err error) {
+	if c.metrics != nil {
+		c.metrics.observe(f, method, time.Since(start), err)
+	}
 	if err == nil {
 		return
 	}

@@ -168,6 +168,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.BoolVar(&errorData, "backend-error-data", true, "pass the data member of backend errors on to clients")
 	fs.IntVar(&opts.MaxClients, "max-clients", 0, "most concurrent /ws clients; more get 503 at the handshake (0: no limit)")
 	fs.IntVar(&opts.MaxInFlightPerClient, "max-inflight-per-client", 0, "most calls one /ws client or Session may have in flight (0: no limit)")
+	var metricsMethods commaList
+	fs.Var(&metricsMethods, "metrics-methods", "comma-separated method names that may appear as a label in /metrics (others are \"other\")")
 	var debugAddr string
 	fs.StringVar(&debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
 	logs.register(fs)
@@ -207,6 +209,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	bo.SubscribeMethods, bo.UnsubscribeMethods = []string(subMethods), []string(unsubMethods)
 
 	bo.AllowMethods, bo.DenyMethods, opts.WSOrigins = allow, deny, origins
+	opts.MetricsMethods = metricsMethods
 	bo.DropErrorData = !errorData
 	if tokenFile != "" {
 		tokens, err := auth.Load(tokenFile)

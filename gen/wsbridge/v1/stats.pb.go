@@ -9,6 +9,7 @@ package wsbridgev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -84,6 +85,52 @@ func (BackendState) EnumDescriptor() ([]byte, []int) {
 	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{0}
 }
 
+// WatchStatsRequest sets the interval between snapshots.
+type WatchStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Default 1 s; at least 100 ms.
+	Interval      *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchStatsRequest) Reset() {
+	*x = WatchStatsRequest{}
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchStatsRequest) ProtoMessage() {}
+
+func (x *WatchStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchStatsRequest.ProtoReflect.Descriptor instead.
+func (*WatchStatsRequest) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchStatsRequest) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
 // GetStatsRequest is empty.
 type GetStatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -93,7 +140,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[0]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +152,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[0]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +165,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{0}
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{1}
 }
 
 // Latency summarises call latency over a recent window.
@@ -137,7 +184,7 @@ type Latency struct {
 
 func (x *Latency) Reset() {
 	*x = Latency{}
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[1]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +196,7 @@ func (x *Latency) String() string {
 func (*Latency) ProtoMessage() {}
 
 func (x *Latency) ProtoReflect() protoreflect.Message {
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[1]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +209,7 @@ func (x *Latency) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Latency.ProtoReflect.Descriptor instead.
 func (*Latency) Descriptor() ([]byte, []int) {
-	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{1}
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Latency) GetP50Ms() float64 {
@@ -276,7 +323,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[2]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +335,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_wsbridge_v1_stats_proto_msgTypes[2]
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +348,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{2}
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Stats) GetInstanceId() string {
@@ -553,7 +600,9 @@ var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\n" +
-	"\x17wsbridge/v1/stats.proto\x12\vwsbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
+	"\x17wsbridge/v1/stats.proto\x12\vwsbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n" +
+	"\x11WatchStatsRequest\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\x11\n" +
 	"\x0fGetStatsRequest\"\x8b\x01\n" +
 	"\aLatency\x12\x15\n" +
 	"\x06p50_ms\x18\x01 \x01(\x01R\x05p50Ms\x12\x15\n" +
@@ -611,9 +660,11 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +
 	"\x18BACKEND_STATE_CONNECTING\x10\x02\x12\x1b\n" +
 	"\x17BACKEND_STATE_CONNECTED\x10\x03\x12\x19\n" +
-	"\x15BACKEND_STATE_BACKOFF\x10\x042L\n" +
+	"\x15BACKEND_STATE_BACKOFF\x10\x042\x90\x01\n" +
 	"\fStatsService\x12<\n" +
-	"\bGetStats\x12\x1c.wsbridge.v1.GetStatsRequest\x1a\x12.wsbridge.v1.StatsB9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
+	"\bGetStats\x12\x1c.wsbridge.v1.GetStatsRequest\x1a\x12.wsbridge.v1.Stats\x12B\n" +
+	"\n" +
+	"WatchStats\x12\x1e.wsbridge.v1.WatchStatsRequest\x1a\x12.wsbridge.v1.Stats0\x01B9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
 
 var (
 	file_wsbridge_v1_stats_proto_rawDescOnce sync.Once
@@ -628,25 +679,30 @@ func file_wsbridge_v1_stats_proto_rawDescGZIP() []byte {
 }
 
 var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(BackendState)(0),             // 0: wsbridge.v1.BackendState
-	(*GetStatsRequest)(nil),       // 1: wsbridge.v1.GetStatsRequest
-	(*Latency)(nil),               // 2: wsbridge.v1.Latency
-	(*Stats)(nil),                 // 3: wsbridge.v1.Stats
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*WatchStatsRequest)(nil),     // 1: wsbridge.v1.WatchStatsRequest
+	(*GetStatsRequest)(nil),       // 2: wsbridge.v1.GetStatsRequest
+	(*Latency)(nil),               // 3: wsbridge.v1.Latency
+	(*Stats)(nil),                 // 4: wsbridge.v1.Stats
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_wsbridge_v1_stats_proto_depIdxs = []int32{
-	4, // 0: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
-	0, // 1: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
-	2, // 2: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
-	1, // 3: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
-	3, // 4: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	6, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
+	0, // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
+	3, // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
+	2, // 4: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
+	1, // 5: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
+	4, // 6: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
+	4, // 7: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_stats_proto_init() }
@@ -660,7 +716,7 @@ func file_wsbridge_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_stats_proto_rawDesc), len(file_wsbridge_v1_stats_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

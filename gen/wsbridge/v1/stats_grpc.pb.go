@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	StatsService_GetStats_FullMethodName = "/wsbridge.v1.StatsService/GetStats"
+	StatsService_GetStats_FullMethodName   = "/wsbridge.v1.StatsService/GetStats"
+	StatsService_WatchStats_FullMethodName = "/wsbridge.v1.StatsService/WatchStats"
 )
 
 // StatsServiceClient is the client API for StatsService service.
@@ -30,6 +31,8 @@ const (
 type StatsServiceClient interface {
 	// GetStats returns a snapshot of the gateway's counters.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*Stats, error)
+	// WatchStats sends a snapshot every interval until the client goes.
+	WatchStats(ctx context.Context, in *WatchStatsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Stats], error)
 }
 
 type statsServiceClient struct {
@@ -50,6 +53,25 @@ func (c *statsServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 	return out, nil
 }
 
+func (c *statsServiceClient) WatchStats(ctx context.Context, in *WatchStatsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Stats], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &StatsService_ServiceDesc.Streams[0], StatsService_WatchStats_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchStatsRequest, Stats]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StatsService_WatchStatsClient = grpc.ServerStreamingClient[Stats]
+
 // StatsServiceServer is the server API for StatsService service.
 // All implementations must embed UnimplementedStatsServiceServer
 // for forward compatibility.
@@ -58,6 +80,8 @@ func (c *statsServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 type StatsServiceServer interface {
 	// GetStats returns a snapshot of the gateway's counters.
 	GetStats(context.Context, *GetStatsRequest) (*Stats, error)
+	// WatchStats sends a snapshot every interval until the client goes.
+	WatchStats(*WatchStatsRequest, grpc.ServerStreamingServer[Stats]) error
 	mustEmbedUnimplementedStatsServiceServer()
 }
 
@@ -70,6 +94,9 @@ type UnimplementedStatsServiceServer struct{}
 
 func (UnimplementedStatsServiceServer) GetStats(context.Context, *GetStatsRequest) (*Stats, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedStatsServiceServer) WatchStats(*WatchStatsRequest, grpc.ServerStreamingServer[Stats]) error {
+	return status.Error(codes.Unimplemented, "method WatchStats not implemented")
 }
 func (UnimplementedStatsServiceServer) mustEmbedUnimplementedStatsServiceServer() {}
 func (UnimplementedStatsServiceServer) testEmbeddedByValue()                      {}
@@ -110,6 +137,17 @@ func _StatsService_GetStats_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StatsService_WatchStats_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchStatsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StatsServiceServer).WatchStats(m, &grpc.GenericServerStream[WatchStatsRequest, Stats]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StatsService_WatchStatsServer = grpc.ServerStreamingServer[Stats]
+
 // StatsService_ServiceDesc is the grpc.ServiceDesc for StatsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +160,12 @@ var StatsService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _StatsService_GetStats_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchStats",
+			Handler:       _StatsService_WatchStats_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "wsbridge/v1/stats.proto",
 }
