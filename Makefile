@@ -17,9 +17,13 @@ help: ## List the targets.
 run: ## Start the gateway with the embedded demo backend (gRPC :9090, HTTP :8080).
 	$(GO) run ./cmd/wsbridge serve --demo-tick 1s $(RUN_ARGS)
 
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 .PHONY: build
-build: ## Build bin/wsbridge.
-	$(GO) build -o bin/wsbridge ./cmd/wsbridge
+build: ## Build bin/wsbridge (static; version and commit stamped in).
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/wsbridge ./cmd/wsbridge
 
 .PHONY: test
 test: vet check-generate ## vet, the race-enabled tests, and the generated-code check.

@@ -29,15 +29,19 @@ while IFS= read -r cmd; do
   verdict=ok
   case "$cmd" in
     *"/fail"*|*"Grpc-Timeout"*) grep -q '"code"' <<<"$out" || verdict="expected an error" ;;
-    *"max-time"*) grep -q '"tick"' <<<"$out" || verdict="expected tick notifications" ;;
+    *"max-time"*"tick"*) grep -q '"tick"' <<<"$out" || verdict="expected tick notifications" ;;
     *demo_subscribe*) grep -q 'demo_subscription' <<<"$out" || verdict="expected subscription notifications" ;;
     npx*) grep -q '"result"' <<<"$out" || verdict="expected a result" ;;
     *Session*) { [ "$rc" = 0 ] && [ "$(grep -c '"reply"' <<<"$out")" = 3 ]; } || verdict="expected three replies" ;;
+    *"call fail"*) { [ "$rc" = 1 ] && grep -q 'Unimplemented' <<<"$out"; } || verdict="expected Unimplemented" ;;
+    *WatchStats*|*"stats:watch"*) grep -q 'instanceId' <<<"$out" || verdict="expected stats snapshots" ;;
+    *"/metrics"*) grep -q '^wsbridge_requests_handled_total' <<<"$out" || verdict="expected Prometheus metrics" ;;
+    *openapi.json*) grep -q '"swagger": "2.0"' <<<"$out" || verdict="expected an OpenAPI 2.0 document" ;;
     *) { [ "$rc" = 0 ] && ! grep -q '"message"' <<<"$out"; } || verdict="exit $rc or an error" ;;
   esac
   if [ "$verdict" != ok ]; then echo "FAIL ($verdict): $cmd"; echo "$out"; failed=1; continue; fi
   echo "ok: $cmd"
-done < <(awk '/^```sh/{inb=1; next} /^```/{inb=0} inb && ($1=="grpcurl" || $1=="curl" || $1=="npx")' README.md)
+done < <(awk '/^```sh/{inb=1; next} /^```/{inb=0} inb && ($1=="grpcurl" || $1=="curl" || $1=="npx" || ($1=="go" && $2=="run" && $4!="backend" && ($4!="serve" || /--print-config/)))' README.md)
 
 kill -TERM $pid
 wait $pid && rc=0 || rc=$?

@@ -517,3 +517,78 @@ func TestScenario11GracefulShutdown(t *testing.T) {
 		})
 	}
 }
+
+// cli runs the built binary with args and returns stdout, stderr and the
+// exit code.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestCLI(t *testing.T) {
+	g := startGateway(t)
+	out, errOut, code := cli(t, "call", "--grpc-addr", g.grpcAddr, "add", "[2,3]")
+	if code != 0 || strings.TrimSpace(out) != "5" {
+		t.Fatalf("call add: %d %q %q", code, out, errOut)
+	}
+	out, _, code = cli(t, "call", "--grpc-addr", g.grpcAddr, "echo", `{"a":[1,"x"]}`)
+	if code != 0 || !strings.Contains(out, `"a": [`) {
+		t.Fatalf("call echo: %d %q", code, out)
+	}
+	_, errOut, code = cli(t, "call", "--grpc-addr", g.grpcAddr, "fail", `{"code":-32601,"message":"nope","data":{"k":1}}`)
+	if code != 1 || !strings.Contains(errOut, "Unimplemented: nope") || !strings.Contains(errOut, "backend JSON-RPC error -32601") || !strings.Contains(errOut, `{"k":1}`) {
+		t.Fatalf("call fail: %d %q", code, errOut)
+	}
+	_, errOut, code = cli(t, "call", "--grpc-addr", g.grpcAddr, "echo", `{not json`)
+	if code != 2 || !strings.Contains(errOut, "not JSON") {
+		t.Fatalf("bad params: %d %q", code, errOut)
+	}
+	if _, _, code := cli(t, "call", "--grpc-addr", g.grpcAddr, "--notify", "echo", `[1]`); code != 0 {
+		t.Fatalf("notify: %d", code)
+	}
+
+	out, _, code = cli(t, "stats", "--grpc-addr", g.grpcAddr)
+	if code != 0 || !strings.Contains(out, "requests") || !strings.Contains(out, "(connected, 1 open)") || !strings.Contains(out, "4 (gRPC 4,") {
+		t.Fatalf("stats: %d\n%s", code, out)
+	}
+	out, _, code = cli(t, "stats", "--grpc-addr", g.grpcAddr, "--json")
+	var st map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st["backendState"] != "BACKEND_STATE_CONNECTED" {
+		t.Fatalf("stats --json: %d %q", code, out)
+	}
+	// --watch keeps printing until interrupted.
+	cmd := exec.Command(binary, "stats", "--grpc-addr", g.grpcAddr, "--json", "--watch", "--interval", "100ms")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for range 3 {
+		if !sc.Scan() {
+			t.Fatal("stats --watch stopped")
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stats --watch after SIGINT: %v", err)
+	}
+
+	out, _, code = cli(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "wsbridge ") || !strings.Contains(out, "commit ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	_, errOut, code = cli(t, "stats", "--grpc-addr", "127.0.0.1:1")
+	if code != 1 || !strings.Contains(errOut, "Unavailable") {
+		t.Fatalf("stats against nothing: %d %q", code, errOut)
+	}
+}

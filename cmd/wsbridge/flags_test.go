@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,31 +13,112 @@ import (
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
 func TestFlagPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(file, []byte("grpc-addr: file:1\ncall-timeout: 7s\nbackend-header: [\"F: 1\"]\nsubscribe-methods: [a_sub, b_sub]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
-	define := func(getenv func(string) string) (*flagSet, *string, *time.Duration, *repeated) {
+	define := func(getenv func(string) string) (*flagSet, *string, *time.Duration, *repeated, *commaList) {
 		fs := newFlagSet("serve", &out, getenv)
 		addr := fs.String("grpc-addr", "default:1", "")
 		d := fs.Duration("call-timeout", time.Second, "")
 		var h repeated
 		fs.Var(&h, "backend-header", "")
-		return fs, addr, d, &h
+		var l commaList
+		fs.Var(&l, "subscribe-methods", "")
+		fs.withConfig()
+		return fs, addr, d, &h, &l
 	}
-	fs, addr, d, h := define(env(nil))
+	fs, addr, d, h, l := define(env(nil))
 	if err := fs.parse(nil); err != nil || *addr != "default:1" || *d != time.Second || len(h.values) != 0 {
 		t.Fatalf("defaults: %v %q %v %v", err, *addr, *d, h.values)
 	}
-	e := env(map[string]string{"WSBRIDGE_GRPC_ADDR": "env:2", "WSBRIDGE_CALL_TIMEOUT": "5s", "WSBRIDGE_BACKEND_HEADER": "A: 1\nB: 2"})
-	fs, addr, d, h = define(e)
-	if err := fs.parse(nil); err != nil || *addr != "env:2" || *d != 5*time.Second || strings.Join(h.values, "|") != "A: 1|B: 2" {
+	// The file over the defaults.
+	fs, addr, d, h, l = define(env(nil))
+	if err := fs.parse([]string{"--config", file}); err != nil || *addr != "file:1" || *d != 7*time.Second ||
+		strings.Join(h.values, "|") != "F: 1" || strings.Join(*l, "|") != "a_sub|b_sub" {
+		t.Fatalf("file: %v %q %v %v %v", err, *addr, *d, h.values, *l)
+	}
+	// The environment over the file (WSBRIDGE_CONFIG names it too).
+	e := env(map[string]string{"WSBRIDGE_CONFIG": file, "WSBRIDGE_GRPC_ADDR": "env:2", "WSBRIDGE_BACKEND_HEADER": "A: 1\nB: 2"})
+	fs, addr, d, h, _ = define(e)
+	if err := fs.parse(nil); err != nil || *addr != "env:2" || *d != 7*time.Second || strings.Join(h.values, "|") != "A: 1|B: 2" {
 		t.Fatalf("environment: %v %q %v %v", err, *addr, *d, h.values)
 	}
-	fs, addr, _, h = define(e)
-	if err := fs.parse([]string{"--grpc-addr", "flag:3", "--backend-header", "C: 3"}); err != nil || *addr != "flag:3" || strings.Join(h.values, "|") != "C: 3" {
+	// Flags over everything.
+	fs, addr, _, h, _ = define(e)
+	if err := fs.parse([]string{"--grpc-addr", "flag:3", "--backend-header", "C: 3", "--backend-header", "D: 4"}); err != nil ||
+		*addr != "flag:3" || strings.Join(h.values, "|") != "C: 3|D: 4" {
 		t.Fatalf("flags over environment: %v %q %v", err, *addr, h.values)
 	}
-	fs, _, _, _ = define(env(map[string]string{"WSBRIDGE_CALL_TIMEOUT": "soon"}))
+	fs, _, _, _, _ = define(env(map[string]string{"WSBRIDGE_CALL_TIMEOUT": "soon"}))
 	if err := fs.parse(nil); err == nil || !strings.Contains(err.Error(), "WSBRIDGE_CALL_TIMEOUT") {
 		t.Fatalf("a bad environment value must name its variable: %v", err)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]string{
+		"grpc-adr: x\n":              `unknown key "grpc-adr"`,
+		"call-timeout: soon\n":       `invalid value "soon" for call-timeout`,
+		"- a\n- b\n":                 "mapping",
+		"grpc-addr: [a, b]\n":        "takes one value",
+		"backend-header: {a: 1}\n":   "value or a list",
+		"grpc-addr: x\n  bad: [\n": "yaml",
+	} {
+		file := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		code := run(context.Background(), []string{"serve", "--config", file, "--print-config"}, &out, &out, env(nil))
+		if code != 2 || !strings.Contains(out.String(), want) {
+			t.Errorf("%q: exit %d, %q; want 2 and %q", content, code, out.String(), want)
+		}
+	}
+}
+
+func TestPrintConfigRedactsSecrets(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"serve", "--print-config", "--backend", "wss://user:pw@example.com/rpc?key=abc",
+		"--backend-header", "Authorization: Bearer s3cret"}, &out, &errOut, env(map[string]string{"WSBRIDGE_CALL_TIMEOUT": "12s"}))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	got := out.String()
+	for _, secret := range []string{"pw", "abc", "s3cret", "user"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("--print-config shows %q:\n%s", secret, got)
+		}
+	}
+	for _, want := range []string{"backend: wss://REDACTED@example.com/rpc?REDACTED", "Authorization: REDACTED", "call-timeout: 12s", "grpc-addr: 127.0.0.1:9090"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, got)
+		}
+	}
+}
+
+// The example config in the repository loads, and --print-config's output
+// is itself a valid config giving the same configuration.
+func TestExampleConfig(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--config", "../../examples/wsbridge.yaml", "--print-config"}, &out, &errOut, env(nil)); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"backend: ws://127.0.0.1:8081/", "resubscribe: true", "metrics-methods: [eth_call, eth_getBalance]", "log-format: json"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out.String())
+		}
+	}
+	again := filepath.Join(t.TempDir(), "again.yaml")
+	if err := os.WriteFile(again, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out2 bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--config", again, "--print-config"}, &out2, &errOut, env(nil)); code != 0 || out2.String() != out.String() {
+		t.Fatalf("round trip: exit %d\n%s\nvs\n%s", code, out2.String(), out.String())
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/auth"
 	"github.com/wsbridge/wsbridge/server"
 )
@@ -38,10 +40,12 @@ func main() {
 const usage = `Usage: wsbridge <command> [flags]
 
 Commands:
-  serve     run the gateway (gRPC, REST, /__stats); without --backend it
+  serve     run the gateway (gRPC, REST, /ws, /rpc); without --backend it
             starts an embedded demo backend
+  stats     show a running gateway's counters (--json, --watch)
+  call      make one call through a running gateway: call METHOD [PARAMS_JSON]
   backend   run the demo JSON-RPC WebSocket backend alone
-  version   print the version
+  version   print the version, commit and Go version
 
 Run 'wsbridge <command> --help' for a command's flags.
 `
@@ -54,7 +58,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	switch args[0] {
 	case "serve":
-		return serve(ctx, args[1:], stderr, getenv)
+		return serve(ctx, args[1:], stdout, stderr, getenv)
+	case "stats":
+		return statsCmd(ctx, args[1:], stdout, stderr, getenv)
+	case "call":
+		return callCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "backend":
 		return runBackend(ctx, args[1:], stderr, getenv)
 	case "version":
@@ -68,26 +76,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return 2
 }
 
+// version and commit are set at build time (make build passes them with
+// -ldflags -X); otherwise the module's build information is used.
+var version, commit string
+
 func versionString() string {
-	v, rev := "(devel)", "unknown"
+	v, rev, goVersion := version, commit, runtime.Version()
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
+		if v == "" && bi.Main.Version != "" {
 			v = bi.Main.Version
 		}
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
+			if rev == "" && s.Key == "vcs.revision" {
 				rev = s.Value
 			}
 		}
 	}
-	return fmt.Sprintf("wsbridge %s (commit %s, %s)", v, rev, strings.TrimPrefix(runtimeVersion(), "go"))
-}
-
-func runtimeVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		return bi.GoVersion
+	if v == "" {
+		v = "(devel)"
 	}
-	return "unknown"
+	if rev == "" {
+		rev = "unknown"
+	}
+	return fmt.Sprintf("wsbridge %s\ncommit %s\n%s", v, rev, goVersion)
 }
 
 type logFlags struct{ format, level string }
@@ -112,7 +123,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", l.format)
 }
 
-func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	fs := newFlagSet("serve", stderr, getenv)
 	var (
 		opts     server.Options
@@ -171,13 +182,25 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	var metricsMethods commaList
 	fs.Var(&metricsMethods, "metrics-methods", "comma-separated method names that may appear as a label in /metrics (others are \"other\")")
 	var debugAddr string
+	var printConfig bool
 	fs.StringVar(&debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
+	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration (secrets redacted) as a config file, and exit")
+	fs.withConfig()
 	logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if printConfig {
+		out, err := fs.effective(redactSetting)
+		if err != nil {
+			fmt.Fprintln(stderr, "serve:", err)
+			return 1
+		}
+		_, _ = stdout.Write(out)
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "serve: unexpected arguments %q\n", fs.Args())
@@ -379,4 +402,23 @@ func serveDebug(addr string) (func(), error) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	return func() { hs.Close(); <-done }, nil
+}
+
+// redactSetting hides secrets in --print-config: the backend URL's
+// credentials and the values of handshake headers.
+func redactSetting(name string, values []string) []string {
+	switch name {
+	case "backend":
+		if values[0] != "" {
+			return []string{bridge.RedactURL(values[0])}
+		}
+	case "backend-header":
+		out := make([]string, len(values))
+		for i, v := range values {
+			header, _, _ := strings.Cut(v, ":")
+			out[i] = header + ": REDACTED"
+		}
+		return out
+	}
+	return values
 }

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/jsonpb"
+)
+
+// clientFlags reach a running gateway over gRPC.
+type clientFlags struct {
+	addr, tokenFile, ca string
+	tls                 bool
+}
+
+func (c *clientFlags) register(fs *flagSet) {
+	fs.StringVar(&c.addr, "grpc-addr", "127.0.0.1:9090", "the gateway's gRPC address")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token (first line), when the gateway requires one")
+	fs.BoolVar(&c.tls, "tls", false, "connect with TLS")
+	fs.StringVar(&c.ca, "ca", "", "CA certificate (PEM) to verify the gateway with, for --tls (default: the system roots)")
+}
+
+func (c *clientFlags) dial(ctx context.Context) (*grpc.ClientConn, context.Context, error) {
+	creds := insecure.NewCredentials()
+	if c.tls {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.ca != "" {
+			pem, err := os.ReadFile(c.ca)
+			if err != nil {
+				return nil, ctx, err
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, ctx, fmt.Errorf("%s holds no PEM certificate", c.ca)
+			}
+		}
+		creds = credentials.NewTLS(cfg)
+	}
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, ctx, err
+		}
+		tok, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(tok))
+	}
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(creds))
+	return conn, ctx, err
+}
+
+func parseOrUsage(fs *flagSet, args []string) (int, bool) {
+	if err := fs.parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	return 0, true
+}
+
+// statsCmd prints a running gateway's counters: a table for people, JSON
+// for scripts, refreshed with --watch.
+func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("stats", stderr, getenv)
+	var cf clientFlags
+	cf.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON (one object per snapshot)")
+	watch := fs.Bool("watch", false, "keep printing a snapshot every --interval")
+	interval := fs.Duration("interval", 2*time.Second, "time between snapshots with --watch")
+	if code, ok := parseOrUsage(fs, args); !ok {
+		return code
+	}
+	conn, ctx, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "stats:", err)
+		return 1
+	}
+	defer conn.Close()
+	client := wsbridgev1.NewStatsServiceClient(conn)
+	show := func(st *wsbridgev1.Stats) {
+		if *asJSON {
+			b, _ := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(st)
+			fmt.Fprintln(stdout, string(b))
+			return
+		}
+		if *watch && isTerminal(stdout) {
+			fmt.Fprint(stdout, "\033[H\033[2J") // home and clear
+		}
+		printStats(stdout, st)
+	}
+	if !*watch {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		st, err := client.GetStats(cctx, &wsbridgev1.GetStatsRequest{})
+		if err != nil {
+			fmt.Fprintln(stderr, "stats:", describe(err))
+			return 1
+		}
+		show(st)
+		return 0
+	}
+	stream, err := client.WatchStats(ctx, &wsbridgev1.WatchStatsRequest{Interval: durationpb.New(*interval)})
+	if err != nil {
+		fmt.Fprintln(stderr, "stats:", describe(err))
+		return 1
+	}
+	for {
+		st, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0 // interrupted
+			}
+			fmt.Fprintln(stderr, "stats:", describe(err))
+			return 1
+		}
+		show(st)
+	}
+}
+
+func printStats(w io.Writer, st *wsbridgev1.Stats) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	state := strings.ToLower(strings.TrimPrefix(st.GetBackendState().String(), "BACKEND_STATE_"))
+	rows := [][2]string{
+		{"instance", fmt.Sprintf("%s, up %v", st.GetInstanceId(), (time.Duration(st.GetUptimeMs()) * time.Millisecond).Round(time.Second))},
+		{"backend", fmt.Sprintf("%s (%s, %d open)", st.GetBackendUrl(), state, st.GetBackendConnsOpen())},
+		{"connects / reconnects", fmt.Sprintf("%d / %d (dial failures %d)", st.GetBackendConnects(), st.GetBackendReconnects(), st.GetDialFailures())},
+		{"requests", fmt.Sprintf("%d (gRPC %d, HTTP %d, WebSocket upgrades %d)", st.GetRequestsHandled(), st.GetGrpcCalls(), st.GetHttpProxied(), st.GetWsUpgrades())},
+		{"rate", fmt.Sprintf("%.1f/s last 10 s, %.1f/s since start", st.GetRecentRequestsPerSecond(), st.GetRequestsPerSecond())},
+		{"latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms (%d calls, last %ds)", st.GetLatency().GetP50Ms(), st.GetLatency().GetP90Ms(),
+			st.GetLatency().GetP99Ms(), st.GetLatency().GetCount(), st.GetLatency().GetWindowSeconds())},
+		{"in flight", fmt.Sprint(st.GetInFlight())},
+		{"clients", fmt.Sprintf("%d (WebSocket %d)", st.GetActiveClients(), st.GetWsClients())},
+		{"errors", fmt.Sprintf("%d (backend errors %d, timeouts %d, rejected %d, unauthenticated %d)", st.GetErrors(), st.GetBackendErrors(),
+			st.GetTimeouts(), st.GetRejected(), st.GetUnauthenticated())},
+		{"backend replies", fmt.Sprintf("late %d, unknown %d, malformed frames %d", st.GetLateResponses(), st.GetUnknownResponses(), st.GetMalformedFrames())},
+		{"notifications", fmt.Sprintf("%d in, %d delivered; %d subscriptions, %d resubscribed, %d slow consumers ended", st.GetBackendNotifications(),
+			st.GetNotificationsDelivered(), st.GetSubscriptions(), st.GetResubscribes(), st.GetSlowConsumers())},
+		{"messages proxied", fmt.Sprint(st.GetMessagesProxied())},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
+	}
+	_ = tw.Flush()
+}
+
+// callCmd makes one call through the gateway and prints the result, or the
+// error with its code.
+func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("call", stderr, getenv)
+	var cf clientFlags
+	cf.register(fs)
+	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
+	notify := fs.Bool("notify", false, "send a notification (no reply) instead of a call")
+	wait := fs.Bool("wait-for-ready", false, "wait for the backend while the gateway is reconnecting")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: wsbridge call [flags] METHOD [PARAMS_JSON]\n\n")
+		fs.usage()
+	}
+	if code, ok := parseOrUsage(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		fs.Usage()
+		return 2
+	}
+	method := fs.Arg(0)
+	var params *structpb.Value
+	if fs.NArg() == 2 {
+		v, err := jsonpb.ToValue([]byte(fs.Arg(1)))
+		if err != nil {
+			fmt.Fprintf(stderr, "call: PARAMS_JSON is not JSON: %v\n", err)
+			return 2
+		}
+		params = v
+	}
+	conn, ctx, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "call:", err)
+		return 1
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	stop := progress(stderr, "waiting for "+method)
+	client := wsbridgev1.NewBridgeServiceClient(conn)
+	var res *wsbridgev1.CallResponse
+	if *notify {
+		_, err = client.Notify(ctx, &wsbridgev1.NotifyRequest{Method: method, Params: params})
+	} else {
+		res, err = client.Call(ctx, &wsbridgev1.CallRequest{Method: method, Params: params, WaitForReady: *wait})
+	}
+	stop()
+	if err != nil {
+		fmt.Fprintln(stderr, "call:", describe(err))
+		return 1
+	}
+	if res != nil {
+		out, err := jsonpb.AppendValue(nil, res.GetResult())
+		if err != nil {
+			fmt.Fprintln(stderr, "call:", err)
+			return 1
+		}
+		var pretty any
+		_ = json.Unmarshal(out, &pretty)
+		b, _ := json.MarshalIndent(pretty, "", "  ")
+		fmt.Fprintln(stdout, string(b))
+	}
+	return 0
+}
+
+// describe renders a gRPC error with its code and, for a backend error,
+// the backend's JSON-RPC code and data.
+func describe(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	for _, d := range st.Details() {
+		if be, ok := d.(*wsbridgev1.BackendError); ok {
+			msg += fmt.Sprintf(" (backend JSON-RPC error %d", be.GetCode())
+			if be.GetData() != nil {
+				if data, err := jsonpb.AppendValue(nil, be.GetData()); err == nil {
+					msg += ", data " + string(data)
+				}
+			}
+			msg += ")"
+		}
+	}
+	return msg
+}
+
+// progress shows, on a terminal, how long an operation has been waiting
+// once it takes more than a second. The returned func stops it.
+func progress(w io.Writer, what string) func() {
+	if !isTerminal(w) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		start := time.Now()
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		spin := `|/-\`
+		shown := false
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				if shown {
+					fmt.Fprint(w, "\r\033[K")
+				}
+				return
+			case <-t.C:
+				if el := time.Since(start); el > time.Second {
+					fmt.Fprintf(w, "\r%c %s… %v", spin[i%4], what, el.Round(time.Second))
+					shown = true
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
