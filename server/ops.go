@@ -7,8 +7,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/gen/openapiv2"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
 
 // WatchStats streams a snapshot every interval.

@@ -61,11 +61,11 @@ func TestFlagPrecedence(t *testing.T) {
 func TestConfigFileErrors(t *testing.T) {
 	dir := t.TempDir()
 	for content, want := range map[string]string{
-		"grpc-adr: x\n":              `unknown key "grpc-adr"`,
-		"call-timeout: soon\n":       `invalid value "soon" for call-timeout`,
-		"- a\n- b\n":                 "mapping",
-		"grpc-addr: [a, b]\n":        "takes one value",
-		"backend-header: {a: 1}\n":   "value or a list",
+		"grpc-adr: x\n":            `unknown key "grpc-adr"`,
+		"call-timeout: soon\n":     `invalid value "soon" for call-timeout`,
+		"- a\n- b\n":               "mapping",
+		"grpc-addr: [a, b]\n":      "takes one value",
+		"backend-header: {a: 1}\n": "value or a list",
 		"grpc-addr: x\n  bad: [\n": "yaml",
 	} {
 		file := filepath.Join(dir, "c.yaml")
