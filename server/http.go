@@ -41,6 +41,9 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
 	mux.Handle("/v1/stats:watch", s.restHandler(streamGW))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.HandleFunc("GET /{$}", serveDashboard)
+	mux.HandleFunc("GET /dashboard.js", serveDashboard)
+	mux.HandleFunc("GET /dashboard.css", serveDashboard)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/", s.restHandler(gw))
 	return s.requireAuth(mux), nil

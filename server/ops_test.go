@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,31 @@ func TestOpenAPI(t *testing.T) {
 		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
 			t.Errorf("%s %s: HTTP %d", verb, path, resp.StatusCode)
 		}
+	}
+}
+
+// The dashboard's files are served from the binary, and every element the
+// script writes exists on the page. (The page's behaviour is tested in a real
+// browser by the browser/ module.)
+func TestDashboardFiles(t *testing.T) {
+	h := start(t, demoBackend(t), nil)
+	code, page := get(t, h.base+"/")
+	if code != 200 || !strings.Contains(page, `<script src="/dashboard.js">`) {
+		t.Fatalf("GET /: HTTP %d", code)
+	}
+	code, script := get(t, h.base+"/dashboard.js")
+	if code != 200 || !strings.Contains(script, `fetch("/v1/stats"`) {
+		t.Fatalf("GET /dashboard.js: HTTP %d", code)
+	}
+	if code, _ := get(t, h.base+"/dashboard.css"); code != 200 {
+		t.Fatalf("GET /dashboard.css: HTTP %d", code)
+	}
+	for _, m := range regexp.MustCompile(`\$\("([a-z0-9-]+)"\)`).FindAllStringSubmatch(script, -1) {
+		if !strings.Contains(page, `id="`+m[1]+`"`) {
+			t.Errorf("dashboard.js writes #%s, which index.html lacks", m[1])
+		}
+	}
+	if code, _ := get(t, h.base+"/index.html"); code != http.StatusNotFound {
+		t.Errorf("GET /index.html: HTTP %d, want 404 (only / serves the page)", code)
 	}
 }

@@ -145,6 +145,8 @@ func (c *counters) snapshot(b *bridge.Bridge) *wsbridgev1.Stats {
 		NotificationsDelivered: bs.Delivered,
 		Resubscribes:           bs.Resubscribes,
 		Goroutines:             int64(runtime.NumGoroutine()),
+		GrpcClients:            c.activeGRPC.Load(),
+		HttpClients:            c.activeHTTP.Load(),
 		Unauthenticated:        c.unauthenticated.Load(),
 	}
 }

@@ -317,8 +317,13 @@ type Stats struct {
 	Goroutines int64 `protobuf:"varint,34,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	// Requests refused for a missing or invalid token.
 	Unauthenticated uint64 `protobuf:"varint,35,opt,name=unauthenticated,proto3" json:"unauthenticated,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Open gRPC connections from clients now.
+	GrpcClients int64 `protobuf:"varint,36,opt,name=grpc_clients,json=grpcClients,proto3" json:"grpc_clients,omitempty"`
+	// Open HTTP connections from clients now (REST, /rpc, and /ws before
+	// the upgrade).
+	HttpClients   int64 `protobuf:"varint,37,opt,name=http_clients,json=httpClients,proto3" json:"http_clients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -596,6 +601,20 @@ func (x *Stats) GetUnauthenticated() uint64 {
 	return 0
 }
 
+func (x *Stats) GetGrpcClients() int64 {
+	if x != nil {
+		return x.GrpcClients
+	}
+	return 0
+}
+
+func (x *Stats) GetHttpClients() int64 {
+	if x != nil {
+		return x.HttpClients
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -609,7 +628,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\x93\v\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xd9\v\n" +
 	"\x05Stats\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x129\n" +
@@ -654,7 +673,9 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\n" +
 	"goroutines\x18\" \x01(\x03R\n" +
 	"goroutines\x12(\n" +
-	"\x0funauthenticated\x18# \x01(\x04R\x0funauthenticated*\xa3\x01\n" +
+	"\x0funauthenticated\x18# \x01(\x04R\x0funauthenticated\x12!\n" +
+	"\fgrpc_clients\x18$ \x01(\x03R\vgrpcClients\x12!\n" +
+	"\fhttp_clients\x18% \x01(\x03R\vhttpClients*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +

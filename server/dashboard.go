@@ -1,0 +1,23 @@
+package server
+
+import (
+	"embed"
+	"net/http"
+)
+
+// dashboardFiles is the live dashboard: static files, no build step. The
+// page reads GET /v1/stats every second.
+//
+//go:embed dashboard/index.html dashboard/dashboard.js dashboard/dashboard.css
+var dashboardFiles embed.FS
+
+// serveDashboard serves GET / and the dashboard's script and style.
+func serveDashboard(w http.ResponseWriter, r *http.Request) {
+	name := map[string]string{"/": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}[r.URL.Path]
+	if name == "" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	http.ServeFileFS(w, r, dashboardFiles, "dashboard/"+name)
+}

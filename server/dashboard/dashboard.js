@@ -1,0 +1,117 @@
+// The wsbridge dashboard: polls GET /v1/stats every second and keeps five
+// minutes of history for the charts. No build step, no dependencies.
+"use strict";
+
+const HISTORY = 300; // seconds
+const history = []; // {t, rps, p50, p99, inFlight, errorsPerSec}
+let last = null; // previous snapshot, for rates
+let token = sessionStorage.getItem("wsbridge-token") || "";
+
+const $ = (id) => document.getElementById(id);
+const num = (v) => Number(v || 0); // uint64 fields arrive as strings
+const fmt = (v, digits = 0) => Number(v).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+async function fetchStats() {
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const resp = await fetch("/v1/stats", { headers, cache: "no-store" });
+  if (resp.status === 401) {
+    const t = window.prompt("This gateway requires a bearer token:");
+    if (t) {
+      token = t;
+      sessionStorage.setItem("wsbridge-token", t);
+    }
+    throw new Error("unauthenticated");
+  }
+  if (!resp.ok) throw new Error("HTTP " + resp.status);
+  return resp.json();
+}
+
+function update(s) {
+  const now = Date.now();
+  const state = (s.backendState || "BACKEND_STATE_DISCONNECTED").replace("BACKEND_STATE_", "").toLowerCase();
+  $("backend-state").textContent = state;
+  $("backend-state").className = "state " + state;
+  $("backend-url").textContent = s.backendUrl || "";
+  $("connects").textContent = fmt(num(s.backendConnects));
+  $("reconnects").textContent = fmt(num(s.backendReconnects));
+  $("dial-failures").textContent = fmt(num(s.dialFailures));
+  $("requests").textContent = fmt(num(s.requestsHandled));
+  $("rps").textContent = fmt(num(s.recentRequestsPerSecond), 1);
+  $("in-flight").textContent = fmt(num(s.inFlight));
+  const lat = s.latency || {};
+  $("p50").textContent = fmt(num(lat.p50Ms), 2);
+  $("p90").textContent = fmt(num(lat.p90Ms), 2);
+  $("p99").textContent = fmt(num(lat.p99Ms), 2);
+  $("window").textContent = num(lat.windowSeconds) || 60;
+  $("clients").textContent = fmt(num(s.activeClients));
+  $("clients-grpc").textContent = fmt(num(s.grpcClients));
+  $("clients-http").textContent = fmt(num(s.httpClients));
+  $("clients-ws").textContent = fmt(num(s.wsClients));
+  $("errors").textContent = fmt(num(s.errors));
+  $("timeouts").textContent = fmt(num(s.timeouts));
+  $("backend-errors").textContent = fmt(num(s.backendErrors));
+  $("rejected").textContent = fmt(num(s.rejected));
+
+  let rps = 0, errorsPerSec = 0;
+  if (last) {
+    const dt = Math.max((num(s.uptimeMs) - num(last.uptimeMs)) / 1000, 0.001);
+    rps = (num(s.requestsHandled) - num(last.requestsHandled)) / dt;
+    errorsPerSec = (num(s.errors) - num(last.errors)) / dt;
+  }
+  last = s;
+  history.push({ t: now, rps, p50: num(lat.p50Ms), p99: num(lat.p99Ms), inFlight: num(s.inFlight), errorsPerSec });
+  while (history.length > HISTORY) history.shift();
+  draw("chart-rps", [{ key: "rps", color: "#58a6ff" }]);
+  draw("chart-latency", [{ key: "p50", color: "#58a6ff" }, { key: "p99", color: "#f0883e" }]);
+  draw("chart-inflight", [{ key: "inFlight", color: "#3fb950" }]);
+  draw("chart-errors", [{ key: "errorsPerSec", color: "#f85149" }]);
+  $("updated").textContent = "Last update " + new Date(now).toLocaleTimeString() + ".";
+  document.body.dataset.updates = String(num(document.body.dataset.updates) + 1);
+}
+
+// draw plots the history's series on a canvas, scaled to their maximum.
+function draw(id, series) {
+  const canvas = $(id);
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 28;
+  ctx.clearRect(0, 0, w, h);
+  let max = 0;
+  for (const p of history) for (const s of series) max = Math.max(max, p[s.key]);
+  max = max > 0 ? max * 1.1 : 1;
+  ctx.strokeStyle = "#2a3240";
+  ctx.fillStyle = "#8b95a5";
+  ctx.font = "11px system-ui, sans-serif";
+  for (let i = 0; i <= 4; i++) {
+    const y = pad / 2 + (h - pad) * i / 4;
+    ctx.beginPath(); ctx.moveTo(pad + 12, y); ctx.lineTo(w, y); ctx.stroke();
+    ctx.fillText(fmt(max * (4 - i) / 4, max < 10 ? 1 : 0), 0, y + 4);
+  }
+  const x = (i) => pad + 12 + (w - pad - 12) * i / (HISTORY - 1);
+  const offset = HISTORY - history.length;
+  for (const s of series) {
+    ctx.strokeStyle = s.color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    history.forEach((p, i) => {
+      const y = pad / 2 + (h - pad) * (1 - p[s.key] / max);
+      if (i === 0) ctx.moveTo(x(offset + i), y); else ctx.lineTo(x(offset + i), y);
+    });
+    ctx.stroke();
+  }
+  canvas.dataset.points = String(history.length);
+  canvas.dataset.max = String(max);
+}
+
+async function tick() {
+  try {
+    update(await fetchStats());
+    $("status").textContent = "live";
+    $("status").className = "status live";
+  } catch (e) {
+    $("status").textContent = "gateway unreachable: " + e.message;
+    $("status").className = "status down";
+  }
+}
+
+tick();
+setInterval(tick, 1000);
