@@ -64,7 +64,7 @@ check-generate: generate ## Fail when the committed gen/ is stale.
 	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has uncommitted files: run make generate and commit"; exit 1; }
 
 .PHONY: lint
-lint: $(TOOLS) ## go vet, staticcheck, buf lint.
+lint: $(TOOLS) check-modules ## go vet, staticcheck, buf lint, tidy modules.
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 	$(BIN)/buf lint
@@ -75,7 +75,16 @@ readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbr
 
 .PHONY: interop
 interop: ## Interoperability tests against go-ethereum's JSON-RPC client and server.
-	cd interop && $(GO) mod tidy && $(GO) test -race -count=1 ./...
+	cd interop && $(GO) test -race -count=1 ./...
+
+.PHONY: browser
+browser: ## The dashboard in headless Chromium (Debian's chromium package; skips when it is missing). Screenshot in browser/artifacts/ or $$ARTIFACTS_DIR.
+	cd browser && $(GO) test -race -count=1 -v ./...
+
+MODULES := . tools interop browser bench/tools
+.PHONY: check-modules
+check-modules: ## Fail when any go.mod or go.sum is not tidy.
+	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there"; exit 1; }; done
 
 SOAK_ARGS ?= --duration 2m
 .PHONY: soak

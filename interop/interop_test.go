@@ -15,6 +15,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/gatewaytest"
 	"github.com/wsbridge/wsbridge/server"
 )
 
@@ -76,25 +77,6 @@ func gethBackend(t *testing.T) string {
 	return "ws://" + ln.Addr().String()
 }
 
-// gateway runs wsbridge in front of backendURL.
-func gateway(t *testing.T, backendURL string) *server.Server {
-	t.Helper()
-	srv, err := server.New(server.Options{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Bridge: bridge.Options{URL: backendURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	return srv
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -104,7 +86,7 @@ func ctxT(t *testing.T) context.Context {
 // go-ethereum's client talks to /ws and /rpc, which forward to a
 // go-ethereum server: calls, batches, errors with code and data.
 func TestGethClientThroughGatewayToGethServer(t *testing.T) {
-	gw := gateway(t, gethBackend(t))
+	gw := gatewaytest.Start(t, server.Options{Bridge: bridge.Options{URL: gethBackend(t)}})
 	for _, endpoint := range []string{"ws://" + gw.HTTPAddr().String() + "/ws", "http://" + gw.HTTPAddr().String() + "/rpc"} {
 		t.Run(endpoint, func(t *testing.T) {
 			client, err := rpc.DialContext(ctxT(t), endpoint)
@@ -148,7 +130,7 @@ func TestGethClientThroughGatewayToGethServer(t *testing.T) {
 // subscriptions: each client gets its own notifications, identical
 // subscriptions share one backend subscription, and unsubscribing works.
 func TestGethSubscriptionsThroughGateway(t *testing.T) {
-	gw := gateway(t, gethBackend(t))
+	gw := gatewaytest.Start(t, server.Options{Bridge: bridge.Options{URL: gethBackend(t)}})
 	endpoint := "ws://" + gw.HTTPAddr().String() + "/ws"
 	dial := func() *rpc.Client {
 		c, err := rpc.DialWebsocket(ctxT(t), endpoint, "")
@@ -199,7 +181,7 @@ func TestGethSubscriptionsThroughGateway(t *testing.T) {
 
 // gRPC clients reach the go-ethereum backend through the bridge.
 func TestGRPCToGethServer(t *testing.T) {
-	gw := gateway(t, gethBackend(t))
+	gw := gatewaytest.Start(t, server.Options{Bridge: bridge.Options{URL: gethBackend(t)}})
 	conn, err := grpc.NewClient(gw.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

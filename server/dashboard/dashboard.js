@@ -2,7 +2,8 @@
 // minutes of history for the charts. No build step, no dependencies.
 "use strict";
 
-const HISTORY = 300; // seconds
+const HISTORY = 300; // seconds of history kept
+const MIN_SPAN = 30; // seconds the time axis spans at least
 const history = []; // {t, rps, p50, p99, inFlight, errorsPerSec}
 let last = null; // previous snapshot, for rates
 let token = sessionStorage.getItem("wsbridge-token") || "";
@@ -86,8 +87,13 @@ function draw(id, series) {
     ctx.beginPath(); ctx.moveTo(pad + 12, y); ctx.lineTo(w, y); ctx.stroke();
     ctx.fillText(fmt(max * (4 - i) / 4, max < 10 ? 1 : 0), 0, y + 4);
   }
-  const x = (i) => pad + 12 + (w - pad - 12) * i / (HISTORY - 1);
-  const offset = HISTORY - history.length;
+  // The time axis spans the history gathered so far (at least MIN_SPAN
+  // seconds), so a freshly opened page shows a chart rather than a sliver.
+  const span = Math.min(Math.max(history.length, MIN_SPAN), HISTORY);
+  const x = (i) => pad + 12 + (w - pad - 12) * i / (span - 1);
+  const offset = span - history.length;
+  ctx.fillText("-" + span + " s", pad + 12, h - 2);
+  ctx.fillText("now", w - 22, h - 2);
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 2;
