@@ -31,8 +31,8 @@ func TestFlagPrecedence(t *testing.T) {
 		return fs, addr, d, &h, &l
 	}
 	fs, addr, d, h, l := define(env(nil))
-	if err := fs.parse(nil); err != nil || *addr != "default:1" || *d != time.Second || len(h.values) != 0 {
-		t.Fatalf("defaults: %v %q %v %v", err, *addr, *d, h.values)
+	if err := fs.parse(nil); err != nil || *addr != "default:1" || *d != time.Second || len(h.values) != 0 || len(*l) != 0 {
+		t.Fatalf("defaults: %v %q %v %v %v", err, *addr, *d, h.values, *l)
 	}
 	// The file over the defaults.
 	fs, addr, d, h, l = define(env(nil))
