@@ -160,6 +160,9 @@ func (p *parser) str() (string, error) {
 		}
 		return string(s), nil
 	}
+	if !utf8.Valid(raw) { // encoding/json would turn it into U+FFFD; protojson refuses it
+		return "", errors.New("string is not UTF-8")
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", err
