@@ -40,6 +40,7 @@ var (
 	errID             = &rpcError{code: bridge.RPCInvalidRequest, message: "invalid request: id must be a string, a number or null"}
 	errDuplicateID    = &rpcError{code: bridge.RPCInvalidRequest, message: "invalid request: a call with this id is still in flight"}
 	errClientOverCap  = &rpcError{code: RPCOverloaded, message: "too many calls in flight on this connection"}
+	errGoingAway      = &rpcError{code: RPCUnavailable, message: "gateway is shutting down"}
 	errNoSubscriptOnH = &rpcError{code: bridge.RPCMethodNotFound, message: "subscriptions need a connection that can push: use /ws or the gRPC Session"}
 )
 

@@ -40,6 +40,11 @@ type Options struct {
 	// ShutdownGrace bounds the drain of calls in flight at shutdown.
 	// Default 10 s.
 	ShutdownGrace time.Duration
+	// ShutdownDelay is how long the server keeps serving, with readiness
+	// NOT_SERVING, before it stops taking calls at shutdown: time for load
+	// balancers and Kubernetes endpoints to take it out of rotation.
+	// Default 0 (Kubernetes users may set a preStop sleep instead).
+	ShutdownDelay time.Duration
 	// ClientPingInterval is the time between pings to each /ws client.
 	// Default 30 s.
 	ClientPingInterval time.Duration
@@ -281,9 +286,11 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 // Bridge returns the server's Bridge.
 func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
 
-// Run serves until ctx is done, then shuts down: health turns NOT_SERVING,
-// new calls are refused with UNAVAILABLE, calls in flight drain for up to
-// ShutdownGrace, then the backend connection is closed with 1001. It
+// Run serves until ctx is done, then shuts down: health turns NOT_SERVING;
+// after ShutdownDelay the listeners close, gRPC clients get GOAWAY, /ws
+// clients are closed with 1001 as soon as their calls are answered, and
+// new calls are refused with UNAVAILABLE; calls in flight drain for up to
+// ShutdownGrace; then the backend connection is closed with 1001. It
 // returns nil after a clean shutdown. Call it once.
 func (s *Server) Run(ctx context.Context) error {
 	err := errors.New("server: Run called twice")
@@ -321,36 +328,51 @@ func (s *Server) run(ctx context.Context) error {
 	return runErr
 }
 
-// shutdown drains and stops everything, bounded by ShutdownGrace. The
-// listeners stay open while calls drain, so that clients get a clear
-// UNAVAILABLE (and health checks NOT_SERVING) rather than a refused
-// connection.
+// shutdown drains and stops everything, bounded by ShutdownGrace (after
+// ShutdownDelay). It stops taking work at the connection level, so that a
+// load balancer or a client with several addresses moves to another
+// replica: listeners close (a refused connection is UNAVAILABLE to gRPC
+// clients, and nginx or Envoy retry it on another upstream), gRPC
+// connections get GOAWAY (streams not yet started are retried elsewhere by
+// the client), idle HTTP connections close, and each /ws client is closed
+// with 1001 once its calls are answered, so that a call without a reply at
+// a 1001 was never passed to the backend. Calls that still arrive, on
+// streams and connections open before the stop, are refused with
+// UNAVAILABLE rather than started.
 func (s *Server) shutdown() {
+	s.draining.Store(true)
+	if d := s.opts.ShutdownDelay; d > 0 {
+		s.health.Shutdown() // every service NOT_SERVING; serving goes on
+		s.log.Info("serving on for the shutdown delay", "delay", d)
+		<-time.After(d)
+	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownGrace)
 	defer cancel()
 
 	s.bridge.BeginDrain() // new calls: UNAVAILABLE from here on
-	s.draining.Store(true)
-	s.health.Shutdown() // every service NOT_SERVING
+	s.health.Shutdown()
+	grpcDone := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.http.Shutdown(graceCtx) }()
+	s.wsGoAway()
+
 	if err := s.bridge.Drain(graceCtx); err != nil {
 		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
 	}
 	// Streams (health watches, subscriptions, sessions) and /ws clients
 	// never end by themselves: end them (WebSocket clients with 1001) so
-	// that the servers below only wait for replies still being written.
+	// that the servers only wait for replies still being written.
 	s.endStreams()
 	s.closeWSClients(graceCtx)
 
-	grpcDone := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
-	httpErr := s.http.Shutdown(graceCtx)
 	select {
 	case <-grpcDone:
 	case <-graceCtx.Done():
 		s.grpc.Stop()
 		<-grpcDone
 	}
-	if httpErr != nil {
+	if err := <-httpDone; err != nil {
 		_ = s.http.Close()
 	}
 	_ = s.inprocConn.Close()

@@ -46,6 +46,13 @@ type wsClient struct {
 
 	mu       sync.Mutex
 	inflight map[string]func() // guarded by mu: the client's calls in flight by id, with their cancel (nil until known)
+	// Guarded by mu, for going away at shutdown: unanswered counts calls
+	// and batches whose reply is not queued yet; goingAway is set at
+	// shutdown; leaving once the close is queued behind the last reply,
+	// after which no call is started.
+	unanswered int
+	goingAway  bool
+	leaving    bool
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -166,7 +173,9 @@ func (c *wsClient) handleFrame(data []byte) {
 		case r.invalid != nil:
 			c.send(appendError(nil, r.id, r.invalid))
 		case r.isNotification():
-			c.calls.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+			if !c.isLeaving() {
+				c.calls.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+			}
 		default:
 			if e := c.claim(r.id); e != nil {
 				c.send(appendError(nil, r.id, e))
@@ -181,12 +190,19 @@ func (c *wsClient) handleFrame(data []byte) {
 					c.send(frame)
 				}
 				release()
+				c.answered()
 			})
 			c.setCancel(id, cancel)
 		}
 		return
 	}
-	c.calls.Go(func() { c.serveBatch(reqs) })
+	c.mu.Lock()
+	c.unanswered++ // the batch's reply
+	c.mu.Unlock()
+	c.calls.Go(func() {
+		c.serveBatch(reqs)
+		c.answered()
+	})
 }
 
 // serveBatch runs a batch's calls concurrently and sends one array of
@@ -211,7 +227,9 @@ func (c *wsClient) serveBatch(reqs []clientRequest) {
 		case r.invalid != nil:
 			add(appendError(nil, r.id, r.invalid), nil)
 		case r.isNotification():
-			wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+			if !c.isLeaving() {
+				wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
+			}
 		default:
 			if e := c.claim(r.id); e != nil {
 				add(appendError(nil, r.id, e), nil)
@@ -221,6 +239,7 @@ func (c *wsClient) serveBatch(reqs []clientRequest) {
 				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
 				c.release(r.id)
 				add(reply(r.id, res, err), release)
+				c.answered() // the call's own count; the batch's reply holds the close
 			})
 		}
 	}
@@ -254,6 +273,9 @@ func joinArray(elems [][]byte) []byte {
 func (c *wsClient) claim(id json.RawMessage) *rpcError {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.leaving {
+		return errGoingAway
+	}
 	if _, dup := c.inflight[string(id)]; dup {
 		return errDuplicateID
 	}
@@ -261,7 +283,48 @@ func (c *wsClient) claim(id json.RawMessage) *rpcError {
 		return errClientOverCap
 	}
 	c.inflight[string(id)] = nil
+	c.unanswered++
 	return nil
+}
+
+// answered notes that a reply (or a batch's) is queued, and closes a client
+// that is going away once nothing is left unanswered.
+func (c *wsClient) answered() {
+	c.mu.Lock()
+	c.unanswered--
+	c.mu.Unlock()
+	c.leaveIfIdle()
+}
+
+// goAway closes the client with 1001 as soon as its calls are answered.
+func (c *wsClient) goAway() {
+	c.mu.Lock()
+	c.goingAway = true
+	c.mu.Unlock()
+	c.leaveIfIdle()
+}
+
+// leaveIfIdle queues the close behind the replies already queued, once the
+// client is going away with nothing unanswered. From then on no call is
+// started, so every call that gets no reply before the 1001 was never
+// passed to the backend.
+func (c *wsClient) leaveIfIdle() {
+	c.mu.Lock()
+	leave := c.goingAway && c.unanswered == 0 && !c.leaving
+	if leave {
+		c.leaving = true
+	}
+	c.mu.Unlock()
+	if leave && !c.out.Push(nil) { // nil: the writer closes with 1001 there
+		c.end(websocket.StatusGoingAway, "gateway shutting down")
+	}
+}
+
+// isLeaving reports whether the client's close is queued.
+func (c *wsClient) isLeaving() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leaving
 }
 
 // setCancel records how to cancel the call id, unless it has ended already.
@@ -355,7 +418,12 @@ func (c *wsClient) writeLoop() {
 			ctx, cancel = context.WithTimeout(ctx, c.s.opts.ClientWriteTimeout)
 		}
 		var err error
+		leave := false
 		for _, frame := range batch {
+			if frame == nil { // queued by leaveIfIdle behind the last reply
+				leave = true
+				break
+			}
 			if err = c.conn.Write(ctx, websocket.MessageText, frame); err != nil {
 				break
 			}
@@ -372,6 +440,10 @@ func (c *wsClient) writeLoop() {
 				c.endSlow("write timeout: client too slow")
 			}
 			c.end(websocket.StatusPolicyViolation, "write failed")
+			return
+		}
+		if leave {
+			c.end(websocket.StatusGoingAway, "gateway shutting down")
 			return
 		}
 	}
@@ -410,19 +482,36 @@ func (s *Server) trackWS(c *wsClient, live bool) {
 	}
 }
 
-// closeWSClients closes every /ws client with 1001 and waits for their
-// handlers, until ctx is done.
-func (s *Server) closeWSClients(ctx context.Context) {
+// wsGoAway refuses new /ws clients and closes each open one with 1001 as
+// soon as its calls are answered.
+func (s *Server) wsGoAway() {
 	s.wsMu.Lock()
+	defer s.wsMu.Unlock()
 	s.wsClosed = true
 	for c := range s.wsLive {
-		c.end(websocket.StatusGoingAway, "gateway shutting down")
+		c.goAway()
 	}
-	s.wsMu.Unlock()
+}
+
+// closeWSClients waits until every /ws client has gone away (see wsGoAway)
+// or ctx is done; then it closes those left with 1001, cutting their calls,
+// and waits for their handlers (each close handshake is bounded).
+func (s *Server) closeWSClients(ctx context.Context) {
+	s.wsGoAway()
 	done := make(chan struct{})
 	go func() { s.wsClients.Wait(); close(done) }()
 	select {
 	case <-done:
+		return
 	case <-ctx.Done():
+	}
+	s.wsMu.Lock()
+	for c := range s.wsLive {
+		c.end(websocket.StatusGoingAway, "gateway shutting down")
+	}
+	s.wsMu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(2 * closeTimeout):
 	}
 }

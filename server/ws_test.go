@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
 
 type wsTestClient struct {
@@ -377,5 +379,76 @@ func TestWSClientThatStopsReadingIsClosed(t *testing.T) {
 	})
 	if code := c.recvClose(); code != websocket.StatusPolicyViolation {
 		t.Fatalf("close %v, want 1008", code)
+	}
+}
+
+// At shutdown a /ws client's calls in flight are answered before its 1001,
+// and a call it sends meanwhile is refused with -32010, never started: a
+// call without a reply at the 1001 was never passed to the backend.
+func TestWSGoesAwayOnceAnswered(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) { o.ShutdownGrace = 10 * time.Second })
+	c := dialWS(t, h)
+	c.roundTrip(`{"jsonrpc":"2.0","id":0,"method":"echo"}`)
+	c.send(`{"jsonrpc":"2.0","id":1,"method":"sleep","params":[300]}`)
+	waitFor(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	waitFor(t, "the client to be told to go away", func() bool {
+		h.srv.wsMu.Lock()
+		defer h.srv.wsMu.Unlock()
+		for wc := range h.srv.wsLive {
+			wc.mu.Lock()
+			going := wc.goingAway
+			wc.mu.Unlock()
+			if going {
+				return true
+			}
+		}
+		return false
+	})
+	c.send(`{"jsonrpc":"2.0","id":2,"method":"echo","params":["late"]}`)
+	if got := c.recv(); !strings.Contains(got, `"id":2,"error":{"code":-32010`) {
+		t.Fatalf("the call sent while going away: %s", got)
+	}
+	if got := c.recv(); got != `{"jsonrpc":"2.0","id":1,"result":{"slept_ms":300}}` {
+		t.Fatalf("the call in flight: %s", got)
+	}
+	if code := c.recvClose(); code != websocket.StatusGoingAway {
+		t.Fatalf("close %v, want 1001", code)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// During ShutdownDelay readiness is NOT_SERVING but calls are served on
+// every face, so that load balancers can take the replica out first.
+func TestShutdownDelayKeepsServing(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) { o.ShutdownDelay = 2 * time.Second })
+	c := dialWS(t, h)
+	c.roundTrip(`{"jsonrpc":"2.0","id":0,"method":"echo"}`)
+	watch, err := healthpb.NewHealthClient(h.conn).Watch(ctxT(t), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before: %v %v", r, err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health at shutdown: %v %v", r, err)
+	}
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); err != nil {
+		t.Fatalf("gRPC call during the shutdown delay: %v", err)
+	}
+	if got := c.roundTrip(`{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}`); got != `{"jsonrpc":"2.0","id":1,"result":[1]}` {
+		t.Fatalf("/ws call during the shutdown delay: %s", got)
+	}
+	if code := c.recvClose(); code != websocket.StatusGoingAway {
+		t.Fatalf("close %v, want 1001", code)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
 	}
 }

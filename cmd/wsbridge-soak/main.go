@@ -9,14 +9,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -33,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/childproc"
 )
 
 type config struct {
@@ -67,58 +66,11 @@ func main() {
 	}
 }
 
-// proc is a child process logging JSON to stderr.
-type proc struct {
-	cmd  *exec.Cmd
-	logs chan map[string]any
-}
-
-func startProc(binary string, args ...string) (*proc, error) {
-	cmd := exec.Command(binary, append(args, "--log-format", "json")...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{cmd: cmd, logs: make(chan map[string]any, 1000)}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				select {
-				case p.logs <- m:
-				default:
-				}
-			}
-		}
-		close(p.logs)
-	}()
-	return p, nil
-}
-
-func (p *proc) waitLog(msg string) (map[string]any, error) {
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case m, ok := <-p.logs:
-			if !ok {
-				return nil, errors.New("process exited before logging " + msg)
-			}
-			if m["msg"] == msg {
-				return m, nil
-			}
-		case <-timeout:
-			return nil, errors.New("no log " + msg)
-		}
-	}
-}
-
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	_ = p.cmd.Wait()
+// waitLog waits up to 30 s for a child's log line.
+func waitLog(p *childproc.Proc, msg string) (map[string]any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return p.WaitLog(ctx, msg)
 }
 
 // rss returns a process's resident set size in KiB.
@@ -155,24 +107,24 @@ func (t *tally) end(code string, d, deadline time.Duration) {
 }
 
 func run(ctx context.Context, cfg config) error {
-	be, err := startProc(cfg.binary, "backend", "--listen", "127.0.0.1:0")
+	be, err := childproc.Start(cfg.binary, "backend", "--listen", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	m, err := be.waitLog("demo backend listening")
+	m, err := waitLog(be, "demo backend listening")
 	if err != nil {
 		return err
 	}
 	backendURL := m["url"].(string)
 	backendAddr := strings.TrimSuffix(strings.TrimPrefix(backendURL, "ws://"), "/")
-	gw, err := startProc(cfg.binary, "serve", "--backend", backendURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+	gw, err := childproc.Start(cfg.binary, "serve", "--backend", backendURL, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--backoff-base", "100ms", "--backoff-max", "1s")
 	if err != nil {
-		be.kill()
+		be.Kill()
 		return err
 	}
-	defer gw.kill()
-	m, err = gw.waitLog("wsbridge listening")
+	defer gw.Kill()
+	m, err = waitLog(gw, "wsbridge listening")
 	if err != nil {
 		return err
 	}
@@ -210,12 +162,12 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	rssStart := rss(gw.cmd.Process.Pid)
+	rssStart := rss(gw.Pid())
 
 	var restarts atomic.Int64
 	wg.Go(func() {
 		current := be
-		defer func() { current.kill() }()
+		defer func() { current.Kill() }()
 		for {
 			wait, down := cfg.restartEvery, 100*time.Millisecond
 			if cfg.mode == "flap" {
@@ -226,18 +178,18 @@ func run(ctx context.Context, cfg config) error {
 				return
 			case <-time.After(wait):
 			}
-			current.kill()
+			current.Kill()
 			select {
 			case <-runCtx.Done():
 				return
 			case <-time.After(down):
 			}
-			next, err := startProc(cfg.binary, "backend", "--listen", backendAddr)
+			next, err := childproc.Start(cfg.binary, "backend", "--listen", backendAddr)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "soak: restarting the backend:", err)
 				return
 			}
-			if _, err := next.waitLog("demo backend listening"); err != nil {
+			if _, err := waitLog(next, "demo backend listening"); err != nil {
 				fmt.Fprintln(os.Stderr, "soak:", err)
 				return
 			}
@@ -253,7 +205,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	rssEnd := rss(gw.cmd.Process.Pid)
+	rssEnd := rss(gw.Pid())
 	fmt.Printf("\n| figure | start (after %v warm-up) | end |\n|---|---|---|\n", warmup)
 	fmt.Printf("| gateway RSS (KiB) | %d | %d |\n", rssStart, rssEnd)
 	fmt.Printf("| gateway goroutines | %d | %d |\n", begin.Goroutines, end.Goroutines)

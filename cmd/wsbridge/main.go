@@ -151,6 +151,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	fs.IntVar(&bo.MaxInFlight, "max-inflight", 10000, "most calls in flight at once; more get RESOURCE_EXHAUSTED")
 	fs.Int64Var(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message to or from the backend, and largest request body")
 	fs.DurationVar(&opts.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long calls in flight may drain at shutdown")
+	fs.DurationVar(&opts.ShutdownDelay, "shutdown-delay", 0, "at shutdown, keep serving this long with readiness NOT_SERVING before refusing calls (time for load balancers to notice)")
 	fs.DurationVar(&opts.ClientPingInterval, "client-ping-interval", 30*time.Second, "WebSocket ping interval to /ws clients")
 	fs.DurationVar(&opts.ClientWriteTimeout, "client-write-timeout", 10*time.Second, "a /ws client that takes longer to accept a write is closed with 1008")
 	fs.IntVar(&opts.ClientBuffer, "client-buffer", 1024, "messages that may wait for one /ws client, Subscribe stream or Session before it is ended as too slow")
