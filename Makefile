@@ -81,7 +81,16 @@ interop: ## Interoperability tests against go-ethereum's JSON-RPC client and ser
 browser: ## The dashboard in headless Chromium (Debian's chromium package; skips when it is missing). Screenshot in browser/artifacts/ or $$ARTIFACTS_DIR.
 	cd browser && $(GO) test -race -count=1 -v ./...
 
-MODULES := . tools interop browser bench/tools
+.PHONY: deploy-check
+deploy-check: ## Check the Dockerfile and deploy/kubernetes/ manifests against the binary (module deploy/).
+	cd deploy && $(GO) test -race -count=1 ./...
+
+SCALE_ARGS ?=
+.PHONY: scale-demo
+scale-demo: ## Three replicas behind nginx (installed if missing), one crashed then one stopped mid-run; prints per-replica stats and client errors.
+	GO=$(GO) scripts/scale-demo.sh $(SCALE_ARGS)
+
+MODULES := . tools interop browser bench/tools deploy
 .PHONY: check-modules
 check-modules: ## Fail when any go.mod or go.sum is not tidy.
 	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there"; exit 1; }; done
