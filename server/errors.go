@@ -97,7 +97,14 @@ func grpcError(err error) error {
 	m := mappingFor(err)
 	var be *bridge.Error
 	if !errors.As(err, &be) || be.RPC == nil {
-		return status.Error(m.GRPC, capMessage(err.Error()))
+		st := status.New(m.GRPC, capMessage(err.Error()))
+		if reason := unavailableReason(err); reason != "" {
+			info := &errdetails.ErrorInfo{Reason: strings.ToUpper(reason), Domain: "wsbridge"}
+			if withDetails, derr := st.WithDetails(info); derr == nil {
+				st = withDetails
+			}
+		}
+		return st.Err()
 	}
 	st := status.New(m.GRPC, capMessage(be.RPC.Message))
 	detail := &wsbridgev1.BackendError{Code: be.RPC.Code, Message: capMessage(be.RPC.Message)}
@@ -115,6 +122,26 @@ func grpcError(err error) error {
 		st = withDetails
 	}
 	return st.Err()
+}
+
+// unavailableReason tells apart the gateway's UNAVAILABLE conditions, for
+// clients that retry: "unavailable" (no backend connection; the request was
+// never written) and "draining" (the gateway is shutting down; the call was
+// never started) are safe to retry, "reply_lost" (the connection broke after
+// the request was written; the backend may have run it) is not. gRPC and
+// REST clients get it as a google.rpc.ErrorInfo reason (upper case),
+// JSON-RPC clients as the error's data {"reason": ...}. It is "" for every
+// other error.
+func unavailableReason(err error) string {
+	var be *bridge.Error
+	if !errors.As(err, &be) || be.RPC != nil {
+		return ""
+	}
+	switch be.Code {
+	case bridge.CodeUnavailable, bridge.CodeReplyLost, bridge.CodeDraining:
+		return be.Code.String()
+	}
+	return ""
 }
 
 // capMessage keeps error messages to 1 KiB of valid UTF-8: a backend's

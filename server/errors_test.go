@@ -1,9 +1,12 @@
 package server
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -85,4 +88,37 @@ func TestCapMessage(t *testing.T) {
 	if got := capMessage("a\xffb"); got != "a\uFFFDb" {
 		t.Fatalf("invalid UTF-8 kept: %q", got)
 	}
+}
+
+// The three UNAVAILABLE conditions carry a reason that tells a retrying
+// client whether the call can have run: as an ErrorInfo on gRPC (and so
+// REST) and as data.reason on JSON-RPC; other errors carry none.
+func TestUnavailableReasons(t *testing.T) {
+	for code, want := range map[bridge.Code]string{bridge.CodeUnavailable: "unavailable", bridge.CodeReplyLost: "reply_lost",
+		bridge.CodeDraining: "draining", bridge.CodeDeadlineExceeded: "", bridge.CodeOverloaded: ""} {
+		err := &bridge.Error{Code: code, Message: "m"}
+		if got := strings.ToLower(errorInfoReason(grpcError(err))); got != want {
+			t.Errorf("%v: gRPC ErrorInfo reason %q, want %q", code, got, want)
+		}
+		e, _ := rpcErrorFor(err)
+		var data struct{ Reason string }
+		if len(e.data) > 0 {
+			if err := json.Unmarshal(e.data, &data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if data.Reason != want {
+			t.Errorf("%v: JSON-RPC data %s, want reason %q", code, e.data, want)
+		}
+	}
+}
+
+// errorInfoReason is the reason of a gRPC error's wsbridge ErrorInfo.
+func errorInfoReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == "wsbridge" {
+			return info.Reason
+		}
+	}
+	return ""
 }

@@ -40,7 +40,7 @@ var (
 	errID             = &rpcError{code: bridge.RPCInvalidRequest, message: "invalid request: id must be a string, a number or null"}
 	errDuplicateID    = &rpcError{code: bridge.RPCInvalidRequest, message: "invalid request: a call with this id is still in flight"}
 	errClientOverCap  = &rpcError{code: RPCOverloaded, message: "too many calls in flight on this connection"}
-	errGoingAway      = &rpcError{code: RPCUnavailable, message: "gateway is shutting down"}
+	errGoingAway      = &rpcError{code: RPCUnavailable, message: "gateway is shutting down", data: json.RawMessage(`{"reason":"draining"}`)}
 	errNoSubscriptOnH = &rpcError{code: bridge.RPCMethodNotFound, message: "subscriptions need a connection that can push: use /ws or the gRPC Session"}
 )
 
@@ -196,5 +196,9 @@ func rpcErrorFor(err error) (*rpcError, error) {
 	if errors.As(err, &be) && be.RPC != nil {
 		return &rpcError{code: m.JSONRPC, message: be.RPC.Message, data: be.RPC.Data}, nil
 	}
-	return &rpcError{code: m.JSONRPC, message: err.Error()}, nil
+	e := &rpcError{code: m.JSONRPC, message: err.Error()}
+	if reason := unavailableReason(err); reason != "" {
+		e.data = json.RawMessage(`{"reason":"` + reason + `"}`)
+	}
+	return e, nil
 }

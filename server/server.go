@@ -45,6 +45,13 @@ type Options struct {
 	// balancers and Kubernetes endpoints to take it out of rotation.
 	// Default 0 (Kubernetes users may set a preStop sleep instead).
 	ShutdownDelay time.Duration
+	// ConnDrain bounds, at shutdown, the time HTTP keep-alive connections
+	// get to carry one more request (answered with "Connection: close")
+	// before the idle ones are closed. Closing an idle connection races a
+	// request a client or proxy pool is sending on it, which then fails
+	// (nginx does not resend a POST); a connection that has just answered
+	// with Connection: close has no such race. Default 1 s.
+	ConnDrain time.Duration
 	// ClientPingInterval is the time between pings to each /ws client.
 	// Default 30 s.
 	ClientPingInterval time.Duration
@@ -101,6 +108,9 @@ func (o Options) withDefaults() Options {
 	if o.ShutdownGrace <= 0 {
 		o.ShutdownGrace = 10 * time.Second
 	}
+	if o.ConnDrain <= 0 {
+		o.ConnDrain = time.Second
+	}
 	if o.ClientPingInterval <= 0 {
 		o.ClientPingInterval = 30 * time.Second
 	}
@@ -156,6 +166,8 @@ type Server struct {
 	wsReserved atomic.Int64
 
 	draining atomic.Bool // set at shutdown: readiness stays NOT_SERVING
+	stopping atomic.Bool // set when shutdown stops taking connections (after ShutdownDelay)
+	refusing atomic.Bool // set when shutdown starts refusing calls
 
 	runOnce sync.Once
 }
@@ -266,7 +278,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           handler,
+		Handler:           s.closeWhenStopping(handler),
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		// Bounds reading a request body; /ws clears it after the upgrade.
 		ReadTimeout: time.Minute,
@@ -311,7 +323,8 @@ func (s *Server) run(ctx context.Context) error {
 	})
 	wg.Go(func() { _ = s.grpc.Serve(s.inproc) })
 	wg.Go(func() {
-		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := s.http.Serve(s.httpLn)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !(s.stopping.Load() && errors.Is(err, net.ErrClosed)) {
 			serveErr <- fmt.Errorf("HTTP server: %w", err)
 		}
 	})
@@ -329,34 +342,40 @@ func (s *Server) run(ctx context.Context) error {
 }
 
 // shutdown drains and stops everything, bounded by ShutdownGrace (after
-// ShutdownDelay). It stops taking work at the connection level, so that a
-// load balancer or a client with several addresses moves to another
-// replica: listeners close (a refused connection is UNAVAILABLE to gRPC
+// ShutdownDelay). It stops taking work at the connection level first, so
+// that load balancers and clients move to another replica without a failed
+// call: the listeners close (a refused connection is UNAVAILABLE to gRPC
 // clients, and nginx or Envoy retry it on another upstream), gRPC
-// connections get GOAWAY (streams not yet started are retried elsewhere by
-// the client), idle HTTP connections close, and each /ws client is closed
-// with 1001 once its calls are answered, so that a call without a reply at
-// a 1001 was never passed to the backend. Calls that still arrive, on
-// streams and connections open before the stop, are refused with
-// UNAVAILABLE rather than started.
+// connections get GOAWAY (clients start new streams elsewhere), HTTP
+// keep-alive connections close after their next reply, and each /ws client
+// is closed with 1001 once its calls are answered, so that a call without a
+// reply at a 1001 was never passed to the backend. Calls arriving on those
+// connections meanwhile are served. Only then are calls still arriving
+// refused with UNAVAILABLE (reason "draining": never started), and calls
+// in flight drain.
 func (s *Server) shutdown() {
 	s.draining.Store(true)
+	s.health.Shutdown() // every service NOT_SERVING
 	if d := s.opts.ShutdownDelay; d > 0 {
-		s.health.Shutdown() // every service NOT_SERVING; serving goes on
 		s.log.Info("serving on for the shutdown delay", "delay", d)
 		<-time.After(d)
 	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownGrace)
 	defer cancel()
 
-	s.bridge.BeginDrain() // new calls: UNAVAILABLE from here on
-	s.health.Shutdown()
+	// No new connections; open ones are told to go.
+	s.stopping.Store(true)
 	grpcDone := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
+	_ = s.httpLn.Close()
+	s.wsGoAway()
+	s.waitHTTPConns(graceCtx, s.opts.ConnDrain)
+
+	// Calls still arriving are refused; calls in flight drain.
+	s.refusing.Store(true)
+	s.bridge.BeginDrain()
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.Shutdown(graceCtx) }()
-	s.wsGoAway()
-
 	if err := s.bridge.Drain(graceCtx); err != nil {
 		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
 	}
@@ -378,6 +397,37 @@ func (s *Server) shutdown() {
 	_ = s.inprocConn.Close()
 	s.bridge.Close()
 	s.log.Info("shutdown complete")
+}
+
+// closeWhenStopping answers with "Connection: close" once shutdown stops
+// taking connections, so that keep-alive clients go elsewhere after this
+// reply.
+func (s *Server) closeWhenStopping(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.stopping.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// waitHTTPConns waits until no HTTP connection is open (WebSocket clients
+// are not counted: they were hijacked), for at most limit or until ctx is
+// done.
+func (s *Server) waitHTTPConns(ctx context.Context, limit time.Duration) {
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for s.counters.activeHTTP.Load() > 0 {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // streamInterceptor ties every streaming RPC to the server's lifetime, so

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -406,8 +407,9 @@ func TestWSGoesAwayOnceAnswered(t *testing.T) {
 		}
 		return false
 	})
+	waitFor(t, "the gateway to refuse calls", h.srv.refusing.Load)
 	c.send(`{"jsonrpc":"2.0","id":2,"method":"echo","params":["late"]}`)
-	if got := c.recv(); !strings.Contains(got, `"id":2,"error":{"code":-32010`) {
+	if got := c.recv(); !strings.Contains(got, `"id":2,"error":{"code":-32010`) || !strings.Contains(got, `"data":{"reason":"draining"}`) {
 		t.Fatalf("the call sent while going away: %s", got)
 	}
 	if got := c.recv(); got != `{"jsonrpc":"2.0","id":1,"result":{"slept_ms":300}}` {
@@ -447,6 +449,39 @@ func TestShutdownDelayKeepsServing(t *testing.T) {
 	}
 	if code := c.recvClose(); code != websocket.StatusGoingAway {
 		t.Fatalf("close %v, want 1001", code)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// At shutdown an HTTP keep-alive connection carries one more request,
+// answered with Connection: close, rather than being closed under a request
+// a proxy may be sending on it.
+func TestShutdownClosesKeepAliveAfterAReply(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) { o.ConnDrain = 10 * time.Second })
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	defer client.CloseIdleConnections()
+	post := func() *http.Response {
+		resp, err := client.Post(h.base+"/rpc", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.TrimSpace(string(b)) != `{"jsonrpc":"2.0","id":1,"result":[1]}` {
+			t.Fatalf("HTTP %d %s", resp.StatusCode, b)
+		}
+		return resp
+	}
+	if resp := post(); resp.Close {
+		t.Fatal("Connection: close before shutdown")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	waitFor(t, "the gateway to stop taking connections", h.srv.stopping.Load)
+	if resp := post(); !resp.Close {
+		t.Fatal("a reply during shutdown kept the connection open")
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -231,7 +232,7 @@ type faceResult struct {
 	ok, okAfterKill int
 	codes           map[string]int // failures by code
 	failedInFlight  int            // failed calls on the stopped replica that started before the stop
-	refused         int            // /ws calls left unanswered at a 1001 from the stopped replica: never started
+	refused         int            // calls the stopped replica refused, saying it never started them
 	failedOther     int            // any other failed call: the ones that must not happen
 	misdelivered    int
 	latencies       []time.Duration // of successful calls
@@ -258,10 +259,10 @@ func (d *driver) record(face string, start time.Time, code, replica string, misd
 	}
 	r.codes[code]++
 	// Failed on the stopped replica, after the stop began, and started
-	// before the cutoff; or refused there, unstarted, at its 1001.
+	// before the cutoff; or refused there, never started.
 	onVictim := d.victim[replica] && began != 0
 	switch {
-	case onVictim && code == codeGoingAway:
+	case onVictim && code == codeUnstarted:
 		r.refused++
 	case onVictim && (cutoff == 0 || start.UnixNano() <= cutoff):
 		r.failedInFlight++
@@ -319,6 +320,9 @@ func (d *driver) callGRPC(ctx context.Context, ms int) reply {
 	r := reply{code: "OK", replica: lastUpstream(strings.Join(append(header.Get(replicaHeader), trailer.Get(replicaHeader)...), ", "))}
 	if err != nil {
 		r.code = status.Code(err).String()
+		if status.Code(err) == codes.Unavailable {
+			r.code = unavailableCode(errorInfoReason(err))
+		}
 		return r
 	}
 	r.sleptMS = res.GetResult().GetStructValue().GetFields()["slept_ms"].GetNumberValue()
@@ -346,14 +350,27 @@ func (d *driver) callHTTP(ctx context.Context, path, body, contentType string) r
 	b, _ := io.ReadAll(resp.Body)
 	var r sleepReply
 	switch {
-	case resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable:
-		rep.code = codes.Unavailable.String() // nginx's 502 for a lost upstream; the gateway's 503
+	case resp.StatusCode == http.StatusServiceUnavailable: // the gateway's: a google.rpc.Status body
+		var st struct {
+			Details []struct {
+				Reason string `json:"reason"`
+			} `json:"details"`
+		}
+		_ = json.Unmarshal(b, &st)
+		rep.code = codes.Unavailable.String()
+		for _, d := range st.Details {
+			if d.Reason != "" {
+				rep.code = unavailableCode(d.Reason)
+			}
+		}
+	case resp.StatusCode == http.StatusBadGateway:
+		rep.code = codes.Unavailable.String() // nginx's, for a replica lost mid-call
 	case resp.StatusCode != http.StatusOK:
 		rep.code = fmt.Sprintf("HTTP_%d", resp.StatusCode)
 	case json.Unmarshal(b, &r) != nil:
 		rep.code = "BAD_REPLY"
 	case r.Error != nil:
-		rep.code = jsonrpcCode(r.Error.Code)
+		rep.code = jsonrpcCode(r.Error)
 	default:
 		rep.code, rep.sleptMS = "OK", r.Result.SleptMS
 	}
@@ -366,18 +383,33 @@ type sleepReply struct {
 	Result struct {
 		SleptMS float64 `json:"slept_ms"`
 	} `json:"result"`
-	Error *struct {
-		Code int `json:"code"`
-	} `json:"error"`
+	Error *rpcError `json:"error"`
+}
+
+type rpcError struct {
+	Code int `json:"code"`
+	Data struct {
+		Reason string `json:"reason"`
+	} `json:"data"`
 }
 
 // jsonrpcCode names a JSON-RPC error code: the gateway's -32010 is
 // UNAVAILABLE.
-func jsonrpcCode(code int) string {
-	if code == -32010 {
-		return codes.Unavailable.String()
+func jsonrpcCode(e *rpcError) string {
+	if e.Code == -32010 {
+		return unavailableCode(e.Data.Reason)
 	}
-	return fmt.Sprintf("JSONRPC_%d", code)
+	return fmt.Sprintf("JSONRPC_%d", e.Code)
+}
+
+// errorInfoReason is the reason of a gRPC error's wsbridge ErrorInfo.
+func errorInfoReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == "wsbridge" {
+			return info.Reason
+		}
+	}
+	return ""
 }
 
 // callWS makes one call over the worker's /ws connection, dialling (through
@@ -387,7 +419,12 @@ func (d *driver) callWS(ctx context.Context, conn *wsConn, id, ms int) reply {
 	if conn.Conn == nil {
 		c, resp, err := websocket.Dial(ctx, d.wsURL, nil)
 		if err != nil {
-			return reply{code: codes.Unavailable.String()}
+			// The call was never sent.
+			r := reply{code: codes.Unavailable.String()}
+			if resp != nil {
+				r.code, r.replica = codeUnstarted, lastUpstream(resp.Header.Get(replicaHeader))
+			}
+			return r
 		}
 		conn.Conn, conn.replica = c, lastUpstream(resp.Header.Get(replicaHeader))
 	}
@@ -407,7 +444,7 @@ func (d *driver) callWS(ctx context.Context, conn *wsConn, id, ms int) reply {
 			// The gateway answers every call it started before its 1001.
 			conn.CloseNow()
 			conn.Conn = nil
-			rep.code = codeGoingAway
+			rep.code = codeUnstarted
 			return rep
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -422,17 +459,28 @@ func (d *driver) callWS(ctx context.Context, conn *wsConn, id, ms int) reply {
 	case r.ID != id:
 		rep.code, rep.sleptMS = "OK", -1 // another call's reply: counted as misdelivered
 	case r.Error != nil:
-		rep.code = jsonrpcCode(r.Error.Code)
+		rep.code = jsonrpcCode(r.Error)
 	default:
 		rep.code, rep.sleptMS = "OK", r.Result.SleptMS
 	}
 	return rep
 }
 
-// codeGoingAway is a /ws call left unanswered when the gateway closed the
-// connection with 1001: the gateway never started it, so it is safe to
-// retry.
-const codeGoingAway = "Unavailable(1001)"
+// codeUnstarted is an UNAVAILABLE that says the call never started, so it
+// is safe to retry: the gateway's reason "draining" or "unavailable"
+// (ErrorInfo on gRPC and REST, data.reason on JSON-RPC), or a /ws call left
+// unanswered when the gateway closed the connection with 1001.
+const codeUnstarted = "Unavailable(never started)"
+
+// unavailableCode is codeUnstarted for the gateway's reasons that say the
+// call never started, else UNAVAILABLE.
+func unavailableCode(reason string) string {
+	switch strings.ToLower(reason) {
+	case "draining", "unavailable":
+		return codeUnstarted
+	}
+	return codes.Unavailable.String()
+}
 
 // wsConn is a worker's /ws connection and the replica behind it.
 type wsConn struct {
@@ -458,7 +506,7 @@ func report(cfg config, replicas []*replica, d *driver, outstanding int64) bool 
 
 	fmt.Println("\nClients (through nginx):")
 	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "face\tok\tok after the stop\tfailed\tby code\tin flight on the stopped replica\trefused unstarted at its 1001\tany other\tmisdelivered\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "face\tok\tok after the stop\tfailed\tby code\tin flight on the stopped replica\trefused, never started\tany other\tmisdelivered\tp50 ms\tp99 ms\t")
 	pass := true
 	var failed int
 	d.mu.Lock()
@@ -470,7 +518,7 @@ func report(cfg config, replicas []*replica, d *driver, outstanding int64) bool 
 		var byCode []string
 		for c, k := range r.codes {
 			byCode = append(byCode, fmt.Sprintf("%s %d", c, k))
-			if c != codes.Unavailable.String() && c != codeGoingAway {
+			if c != codes.Unavailable.String() && c != codeUnstarted {
 				pass = false
 			}
 		}
@@ -626,6 +674,8 @@ http {
       proxy_set_header Connection $connection_upgrade;
       proxy_set_header Host $host;
       proxy_read_timeout 1h;
+      # A replica that is shutting down refuses the upgrade with 503.
+      proxy_next_upstream error timeout http_503;
       add_header X-Wsbridge-Replica $upstream_addr always;
     }
     location / {
