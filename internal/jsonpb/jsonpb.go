@@ -76,6 +76,11 @@ func (p *parser) value(depth int) (*structpb.Value, error) {
 			if err != nil {
 				return nil, err
 			}
+			if _, dup := fields[k]; dup {
+				// Parsers disagree on which duplicate wins; protojson
+				// refuses the object, and so do we.
+				return nil, fmt.Errorf("duplicate key %q", k)
+			}
 			fields[k] = v
 			p.skip()
 			if p.b[p.i] == '}' {

@@ -10,7 +10,7 @@ import (
 )
 
 var seeds = []string{`{"a":[1,2.5,-3e2,true,false,null,"s\u00e9\n"],"b":{}}`, `[]`, `"x"`, `1e400`, `"\ud800"`, `"\ud83d\ude00"`,
-	`{"k":"` + "\xff" + `"}`, "\"0\xa5\xa5\xa5\xa50\\\\b0000\"", `123456789012345678901234567890`, `-0`, ` [ 1 , { "a" : "b" } ] `}
+	`{"k":"` + "\xff" + `"}`, "\"0\xa5\xa5\xa5\xa50\\\\b0000\"", `{"b":[0,true],"b":{}}`, `123456789012345678901234567890`, `-0`, ` [ 1 , { "a" : "b" } ] `}
 
 func TestToValueMatchesProtojson(t *testing.T) {
 	for _, s := range seeds {
