@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/backend/backendtest"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
@@ -40,7 +42,7 @@ func (xs) Read(p []byte) (int, error) {
 // Scenario 20: oversize input is refused before it is decoded, on every
 // face, and memory stays bounded.
 func TestScenario20OversizeInput(t *testing.T) {
-	url, be := demoBackendServer(t, 0)
+	url, be := backendtest.Start(t, backend.Options{})
 	h := start(t, url, func(o *Options) { o.Bridge.MaxMessageBytes = 1 << 20 })
 
 	// A WebSocket frame over the limit: close 1009.
@@ -93,7 +95,7 @@ func TestScenario20OversizeInput(t *testing.T) {
 // Scenario 21: a 1 MB method name or 100,000 nested brackets are refused,
 // without a panic, on every face.
 func TestScenario21HugeMethodsAndDeepNesting(t *testing.T) {
-	url, be := demoBackendServer(t, 0)
+	url, be := backendtest.Start(t, backend.Options{})
 	h := start(t, url, nil)
 	huge := strings.Repeat("m", 1<<20)
 	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: huge}); status.Code(err) != codes.InvalidArgument {

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/backend/backendtest"
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
@@ -61,7 +62,7 @@ func httpDo(t *testing.T, method, url, body string, header http.Header) (int, st
 // Scenario 29: no request without a valid token reaches the backend, on
 // any face; health stays open; tokens in the query string are refused.
 func TestAuthOnEveryFace(t *testing.T) {
-	url, be := demoBackendServer(t, 0)
+	url, be := backendtest.Start(t, backend.Options{})
 	h := start(t, url, func(o *Options) { o.Auth = tokens{"s3cret": true, "rotated": true} })
 	good := http.Header{"Authorization": {"Bearer s3cret"}}
 	bad := http.Header{"Authorization": {"Bearer nope"}}
@@ -156,7 +157,7 @@ func TestAuthAllCoversHealth(t *testing.T) {
 
 // Denied methods never reach the backend, on any face.
 func TestMethodAllowAndDenyLists(t *testing.T) {
-	url, be := demoBackendServer(t, 0)
+	url, be := backendtest.Start(t, backend.Options{})
 	h := start(t, url, func(o *Options) {
 		o.Bridge.AllowMethods = []string{"echo", "admin_*"}
 		o.Bridge.DenyMethods = []string{"admin_shutdown"}
@@ -187,7 +188,7 @@ func TestMethodAllowAndDenyLists(t *testing.T) {
 // Scenario 28: a cross-origin handshake gets 403 and the backend sees
 // nothing; an allowlisted origin is let in.
 func TestWSOriginCheck(t *testing.T) {
-	url, be := demoBackendServer(t, 0)
+	url, be := backendtest.Start(t, backend.Options{})
 	h := start(t, url, func(o *Options) { o.WSOrigins = []string{"app.example"} })
 	wsURL := strings.Replace(h.base, "http", "ws", 1) + "/ws"
 	_, resp, err := websocket.Dial(ctxT(t), wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://evil.example"}}})

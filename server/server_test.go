@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/backend/backendtest"
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
@@ -36,24 +36,8 @@ func demoBackend(t *testing.T) string {
 // demoBackendWith runs the demo backend with ticks every tick (0: none).
 func demoBackendWith(t *testing.T, tick time.Duration) string {
 	t.Helper()
-	url, _ := demoBackendServer(t, tick)
+	url, _ := backendtest.Start(t, backend.Options{Tick: tick})
 	return url
-}
-
-// demoBackendServer is demoBackendWith, also returning the backend, whose
-// request counter shows what reached it.
-func demoBackendServer(t *testing.T, tick time.Duration) (string, *backend.Server) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	be := backend.New(backend.Options{Tick: tick})
-	go func() { defer close(done); _ = be.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return "ws://" + ln.Addr().String() + "/", be
 }
 
 type harness struct {

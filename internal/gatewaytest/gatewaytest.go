@@ -5,31 +5,18 @@ package gatewaytest
 
 import (
 	"context"
-	"net"
 	"testing"
 
 	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/backend/backendtest"
 	"github.com/wsbridge/wsbridge/server"
 )
 
 // Backend starts the demo backend and returns its WebSocket URL.
 func Backend(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = backend.New(backend.Options{}).Serve(ctx, ln)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return "ws://" + ln.Addr().String() + "/"
+	url, _ := backendtest.Start(t, backend.Options{})
+	return url
 }
 
 // Start runs a gateway with opts; empty listen addresses become free
