@@ -71,7 +71,7 @@ func TestGoDeadlineCancelAndLateReply(t *testing.T) {
 	if err := nextConn(t, srv).Reply(ctxT(t), r.ID, "late"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the late reply", func() bool { return b.Stats().Late == 1 })
+	bridgetest.Eventually(t, "the late reply", func() bool { return b.Stats().Late == 1 })
 	cancel() // again: no effect
 }
 

@@ -44,18 +44,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -103,7 +91,7 @@ func TestCallEcho(t *testing.T) {
 	}
 	// The writer counts a message once Write returns, which may be after
 	// the reply was routed.
-	eventually(t, "3 messages out", func() bool { return b.Stats().MessagesOut == 3 })
+	bridgetest.Eventually(t, "3 messages out", func() bool { return b.Stats().MessagesOut == 3 })
 	st := b.Stats()
 	if st.Connects != 1 || st.MessagesOut != 3 || st.MessagesIn != 3 || st.State != StateConnected || st.ConnsOpen != 1 {
 		t.Fatalf("stats %+v", st)
@@ -146,7 +134,7 @@ func TestEagerDial(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	b := startBridge(t, srv.URL(), Options{Eager: true})
 	nextConn(t, srv)
-	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	bridgetest.Eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
 	if st := b.Stats(); st.Connects != 1 {
 		t.Fatalf("connects %d, want 1", st.Connects)
 	}
@@ -165,7 +153,7 @@ func TestSingleFlightDial(t *testing.T) {
 		}()
 	}
 	// Every caller is waiting while the one dial is held in its handshake.
-	eventually(t, "100 callers waiting on the dial", func() bool {
+	bridgetest.Eventually(t, "100 callers waiting on the dial", func() bool {
 		st := b.Stats()
 		return st.InFlight == n && st.State == StateConnecting
 	})
@@ -248,7 +236,7 @@ func TestLossFailsWrittenCallsAtOnce(t *testing.T) {
 		}()
 	}
 	c := nextConn(t, srv)
-	eventually(t, "all requests to reach the backend", func() bool { return srv.Frames() == n })
+	bridgetest.Eventually(t, "all requests to reach the backend", func() bool { return srv.Frames() == n })
 	killed.Store(time.Now().UnixNano())
 	c.Kill()
 	for range n {
@@ -284,7 +272,7 @@ func TestCloseFrameFromBackendIsALoss(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	c := nextConn(t, srv)
-	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	go c.Close(websocket.StatusGoingAway, "restarting")
 	wantCode(t, <-errc, CodeReplyLost)
 }
@@ -319,7 +307,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 	}
 	c1 := nextConn(t, srv)
 	var queued int
-	eventually(t, "requests queued behind a blocked writer", func() bool {
+	bridgetest.Eventually(t, "requests queued behind a blocked writer", func() bool {
 		_, cn := b.slots[0].snapshot()
 		if cn == nil {
 			return false
@@ -391,7 +379,7 @@ func TestWaitForReadyWaitsThroughBackoff(t *testing.T) {
 		_, err := b.Call(ctxT(t), "echo", json.RawMessage(`[1]`), CallOptions{WaitForReady: true})
 		done <- err
 	}()
-	eventually(t, "more failed dials while the caller waits", func() bool { return b.Stats().DialFailures >= 3 })
+	bridgetest.Eventually(t, "more failed dials while the caller waits", func() bool { return b.Stats().DialFailures >= 3 })
 	select {
 	case err := <-done:
 		t.Fatalf("wait-for-ready call ended while the backend was down: %v", err)
@@ -406,7 +394,7 @@ func TestWaitForReadyWaitsThroughBackoff(t *testing.T) {
 
 	// A wait-for-ready call still ends at its deadline.
 	srv.Stop()
-	eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
+	bridgetest.Eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
 	_, err = b.Call(ctxT(t), "echo", nil, CallOptions{WaitForReady: true, Timeout: 100 * time.Millisecond})
 	wantCode(t, err, CodeDeadlineExceeded)
 }
@@ -415,19 +403,19 @@ func TestEagerRedialsWithBackoff(t *testing.T) {
 	srv := bridgetest.NewServer(t, nil)
 	srv.Stop()
 	b := startBridge(t, srv.URL(), Options{Eager: true, Backoff: Backoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond}})
-	eventually(t, "repeated dials", func() bool { return b.Stats().DialFailures >= 4 })
+	bridgetest.Eventually(t, "repeated dials", func() bool { return b.Stats().DialFailures >= 4 })
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	nextConn(t, srv) // redialled in the background, no call needed
-	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	bridgetest.Eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
 	// A loss makes an eager Bridge redial at once, without a call.
 	srv.Stop()
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	nextConn(t, srv)
-	eventually(t, "reconnected", func() bool { return b.Stats().Reconnects == 1 })
+	bridgetest.Eventually(t, "reconnected", func() bool { return b.Stats().Reconnects == 1 })
 }
 
 func TestBackoffDelays(t *testing.T) {
@@ -464,7 +452,7 @@ func TestHeartbeatDetectsSilentBackend(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	nextConn(t, srv)
-	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	srv.SetNoPong(true)
 	e := wantCode(t, <-errc, CodeReplyLost)
 	if !strings.Contains(e.Error(), "no pong") {
@@ -486,7 +474,7 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if err := c.Reply(ctxT(t), r.ID, "too late"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the late reply to be counted", func() bool { return b.Stats().Late == 1 })
+	bridgetest.Eventually(t, "the late reply to be counted", func() bool { return b.Stats().Late == 1 })
 	if st := b.Stats(); st.Unknown != 0 {
 		t.Fatalf("late reply counted as unknown: %+v", st)
 	}
@@ -525,7 +513,7 @@ func TestCancelRemovesEntryAtOnce(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctx, "hold", nil, CallOptions{}); errc <- err }()
 	nextConn(t, srv)
-	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	cancel()
 	wantCode(t, <-errc, CodeCanceled)
 	if st := b.Stats(); st.Pending != 0 || st.InFlight != 0 || st.Timeouts != 0 {
@@ -541,7 +529,7 @@ func TestInFlightLimit(t *testing.T) {
 	for range 2 {
 		wg.Go(func() { _, _ = b.Call(ctx, "hold", nil, CallOptions{}) })
 	}
-	eventually(t, "two calls in flight", func() bool { return b.Stats().InFlight == 2 })
+	bridgetest.Eventually(t, "two calls in flight", func() bool { return b.Stats().InFlight == 2 })
 	_, err := b.Call(ctxT(t), "hold", nil, CallOptions{})
 	wantCode(t, err, CodeOverloaded)
 	cancel()
@@ -604,7 +592,7 @@ func TestCloseSendsGoingAwayAndFailsInFlight(t *testing.T) {
 	}
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
-	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	b.Close()
 	wantCode(t, <-errc, CodeDraining)
 	if got := <-status; got != websocket.StatusGoingAway {
@@ -623,7 +611,7 @@ func TestDrainWaitsForCallsInFlight(t *testing.T) {
 	r := <-got
 	drained := make(chan error, 1)
 	go func() { drained <- b.Drain(ctxT(t)) }()
-	eventually(t, "draining", func() bool { return b.draining.Load() })
+	bridgetest.Eventually(t, "draining", func() bool { return b.draining.Load() })
 	_, err := b.Call(ctxT(t), "echo", nil, CallOptions{})
 	wantCode(t, err, CodeDraining)
 	select {
@@ -655,7 +643,7 @@ func TestDrainGivesUpAtItsDeadline(t *testing.T) {
 	callCtx, stopCall := context.WithCancel(ctxT(t))
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(callCtx, "hold", nil, CallOptions{}); errc <- err }()
-	eventually(t, "the request", func() bool { return srv.Frames() == 1 })
+	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := b.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -797,7 +785,7 @@ func TestIDsNeverReusedAcrossReconnects(t *testing.T) {
 	}
 	old := <-got
 	nextConn(t, srv).Kill()
-	eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
+	bridgetest.Eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
 	if _, err := b.Call(ctxT(t), "b", nil, CallOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -810,7 +798,7 @@ func TestIDsNeverReusedAcrossReconnects(t *testing.T) {
 	if err := c.Reply(ctxT(t), old.ID, "stale"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the stale reply to be counted", func() bool { return b.Stats().Unknown == 1 })
+	bridgetest.Eventually(t, "the stale reply to be counted", func() bool { return b.Stats().Unknown == 1 })
 }
 
 func TestNotify(t *testing.T) {
@@ -845,7 +833,7 @@ func TestHandshakeHeadersAndRedaction(t *testing.T) {
 	}
 
 	srv.Stop()
-	eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
+	bridgetest.Eventually(t, "the loss", func() bool { return b.Stats().State != StateConnected })
 	_, err := b.Call(ctxT(t), "echo", nil, CallOptions{})
 	wantCode(t, err, CodeUnavailable)
 	if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "secret") {
@@ -1009,7 +997,7 @@ func TestCloseIsBoundedWithASilentBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	nextConn(t, srv)
-	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	bridgetest.Eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
 	start := time.Now()
 	b.Close()
 	if el := time.Since(start); el > 3*time.Second {
@@ -1049,7 +1037,7 @@ func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	eventually(t, "five failed dials", func() bool {
+	bridgetest.Eventually(t, "five failed dials", func() bool {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		return len(rec.delays) >= 5
@@ -1059,7 +1047,7 @@ func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := nextConn(t, srv)
-	eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
+	bridgetest.Eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
 	time.Sleep(20 * time.Millisecond) // the connection lasts longer than Backoff.Base
 	rec.mu.Lock()
 	before := len(rec.delays)
@@ -1067,7 +1055,7 @@ func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
 	up.Store(false)
 	srv.Stop()
 	_ = c
-	eventually(t, "a failed dial after the loss", func() bool {
+	bridgetest.Eventually(t, "a failed dial after the loss", func() bool {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		return len(rec.delays) > before

@@ -185,7 +185,7 @@ func TestSubscriptionsRouteToTheirOwners(t *testing.T) {
 	a.none(t)
 	// The last owner leaving unsubscribes at the backend.
 	c.Close()
-	eventually(t, "the backend unsubscribe", func() bool { return len(sb.requests("x_unsubscribe")) == 1 })
+	bridgetest.Eventually(t, "the backend unsubscribe", func() bool { return len(sb.requests("x_unsubscribe")) == 1 })
 	if got := sb.requests("x_unsubscribe")[0]; got != `x_unsubscribe ["0x1"]` {
 		t.Fatalf("backend got %s", got)
 	}

@@ -216,7 +216,7 @@ func (r *rig) inFlight(t *testing.T, n int, timeout time.Duration) chan codes.Co
 			out <- code
 		}()
 	}
-	waitFor(t, "the calls to reach the backend", func() bool { return r.h.srv.Bridge().Stats().MessagesOut >= uint64(n) })
+	bridgetest.Eventually(t, "the calls to reach the backend", func() bool { return r.h.srv.Bridge().Stats().MessagesOut >= uint64(n) })
 	return out
 }
 
@@ -238,7 +238,7 @@ func TestScenario01LinkResetWith1000InFlight(t *testing.T) {
 					out <- time.Now()
 				}()
 			}
-			waitFor(t, "the calls to reach the backend", func() bool { return r.h.srv.Bridge().Stats().MessagesOut >= 1000 })
+			bridgetest.Eventually(t, "the calls to reach the backend", func() bool { return r.h.srv.Bridge().Stats().MessagesOut >= 1000 })
 			if variant == "reset_peer" {
 				// The next data on the link (an extra call) resets it.
 				r.toxic(t, `{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)
@@ -256,7 +256,7 @@ func TestScenario01LinkResetWith1000InFlight(t *testing.T) {
 				t.Fatalf("the calls ended over %v, want all within 1s of the loss", spread)
 			}
 			r.clearToxics()
-			waitFor(t, "the next call to succeed", func() bool {
+			bridgetest.Eventually(t, "the next call to succeed", func() bool {
 				code, _ := r.call(t, "echo", "", 5*time.Second)
 				return code == codes.OK
 			})
@@ -315,7 +315,7 @@ func TestScenario03BackendDownAtStart(t *testing.T) {
 		o.Bridge.Backoff = bridge.Backoff{Base: 50 * time.Millisecond, Max: 100 * time.Millisecond}
 	})
 	hc := healthpb.NewHealthClient(r2.conn)
-	waitFor(t, "NOT_SERVING", func() bool {
+	bridgetest.Eventually(t, "NOT_SERVING", func() bool {
 		resp, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{})
 		return err == nil && resp.Status == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -337,7 +337,7 @@ func TestScenario03BackendDownAtStart(t *testing.T) {
 	if err := <-wfr; err != nil {
 		t.Fatalf("wait-for-ready call: %v", err)
 	}
-	waitFor(t, "SERVING", func() bool {
+	bridgetest.Eventually(t, "SERVING", func() bool {
 		resp, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{})
 		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
 	})
@@ -417,7 +417,7 @@ func TestScenario07LatencyBeyondDeadline(t *testing.T) {
 	if took < 195*time.Millisecond || took > time.Second {
 		t.Fatalf("ended after %v, want about 200ms", took)
 	}
-	waitFor(t, "the late reply to be counted", func() bool { return r.h.srv.Bridge().Stats().Late == 1 })
+	bridgetest.Eventually(t, "the late reply to be counted", func() bool { return r.h.srv.Bridge().Stats().Late == 1 })
 	r.clearToxics()
 	r.finish(t, 1)
 }
@@ -497,14 +497,14 @@ func TestScenario10CallersThatGoAway(t *testing.T) {
 			r := <-got
 			cancel()
 			<-done
-			waitFor(t, "the pending entry to go", func() bool {
+			bridgetest.Eventually(t, "the pending entry to go", func() bool {
 				st := h.srv.Bridge().Stats()
 				return st.Pending == 0 && st.InFlight == 0
 			})
 			if err := (<-fb.Conns).Reply(ctxT(t), r.ID, "late"); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the late reply to be counted", func() bool { return h.srv.Bridge().Stats().Late == 1 })
+			bridgetest.Eventually(t, "the late reply to be counted", func() bool { return h.srv.Bridge().Stats().Late == 1 })
 			h.stop()
 			http.DefaultClient.CloseIdleConnections()
 		})
@@ -534,7 +534,7 @@ func TestScenario13InFlightLimitExactly(t *testing.T) {
 		}
 		rejected++
 	}
-	waitFor(t, "1000 calls held", func() bool { return r.h.srv.Bridge().Stats().InFlight == 1000 })
+	bridgetest.Eventually(t, "1000 calls held", func() bool { return r.h.srv.Bridge().Stats().InFlight == 1000 })
 	close(took)
 	for d := range took {
 		if d > time.Second {
@@ -600,7 +600,7 @@ func TestScenario32CountersMonotonic(t *testing.T) {
 		if err := r.tp.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, fmt.Sprintf("loss %d seen", i), func() bool { return r.h.srv.Bridge().State() != bridge.StateConnected })
+		bridgetest.Eventually(t, fmt.Sprintf("loss %d seen", i), func() bool { return r.h.srv.Bridge().State() != bridge.StateConnected })
 	}
 	if last.BackendReconnects < 3 {
 		t.Fatalf("reconnects %d", last.BackendReconnects)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/backend"
 	"github.com/wsbridge/wsbridge/backend/backendtest"
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
@@ -290,7 +291,7 @@ func TestWSSBackendVerification(t *testing.T) {
 	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("self-signed backend: %v", err)
 	}
-	waitFor(t, "readiness NOT_SERVING", func() bool {
+	bridgetest.Eventually(t, "readiness NOT_SERVING", func() bool {
 		r, err := healthpb.NewHealthClient(h.conn).Check(ctxT(t), &healthpb.HealthCheckRequest{})
 		return err == nil && r.Status == healthpb.HealthCheckResponse_NOT_SERVING
 	})

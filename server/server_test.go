@@ -163,7 +163,7 @@ func TestGRPCCallAndNotify(t *testing.T) {
 	if err != nil || res.Result.GetNumberValue() != 5 {
 		t.Fatalf("counter after 3 calls and a notification: %v %v", res, err)
 	}
-	waitFor(t, "5 messages out", func() bool { return h.srv.Bridge().Stats().MessagesOut == 5 })
+	bridgetest.Eventually(t, "5 messages out", func() bool { return h.srv.Bridge().Stats().MessagesOut == 5 })
 	st, err := h.stats.GetStats(ctxT(t), &wsbridgev1.GetStatsRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -369,26 +369,15 @@ func TestCancelledGRPCCallLeavesNothingPending(t *testing.T) {
 		_, err := h.bridge.Call(ctx, &wsbridgev1.CallRequest{Method: "sleep", Params: value(t, `[10000]`)})
 		errc <- err
 	}()
-	waitFor(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
 	cancel()
 	if status.Code(<-errc) != codes.Canceled {
 		t.Fatal("not cancelled")
 	}
-	waitFor(t, "the pending entry to go", func() bool {
+	bridgetest.Eventually(t, "the pending entry to go", func() bool {
 		st := h.srv.Bridge().Stats()
 		return st.Pending == 0 && st.InFlight == 0
 	})
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestWaitForReady(t *testing.T) {
@@ -417,7 +406,7 @@ func TestWaitForReady(t *testing.T) {
 		code, _ := post(t, h.base+"/v1/call/echo", `[1]`, http.Header{"Wsbridge-Wait-For-Ready": {"true"}})
 		byHeader <- code
 	}()
-	waitFor(t, "three waiting calls and more failed dials", func() bool {
+	bridgetest.Eventually(t, "three waiting calls and more failed dials", func() bool {
 		st := h.srv.Bridge().Stats()
 		return st.InFlight == 3 && st.DialFailures >= 3
 	})
@@ -471,7 +460,7 @@ func TestInFlightLimit(t *testing.T) {
 		defer close(done)
 		_, _ = h.bridge.Call(ctx, &wsbridgev1.CallRequest{Method: "sleep", Params: value(t, `[10000]`)})
 	}()
-	waitFor(t, "one call in flight", func() bool { return h.srv.Bridge().Stats().InFlight == 1 })
+	bridgetest.Eventually(t, "one call in flight", func() bool { return h.srv.Bridge().Stats().InFlight == 1 })
 	_, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("over the limit: %v", err)
@@ -505,7 +494,7 @@ func TestHealthAndGracefulShutdown(t *testing.T) {
 		_, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: value(t, `[300]`)})
 		inflight <- err
 	}()
-	waitFor(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
 
@@ -540,7 +529,7 @@ func TestShutdownGraceIsBounded(t *testing.T) {
 		_, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: value(t, `[60000]`)})
 		inflight <- err
 	}()
-	waitFor(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
 	start := time.Now()
 	if err := h.stop(); err != nil {
 		t.Fatal(err)

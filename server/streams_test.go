@@ -218,7 +218,7 @@ func TestSubscribeSlowConsumerIsEnded(t *testing.T) {
 	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "x_subscribe"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the stream to be ended as too slow", func() bool {
+	bridgetest.Eventually(t, "the stream to be ended as too slow", func() bool {
 		st, _ := h.stats.GetStats(ctxT(t), nil)
 		return st.SlowConsumers == 1
 	})

@@ -241,7 +241,7 @@ func TestWSDisconnectAbandonsCalls(t *testing.T) {
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"hold"}`)
 	r := <-got
 	c.conn.CloseNow()
-	waitFor(t, "the call to be abandoned", func() bool {
+	bridgetest.Eventually(t, "the call to be abandoned", func() bool {
 		st := h.srv.Bridge().Stats()
 		return st.Pending == 0 && st.InFlight == 0
 	})
@@ -249,12 +249,12 @@ func TestWSDisconnectAbandonsCalls(t *testing.T) {
 	if err := backendConn.Reply(ctxT(t), r.ID, "late"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the late reply to be counted", func() bool { return h.srv.Bridge().Stats().Late == 1 })
+	bridgetest.Eventually(t, "the late reply to be counted", func() bool { return h.srv.Bridge().Stats().Late == 1 })
 	st, _ := h.stats.GetStats(ctxT(t), nil)
 	if !st.BackendConnected || st.BackendConnects != 1 {
 		t.Fatalf("the backend socket was disturbed: %v", st)
 	}
-	waitFor(t, "the client to be gone", func() bool {
+	bridgetest.Eventually(t, "the client to be gone", func() bool {
 		st, _ := h.stats.GetStats(ctxT(t), nil)
 		return st.WsClients == 0
 	})
@@ -292,7 +292,7 @@ func TestWSSlowConsumerIsClosedAlone(t *testing.T) {
 	slow, fine := dialWS(t, h), dialWS(t, h)
 	// The slow client subscribes to a flood and never reads.
 	slow.send(`{"jsonrpc":"2.0","id":1,"method":"x_subscribe","params":[]}`)
-	waitFor(t, "the slow client to be dropped", func() bool {
+	bridgetest.Eventually(t, "the slow client to be dropped", func() bool {
 		st, _ := h.stats.GetStats(ctxT(t), nil)
 		return st.SlowConsumers == 1 && st.WsClients == 1
 	})
@@ -374,7 +374,7 @@ func TestWSClientThatStopsReadingIsClosed(t *testing.T) {
 	})
 	c := dialWS(t, h)
 	c.roundTrip(`{"jsonrpc":"2.0","id":1,"method":"echo"}`)
-	waitFor(t, "the silent client to be closed", func() bool {
+	bridgetest.Eventually(t, "the silent client to be closed", func() bool {
 		st, _ := h.stats.GetStats(ctxT(t), nil)
 		return st.WsClients == 0
 	})
@@ -391,10 +391,10 @@ func TestWSGoesAwayOnceAnswered(t *testing.T) {
 	c := dialWS(t, h)
 	c.roundTrip(`{"jsonrpc":"2.0","id":0,"method":"echo"}`)
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"sleep","params":[300]}`)
-	waitFor(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
-	waitFor(t, "the client to be told to go away", func() bool {
+	bridgetest.Eventually(t, "the client to be told to go away", func() bool {
 		h.srv.wsMu.Lock()
 		defer h.srv.wsMu.Unlock()
 		for wc := range h.srv.wsLive {
@@ -407,7 +407,7 @@ func TestWSGoesAwayOnceAnswered(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(t, "the gateway to refuse calls", h.srv.refusing.Load)
+	bridgetest.Eventually(t, "the gateway to refuse calls", h.srv.refusing.Load)
 	c.send(`{"jsonrpc":"2.0","id":2,"method":"echo","params":["late"]}`)
 	if got := c.recv(); !strings.Contains(got, `"id":2,"error":{"code":-32010`) || !strings.Contains(got, `"data":{"reason":"draining"}`) {
 		t.Fatalf("the call sent while going away: %s", got)
@@ -479,7 +479,7 @@ func TestShutdownClosesKeepAliveAfterAReply(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
-	waitFor(t, "the gateway to stop taking connections", h.srv.stopping.Load)
+	bridgetest.Eventually(t, "the gateway to stop taking connections", h.srv.stopping.Load)
 	if resp := post(); !resp.Close {
 		t.Fatal("a reply during shutdown kept the connection open")
 	}

@@ -348,3 +348,16 @@ func IDNumber(id json.RawMessage) uint64 {
 	n, _ := strconv.ParseUint(string(id), 10, 64)
 	return n
 }
+
+// Eventually polls cond every millisecond until it holds, and fails the
+// test if 10 s pass first: for state with no event to wait on.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
