@@ -49,7 +49,7 @@ func TestGoCalls(t *testing.T) {
 
 func TestGoDeadlineCancelAndLateReply(t *testing.T) {
 	got := make(chan *bridgetest.Request, 10)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{})
 	warm, _ := goCall(b, "hold", `[]`, CallOptions{Timeout: 10 * time.Millisecond}) // opens the connection
 	wantCode(t, (<-warm).err, CodeDeadlineExceeded)
@@ -77,7 +77,7 @@ func TestGoDeadlineCancelAndLateReply(t *testing.T) {
 
 func TestGoLossAndResend(t *testing.T) {
 	got := make(chan *bridgetest.Request, 100)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{Backoff: quickRedial})
 	out, _ := goCall(b, "hold", `[]`, CallOptions{})
 	<-got
@@ -98,7 +98,7 @@ func TestGoLossAndResend(t *testing.T) {
 
 func TestGoCallsEndWhenTheBridgeCloses(t *testing.T) {
 	got := make(chan *bridgetest.Request, 10)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b, err := New(Options{URL: srv.URL()})
 	if err != nil {
 		t.Fatal(err)

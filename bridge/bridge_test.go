@@ -204,23 +204,8 @@ func TestPoolRoundRobin(t *testing.T) {
 	}
 }
 
-// holdAll reads every request and answers none until the test says so.
-func holdAll(got chan<- *bridgetest.Request) bridgetest.HandlerFunc {
-	return func(ctx context.Context, c *bridgetest.Conn) {
-		for {
-			r, err := c.Read(ctx)
-			if err != nil {
-				return
-			}
-			if got != nil {
-				got <- r
-			}
-		}
-	}
-}
-
 func TestLossFailsWrittenCallsAtOnce(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{Backoff: quickRedial})
 	const n = 500
 	type outcome struct {
@@ -267,7 +252,7 @@ func TestLossFailsWrittenCallsAtOnce(t *testing.T) {
 }
 
 func TestCloseFrameFromBackendIsALoss(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
@@ -447,7 +432,7 @@ func TestBackoffDelays(t *testing.T) {
 }
 
 func TestHeartbeatDetectsSilentBackend(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{PingInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
@@ -462,7 +447,7 @@ func TestHeartbeatDetectsSilentBackend(t *testing.T) {
 
 func TestDeadlineAndLateReply(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{})
 	_, err := b.Call(ctxT(t), "hold", nil, CallOptions{Timeout: 50 * time.Millisecond})
 	wantCode(t, err, CodeDeadlineExceeded)
@@ -481,7 +466,7 @@ func TestDeadlineAndLateReply(t *testing.T) {
 }
 
 func TestSmallestDeadlineWins(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	for _, tc := range []struct {
 		name                    string
 		ctxTimeout, callTimeout time.Duration
@@ -507,7 +492,7 @@ func TestSmallestDeadlineWins(t *testing.T) {
 }
 
 func TestCancelRemovesEntryAtOnce(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -522,7 +507,7 @@ func TestCancelRemovesEntryAtOnce(t *testing.T) {
 }
 
 func TestInFlightLimit(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{MaxInFlight: 2})
 	ctx, cancel := context.WithCancel(ctxT(t))
 	var wg sync.WaitGroup
@@ -604,7 +589,7 @@ func TestCloseSendsGoingAwayAndFailsInFlight(t *testing.T) {
 
 func TestDrainWaitsForCallsInFlight(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{})
 	errc := make(chan error, 1)
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
@@ -638,7 +623,7 @@ func TestDrainWaitsForCallsInFlight(t *testing.T) {
 }
 
 func TestDrainGivesUpAtItsDeadline(t *testing.T) {
-	srv := bridgetest.NewServer(t, holdAll(nil))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	b := startBridge(t, srv.URL(), Options{})
 	callCtx, stopCall := context.WithCancel(ctxT(t))
 	errc := make(chan error, 1)
@@ -655,7 +640,7 @@ func TestDrainGivesUpAtItsDeadline(t *testing.T) {
 
 func TestRepliesOutOfOrder(t *testing.T) {
 	got := make(chan *bridgetest.Request, 2)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{})
 	res := make(chan string, 2)
 	for _, p := range []string{`["first"]`, `["second"]`} {
@@ -803,7 +788,7 @@ func TestIDsNeverReusedAcrossReconnects(t *testing.T) {
 
 func TestNotify(t *testing.T) {
 	got := make(chan *bridgetest.Request, 1)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{})
 	if err := b.Notify(ctxT(t), "note", json.RawMessage(`{"k":"v"}`), CallOptions{}); err != nil {
 		t.Fatal(err)

@@ -339,7 +339,7 @@ func TestSubscribePatterns(t *testing.T) {
 
 func TestCancelMethodTellsTheBackend(t *testing.T) {
 	got := make(chan *bridgetest.Request, 10)
-	srv := bridgetest.NewServer(t, holdAll(got))
+	srv := bridgetest.NewServer(t, bridgetest.Forward(got))
 	b := startBridge(t, srv.URL(), Options{CancelMethod: "$/cancelRequest"})
 	_, err := b.Call(ctxT(t), "hold", nil, CallOptions{Timeout: 20 * time.Millisecond})
 	wantCode(t, err, CodeDeadlineExceeded)

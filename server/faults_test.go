@@ -459,15 +459,7 @@ func TestScenario10CallersThatGoAway(t *testing.T) {
 		t.Run(face, func(t *testing.T) {
 			invariants.Goroutines(t)
 			got := make(chan *bridgetest.Request, 1)
-			fb := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
-				for {
-					r, err := c.Read(ctx)
-					if err != nil {
-						return
-					}
-					got <- r
-				}
-			})
+			fb := bridgetest.NewServer(t, bridgetest.Forward(got))
 			h := start(t, fb.URL(), nil)
 			ctx, cancel := context.WithCancel(ctxT(t))
 			done := make(chan struct{})

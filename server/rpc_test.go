@@ -73,7 +73,7 @@ func TestRPCOverHTTP(t *testing.T) {
 }
 
 func TestRPCLimitsAndGatewayErrors(t *testing.T) {
-	fb := bridgetest.NewServer(t, holdAll)
+	fb := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	h := start(t, fb.URL(), func(o *Options) {
 		o.Bridge.MaxMessageBytes = 1024
 		o.Bridge.CallTimeout = 100 * time.Millisecond

@@ -31,8 +31,8 @@ import (
 
 	"github.com/wsbridge/wsbridge/backend"
 	"github.com/wsbridge/wsbridge/backend/backendtest"
-	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
 

@@ -117,25 +117,12 @@ func jsonOf(t *testing.T, v *structpb.Value) string {
 // post sends a REST request and returns the status and the decoded body.
 func post(t *testing.T, url, body string, header http.Header) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	code, raw := httpDo(t, http.MethodPost, url, body, header)
 	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
+	if err := json.Unmarshal([]byte(raw), &out); err != nil {
 		t.Fatalf("%s: body %q is not JSON: %v", url, raw, err)
 	}
-	return resp.StatusCode, out
+	return code, out
 }
 
 func TestGRPCCallAndNotify(t *testing.T) {

@@ -204,7 +204,7 @@ func TestWSBadInput(t *testing.T) {
 }
 
 func TestWSGatewayErrors(t *testing.T) {
-	fb := bridgetest.NewServer(t, holdAll)
+	fb := bridgetest.NewServer(t, bridgetest.Forward(nil))
 	h := start(t, fb.URL(), func(o *Options) { o.Bridge.CallTimeout = 100 * time.Millisecond })
 	c := dialWS(t, h)
 	if got := c.roundTrip(`{"jsonrpc":"2.0","id":1,"method":"hold"}`); !strings.Contains(got, `"code":-32015`) {
@@ -216,26 +216,9 @@ func TestWSGatewayErrors(t *testing.T) {
 	}
 }
 
-// holdAll reads requests and answers none.
-func holdAll(ctx context.Context, c *bridgetest.Conn) {
-	for {
-		if _, err := c.Read(ctx); err != nil {
-			return
-		}
-	}
-}
-
 func TestWSDisconnectAbandonsCalls(t *testing.T) {
 	got := make(chan *bridgetest.Request, 10)
-	fb := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
-		for {
-			r, err := c.Read(ctx)
-			if err != nil {
-				return
-			}
-			got <- r
-		}
-	})
+	fb := bridgetest.NewServer(t, bridgetest.Forward(got))
 	h := start(t, fb.URL(), nil)
 	c := dialWS(t, h)
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"hold"}`)

@@ -361,3 +361,20 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// Forward is a handler that answers nothing and sends every request it
+// reads to got, for a test to look at (a nil got: the requests are only
+// read).
+func Forward(got chan<- *Request) HandlerFunc {
+	return func(ctx context.Context, c *Conn) {
+		for {
+			r, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			if got != nil {
+				got <- r
+			}
+		}
+	}
+}
