@@ -11,9 +11,12 @@ import (
 //go:embed dashboard/index.html dashboard/dashboard.js dashboard/dashboard.css
 var dashboardFiles embed.FS
 
+// dashboardPaths maps the dashboard's URL paths to its files.
+var dashboardPaths = map[string]string{"/": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}
+
 // serveDashboard serves GET / and the dashboard's script and style.
 func serveDashboard(w http.ResponseWriter, r *http.Request) {
-	name := map[string]string{"/": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}[r.URL.Path]
+	name := dashboardPaths[r.URL.Path]
 	if name == "" {
 		http.NotFound(w, r)
 		return
