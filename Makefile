@@ -39,7 +39,9 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 50000x: a few seconds each).
 	$(GO) test ./internal/jsonenc -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./backend -run '^$$' -fuzz '^FuzzServeMessage$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz '^FuzzClientFrame$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./server -run '^$$' -fuzz '^FuzzIDRoundTrip$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzParseRequests$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzIDRoundTrip$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzBrokenFrameIDs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/rpcscan -run '^$$' -fuzz '^FuzzObject$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/jsonpb -run '^$$' -fuzz '^FuzzToValue$$' -fuzztime $(FUZZTIME)
 

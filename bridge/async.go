@@ -6,6 +6,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // Go starts a call and returns at once, without a goroutine of its own: it
@@ -20,6 +22,10 @@ import (
 // Go suits faces that keep many calls in flight per client (/ws): a
 // pending call then costs a few hundred bytes, not a goroutine stack.
 func (b *Bridge) Go(method string, params json.RawMessage, co CallOptions, done func(json.RawMessage, error)) (cancel func()) {
+	if err := b.plainMethod(method); err != nil {
+		done(nil, err)
+		return func() {}
+	}
 	quoted, err := b.begin(method, params)
 	if err != nil {
 		done(nil, err)
@@ -60,7 +66,7 @@ func (a *asyncCall) startOn() {
 		return
 	}
 	id := b.nextID.Add(1)
-	o := newAsyncOp(id, appendRequest(make([]byte, 0, maxRequestSize(a.quoted, a.params)), id, true, a.quoted, a.params), a.settle)
+	o := newAsyncOp(id, jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(a.quoted, a.params)), id, true, a.quoted, a.params), a.settle)
 	// The timer exists before o can complete (complete stops it).
 	o.timer = time.AfterFunc(time.Until(a.deadline), func() { a.expire(o, c, CodeDeadlineExceeded) })
 	a.mu.Lock()
@@ -146,7 +152,7 @@ func (a *asyncCall) fallback() {
 }
 
 func (a *asyncCall) finish(res json.RawMessage, err error) {
-	a.b.lat.Record(time.Since(a.start))
+	a.b.recordLatency(time.Since(a.start), err)
 	a.b.done()
 	a.done(res, err)
 }

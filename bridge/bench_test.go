@@ -6,18 +6,18 @@ import (
 	"testing"
 
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
-	"github.com/wsbridge/wsbridge/internal/jsonenc"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 var benchParams = json.RawMessage(`{"k":"0123456789abcd"}`)
 
 // BenchmarkEncodeRequest: building one request frame.
 func BenchmarkEncodeRequest(b *testing.B) {
-	method := jsonenc.AppendString(nil, "eth_getBalance")
+	method := jsonrpc.AppendString(nil, "eth_getBalance")
 	buf := make([]byte, 0, 256)
 	b.ReportAllocs()
 	for i := range b.N {
-		buf = appendRequest(buf[:0], uint64(i), true, method, benchParams)
+		buf = jsonrpc.AppendRequest(buf[:0], uint64(i), true, method, benchParams)
 	}
 }
 

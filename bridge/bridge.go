@@ -7,15 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
-	"path"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/wsbridge/wsbridge/internal/jsonenc"
+	"github.com/wsbridge/wsbridge/internal/glob"
 	"github.com/wsbridge/wsbridge/internal/window"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // Options configure a Bridge. Only URL is required; every zero value means
@@ -60,9 +61,10 @@ type Options struct {
 	// CodeTooLarge before anything is sent. Default 4 MiB.
 	MaxMessageBytes int64
 	// SubscribeMethods are the methods that create a backend subscription
-	// when a Consumer calls them: glob patterns where * matches any run of
-	// characters. UnsubscribeMethods pairs with it by index ("*_subscribe"
-	// with "*_unsubscribe": eth_subscribe is undone by eth_unsubscribe).
+	// when a Consumer calls them: patterns with at most one *, which
+	// matches any run of characters (package glob). UnsubscribeMethods
+	// pairs with it by index ("*_subscribe" with "*_unsubscribe":
+	// eth_subscribe is undone by eth_unsubscribe).
 	// Default: ["*_subscribe"] and ["*_unsubscribe"].
 	SubscribeMethods   []string
 	UnsubscribeMethods []string
@@ -71,9 +73,10 @@ type Options struct {
 	// Otherwise a loss ends them with "wsbridge_subscriptionLost".
 	Resubscribe bool
 	// AllowMethods, if set, are the only methods clients may call or
-	// notify (glob patterns: * matches any run of characters, as in
-	// path.Match). DenyMethods are refused even if allowed. A refused call
-	// fails with CodePermissionDenied before anything is sent.
+	// notify: patterns in which * matches any run of characters ('/' and
+	// '.' included) and every other character only itself (package glob).
+	// DenyMethods are refused even if allowed. A refused call fails with
+	// CodePermissionDenied before anything is sent.
 	AllowMethods, DenyMethods []string
 	// Batch sends the requests queued together as one JSON-RPC batch (an
 	// array), for backends that handle batches: fewer frames for the
@@ -85,9 +88,13 @@ type Options struct {
 	DropErrorData bool
 	// MaxMethodLength caps the length of a method name. Default 1024.
 	MaxMethodLength int
-	// OnStateChange, if set, is called with the Bridge's state (the best of
-	// its slots) whenever it may have changed. It runs on a slot's goroutine
-	// and must not block.
+	// OnStateChange, if set, is called whenever the Bridge's state (the
+	// best of its slots, see State) or its readiness (see Ready) may have
+	// changed, with the state at the time of the call. It runs on a
+	// goroutine of the Bridge, one call at a time and never under a lock
+	// of the Bridge, so it may call any method of the Bridge (Close
+	// excepted). Changes that come while it runs are coalesced into one
+	// more call. It is not called after Close returns.
 	OnStateChange func(State)
 	// CancelMethod, if set, is sent as a notification {"id": <gateway id>}
 	// when a caller gives up on a call the backend has already received
@@ -150,20 +157,25 @@ type CallOptions struct {
 type Bridge struct {
 	// Static after New.
 	opts        Options
-	redactedURL string
+	redactedURL string // for the gateway's own logs: userinfo and query redacted
+	displayURL  string // for clients and stats: scheme, host and port only
 	slots       []*slot
-	lat         *window.Latency
+	lat         *window.Latency // calls that succeeded
+	failLat     *window.Latency // calls that failed
 
-	// Lifetime: cancel stops every slot's run loop; wg waits for them.
+	// Lifetime: cancel stops every slot's run loop and the state notifier;
+	// wg waits for them.
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// stateChanged wakes the goroutine that calls Options.OnStateChange
+	// (nil when unset). Buffered: a change is never lost, and changes
+	// coalesce.
+	stateChanged chan struct{}
 
 	hub          *hub
 	cancelMethod []byte   // Options.CancelMethod as a JSON string; nil if unset
 	quoted       sync.Map // method -> []byte, see quote
 	quotedN      atomic.Int64
-	// sleep waits out a backoff; tests replace it to observe the delays.
-	sleep func(ctx context.Context, d time.Duration) bool
 
 	// Background work (unsubscribes, resubscribes): bgCtx ends at Close,
 	// bgWG waits for it; bgMu orders goBackground against Close.
@@ -195,26 +207,10 @@ type counters struct {
 
 // New validates opts and returns a running Bridge. With opts.Eager it starts
 // dialling at once; otherwise nothing is dialled before the first call.
-func New(opts Options) (*Bridge, error) { return newBridge(opts, nil) }
-
-// newBridge is New with the backoff's sleep replaceable, for tests.
-func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*Bridge, error) {
+func New(opts Options) (*Bridge, error) {
 	opts = opts.withDefaults()
-	u, err := url.Parse(opts.URL)
-	if err != nil {
-		// Not %w: url.Error quotes the URL, credentials and all.
-		return nil, fmt.Errorf("backend URL %s is not a valid URL", RedactURL(opts.URL))
-	}
-	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return nil, fmt.Errorf("backend URL %q: scheme must be ws or wss", RedactURL(opts.URL))
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("backend URL %q: no host", RedactURL(opts.URL))
-	}
-	for _, p := range append(append([]string{}, opts.AllowMethods...), opts.DenyMethods...) {
-		if _, err := path.Match(p, ""); err != nil {
-			return nil, fmt.Errorf("method pattern %q: %w", p, err)
-		}
+	if err := CheckURL(opts.URL); err != nil {
+		return nil, err
 	}
 	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
 		return nil, fmt.Errorf("subscription methods: %w", err)
@@ -223,19 +219,21 @@ func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*
 	b := &Bridge{
 		opts:        opts,
 		redactedURL: RedactURL(opts.URL),
+		displayURL:  DisplayURL(opts.URL),
 		lat:         window.NewLatency(6, 10*time.Second, nil),
+		failLat:     window.NewLatency(6, 10*time.Second, nil),
 		cancel:      cancel,
 		idle:        make(chan struct{}),
-		sleep:       sleepCtx,
-	}
-	if sleep != nil {
-		b.sleep = sleep
 	}
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
 	if opts.CancelMethod != "" {
-		b.cancelMethod = jsonenc.AppendString(nil, opts.CancelMethod)
+		b.cancelMethod = jsonrpc.AppendString(nil, opts.CancelMethod)
 	}
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
+	if f := opts.OnStateChange; f != nil {
+		b.stateChanged = make(chan struct{}, 1)
+		b.wg.Go(func() { b.notifyStates(ctx, f) })
+	}
 	for i := range opts.Conns {
 		s := newSlot(b, i)
 		b.slots = append(b.slots, s)
@@ -244,8 +242,51 @@ func newBridge(opts Options, sleep func(context.Context, time.Duration) bool) (*
 	return b, nil
 }
 
-// RedactURL returns u with any userinfo and query replaced by "REDACTED", for
-// logs and stats.
+// notifyStates calls f after each state change until ctx is done (see
+// Options.OnStateChange). It is the only caller of f.
+func (b *Bridge) notifyStates(ctx context.Context, f func(State)) {
+	for {
+		select {
+		case <-b.stateChanged:
+			f(b.State())
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// stateChange wakes notifyStates; it never blocks.
+func (b *Bridge) stateChange() {
+	if b.stateChanged == nil {
+		return
+	}
+	select {
+	case b.stateChanged <- struct{}{}:
+	default:
+	}
+}
+
+// CheckURL reports whether raw can be a backend URL, in an error that says
+// what is expected (without the URL's credentials).
+func CheckURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme == "" && u.Host == "") || u.Opaque != "" {
+		// Not the parse error: url.Error quotes the URL, credentials and all.
+		return fmt.Errorf("backend URL %s is not a URL: write it as ws://host:port/path or wss://host:port/path", RedactURL(raw))
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("backend URL %s: the scheme must be ws:// or wss://, not %q", RedactURL(raw), u.Scheme+"://")
+	}
+	if u.Host == "" {
+		return fmt.Errorf("backend URL %s has no host: write it as %s://host:port/path", RedactURL(raw), u.Scheme)
+	}
+	return nil
+}
+
+// RedactURL returns u with any userinfo and query replaced by "REDACTED",
+// for the gateway's own logs. The path stays: it tells an operator which
+// endpoint is meant, but it may hold a key (Infura- and Alchemy-style), so
+// clients see DisplayURL instead.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -261,22 +302,64 @@ func RedactURL(raw string) string {
 	return u.String()
 }
 
-// URL returns the backend URL with credentials redacted.
-func (b *Bridge) URL() string { return b.redactedURL }
+// DisplayURL returns scheme://host:port of a backend URL: what clients,
+// stats and the dashboard may see of it. Userinfo, path and query may hold
+// secrets and are left out.
+func DisplayURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(invalid backend URL)"
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "wss" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	return u.Scheme + "://" + host
+}
+
+// URL returns the backend's scheme://host:port (see DisplayURL).
+func (b *Bridge) URL() string { return b.displayURL }
+
+// LogURL returns the backend URL as the gateway's own logs show it (see
+// RedactURL).
+func (b *Bridge) LogURL() string { return b.redactedURL }
 
 // Call sends a JSON-RPC request and returns the backend's result. params
 // must be nil or valid JSON: an object or an array. On failure the error is
 // an *Error; a JSON-RPC error reply has CodeBackendError and the error object
 // in Error.RPC.
+//
+// Methods that create or end a subscription (IsSubscriptionMethod) are
+// refused with CodeUnsupported: only a Consumer can own a subscription.
 func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
+	if err := b.plainMethod(method); err != nil {
+		return nil, err
+	}
 	return b.do(ctx, method, params, co, callSpec{slot: -1})
 }
 
 // Notify sends a JSON-RPC notification. It returns once the notification has
-// been written to the backend socket.
+// been written to the backend socket. Subscription methods are refused as
+// in Call: a subscribe sent as a notification could not be routed, and an
+// unsubscribe could end another client's subscription.
 func (b *Bridge) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
+	if err := b.plainMethod(method); err != nil {
+		return err
+	}
 	_, err := b.do(ctx, method, params, co, callSpec{slot: -1, notify: true})
 	return err
+}
+
+// plainMethod refuses a subscription method outside a Consumer's call.
+func (b *Bridge) plainMethod(method string) error {
+	if b.IsSubscriptionMethod(method) {
+		return newError(CodeUnsupported, fmt.Sprintf("%s makes or ends a subscription, which only a client that receives notifications can own", method), nil)
+	}
+	return nil
 }
 
 // callSpec is what the package's own callers (subscriptions) add to a call.
@@ -312,9 +395,19 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 	start := time.Now()
 	res, err := b.attempt(ctx, quoted, params, co, spec)
 	if !spec.notify {
-		b.lat.Record(time.Since(start))
+		b.recordLatency(time.Since(start), err)
 	}
 	return res, err
+}
+
+// recordLatency records a call's duration, apart for failed calls: a
+// backend that fails fast must not make the latency look good.
+func (b *Bridge) recordLatency(d time.Duration, err error) {
+	if err == nil {
+		b.lat.Record(d)
+	} else {
+		b.failLat.Record(d)
+	}
 }
 
 // begin admits a call (counting it in flight; the caller must call b.done
@@ -341,14 +434,14 @@ func (b *Bridge) begin(method string, params json.RawMessage) ([]byte, error) {
 	if !b.MethodAllowed(method) {
 		return fail(newError(CodePermissionDenied, "method not allowed", nil))
 	}
-	if !validParams(params) {
+	if !jsonrpc.ValidParams(params) {
 		return fail(newError(CodeInvalidArgument, "params must be a JSON object or array", nil))
 	}
 	if int64(len(method)+len(params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge()) // before escaping a huge method
 	}
 	quoted := b.quote(method)
-	if int64(maxRequestSize(quoted, params)) > b.opts.MaxMessageBytes {
+	if int64(jsonrpc.RequestSize(quoted, params)) > b.opts.MaxMessageBytes {
 		return fail(b.tooLarge())
 	}
 	return quoted, nil
@@ -364,7 +457,7 @@ func (b *Bridge) quote(method string) []byte {
 	if q, ok := b.quoted.Load(method); ok {
 		return q.([]byte)
 	}
-	q := jsonenc.AppendString(nil, method)
+	q := jsonrpc.AppendString(nil, method)
 	if b.quotedN.Load() < maxQuoted {
 		if _, loaded := b.quoted.LoadOrStore(method, q); !loaded {
 			b.quotedN.Add(1)
@@ -392,7 +485,7 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 			return nil, err
 		}
 		id := b.nextID.Add(1)
-		frame := appendRequest(make([]byte, 0, maxRequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
+		frame := jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
 		o := newOp(id, spec.notify, frame)
 		o.onResult = spec.onResult
 		res, err := c.roundTrip(ctx, o)
@@ -463,6 +556,9 @@ func (b *Bridge) ctxError(ctx context.Context) *Error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && time.Until(dl) < deadlineSlack) {
 		b.counters.timeouts.Add(1)
 		return newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", ctx.Err())
+	}
+	if b.closing.Load() {
+		return newError(CodeDraining, "gateway is shutting down", nil)
 	}
 	return newError(CodeCanceled, "call cancelled by the caller", ctx.Err())
 }
@@ -551,8 +647,9 @@ func (s State) String() string {
 
 // Stats is a snapshot of the Bridge's counters.
 type Stats struct {
-	URL          string
+	URL          string // see DisplayURL
 	State        State
+	Ready        bool // see Ready
 	ConnsOpen    int
 	Connects     uint64 // successful dials
 	Reconnects   uint64 // successful dials after a loss
@@ -572,12 +669,21 @@ type Stats struct {
 	// Requests the backend sent to the gateway (dropped).
 	BackendRequests uint64
 	Rejected        uint64 // refused by MaxInFlight
-	Latency         window.Summary
+	// Latency of the calls that succeeded, and of those that failed.
+	Latency, FailureLatency window.Summary
 	// Subscriptions live at the backend (shared ones count once), consumers
 	// registered, notifications delivered to consumers, and subscriptions
 	// re-issued after a loss.
 	Subscriptions, Consumers int64
 	Delivered, Resubscribes  uint64
+	// Dropped counts notifications held for a subscribe reply past the
+	// hold limit, and lost.
+	Dropped uint64
+	// LastDialError is the most recent failed dial's error (as clients may
+	// see it, without the URL's path), and LastDialErrorAt its time; zero
+	// when no dial has failed.
+	LastDialError   string
+	LastDialErrorAt time.Time
 }
 
 // Stats returns a snapshot of the counters.
@@ -598,16 +704,22 @@ func (b *Bridge) Stats() Stats {
 		BackendRequests: b.counters.backendRequests.Load(),
 		Rejected:        b.counters.rejected.Load(),
 		Latency:         b.lat.Summary(),
+		FailureLatency:  b.failLat.Summary(),
 		Delivered:       b.hub.delivered.Load(),
 		Resubscribes:    b.hub.resubscribes.Load(),
+		Dropped:         b.hub.dropped.Load(),
+		Ready:           b.Ready(),
 	}
 	st.Subscriptions, st.Consumers = b.hub.stats()
 	for _, s := range b.slots {
-		state, c := s.snapshot()
-		st.State = max(st.State, state)
-		if c != nil {
+		snap := s.snapshot()
+		st.State = max(st.State, snap.state)
+		if snap.conn != nil {
 			st.ConnsOpen++
-			st.Pending += c.pending.size.Load()
+			st.Pending += snap.conn.pending.size.Load()
+		}
+		if snap.lastErr != nil && snap.lastErrAt.After(st.LastDialErrorAt) {
+			st.LastDialError, st.LastDialErrorAt = snap.lastErr.Error(), snap.lastErrAt
 		}
 	}
 	return st
@@ -616,20 +728,10 @@ func (b *Bridge) Stats() Stats {
 // MethodAllowed reports whether clients may call method (see
 // Options.AllowMethods and DenyMethods).
 func (b *Bridge) MethodAllowed(method string) bool {
-	for _, p := range b.opts.DenyMethods {
-		if ok, _ := path.Match(p, method); ok {
-			return false
-		}
+	if glob.Any(b.opts.DenyMethods, method) {
+		return false
 	}
-	if len(b.opts.AllowMethods) == 0 {
-		return true
-	}
-	for _, p := range b.opts.AllowMethods {
-		if ok, _ := path.Match(p, method); ok {
-			return true
-		}
-	}
-	return false
+	return len(b.opts.AllowMethods) == 0 || glob.Any(b.opts.AllowMethods, method)
 }
 
 // State returns the Bridge's state: the best state of its slots.
@@ -639,6 +741,19 @@ func (b *Bridge) State() State {
 		st = max(st, s.currentState())
 	}
 	return st
+}
+
+// Ready reports whether the Bridge can be expected to carry calls: false
+// once every slot's last dial failed, until a dial succeeds. A lazy Bridge
+// that has not dialled yet, or that lost a connection and has not dialled
+// since, is ready: nothing says the backend is down.
+func (b *Bridge) Ready() bool {
+	for _, s := range b.slots {
+		if s.ready() {
+			return true
+		}
+	}
+	return false
 }
 
 // MaxMessageBytes returns the message size limit in effect.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -293,7 +294,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 	c1 := nextConn(t, srv)
 	var queued int
 	bridgetest.Eventually(t, "requests queued behind a blocked writer", func() bool {
-		_, cn := b.slots[0].snapshot()
+		cn := b.slots[0].snapshot().conn
 		if cn == nil {
 			return false
 		}
@@ -579,7 +580,7 @@ func TestCloseSendsGoingAwayAndFailsInFlight(t *testing.T) {
 	go func() { _, err := b.Call(ctxT(t), "hold", nil, CallOptions{}); errc <- err }()
 	bridgetest.Eventually(t, "the request", func() bool { return srv.Frames() == 1 })
 	b.Close()
-	wantCode(t, <-errc, CodeDraining)
+	wantCode(t, <-errc, CodeReplyLost) // written: the backend may have run it
 	if got := <-status; got != websocket.StatusGoingAway {
 		t.Fatalf("backend saw %v, want 1001", got)
 	}
@@ -847,33 +848,50 @@ func TestNewRejectsBadURLs(t *testing.T) {
 	}
 }
 
-// recordingSleep stands in for the backoff timer: it records each delay and
-// returns at once, until n delays are recorded; then it blocks until the
-// Bridge closes.
-type recordingSleep struct {
-	mu     sync.Mutex
-	delays []time.Duration
-	n      int
-	full   chan struct{}
+// dialTimes wraps srv's client so that every dial attempt records its
+// (bubble) time and is signalled on dialled.
+type dialTimes struct {
+	dialled chan struct{}
+	mu      sync.Mutex
+	times   []time.Time
 }
 
-func newRecordingSleep(n int) *recordingSleep {
-	return &recordingSleep{n: n, full: make(chan struct{})}
-}
-
-func (r *recordingSleep) sleep(ctx context.Context, d time.Duration) bool {
-	r.mu.Lock()
-	if len(r.delays) < r.n {
-		r.delays = append(r.delays, d)
-		if len(r.delays) == r.n {
-			close(r.full)
-		}
-		r.mu.Unlock()
-		return true
+func (d *dialTimes) client(srv *bridgetest.Server) *http.Client {
+	d.dialled = make(chan struct{}, 1000)
+	tr := srv.HTTPClient().Transport.(*http.Transport)
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d.mu.Lock()
+		d.times = append(d.times, time.Now())
+		d.mu.Unlock()
+		d.dialled <- struct{}{}
+		return dial(ctx, network, addr)
 	}
-	r.mu.Unlock()
-	<-ctx.Done()
-	return false
+	return &http.Client{Transport: tr}
+}
+
+// wait waits for n more dial attempts.
+func (d *dialTimes) wait(n int) {
+	for range n {
+		<-d.dialled
+	}
+}
+
+// delays returns the gaps between dial attempts.
+func (d *dialTimes) delays() []time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []time.Duration
+	for i := 1; i < len(d.times); i++ {
+		out = append(out, d.times[i].Sub(d.times[i-1]))
+	}
+	return out
+}
+
+func (d *dialTimes) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.times)
 }
 
 func checkSchedule(t *testing.T, delays []time.Duration) {
@@ -887,39 +905,50 @@ func checkSchedule(t *testing.T, delays []time.Duration) {
 	}
 }
 
-// The redial loop waits Backoff.Delay between failed dials (1 s, 1.6 s,
-// 2.56 s, ... ± 20 %), with the timer replaced so the test takes no time.
-func TestEagerBackoffSchedule(t *testing.T) {
-	srv := bridgetest.NewServer(t, nil)
-	srv.Stop()
-	rec := newRecordingSleep(12)
-	b, err := newBridge(Options{URL: srv.URL(), Eager: true}, rec.sleep)
+// eagerPipeBridge starts an eager Bridge to the pipe server srv (in a
+// synctest bubble), its dials recorded by dials.
+func eagerPipeBridge(t *testing.T, srv *bridgetest.Server, dials *dialTimes, opts Options) *Bridge {
+	t.Helper()
+	opts.URL, opts.Eager, opts.HTTPClient = srv.URL(), true, dials.client(srv)
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	<-rec.full
-	checkSchedule(t, rec.delays)
-	if rec.delays[11] > 120*time.Second*12/10 {
-		t.Fatalf("delay beyond the cap: %v", rec.delays[11])
-	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// The redial loop waits Backoff.Delay between failed dials (1 s, 1.6 s,
+// 2.56 s, ... ± 20 %, capped at 120 s). The test runs in a synctest
+// bubble: the backoff timers are the real ones, on the bubble's clock.
+func TestEagerBackoffSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := bridgetest.NewPipeServer(t, nil)
+		srv.Stop()
+		var dials dialTimes
+		eagerPipeBridge(t, srv, &dials, Options{})
+		dials.wait(13)
+		delays := dials.delays()[:12]
+		checkSchedule(t, delays)
+		if delays[11] > 120*time.Second*12/10 {
+			t.Fatalf("delay beyond the cap: %v", delays[11])
+		}
+	})
 }
 
 // A backend that accepts and drops at once is not redialled in a tight
 // loop: a connection that did not last Backoff.Base counts as a failure.
 func TestDropAtOnceBacksOff(t *testing.T) {
-	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {})
-	rec := newRecordingSleep(5)
-	b, err := newBridge(Options{URL: srv.URL(), Eager: true}, rec.sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	<-rec.full
-	checkSchedule(t, rec.delays)
-	if n := srv.Accepted(); n > 6 {
-		t.Fatalf("%d connections for 5 backoff waits", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		srv := bridgetest.NewPipeServer(t, func(ctx context.Context, c *bridgetest.Conn) {})
+		var dials dialTimes
+		eagerPipeBridge(t, srv, &dials, Options{})
+		dials.wait(6)
+		checkSchedule(t, dials.delays()[:5])
+		if n := srv.Accepted(); n > 6 {
+			t.Fatalf("%d connections for 5 backoff waits", n)
+		}
+	})
 }
 
 func TestCancelledCallersSendNothing(t *testing.T) {
@@ -1008,49 +1037,34 @@ func TestScenario04JitterSpreadsRedials(t *testing.T) {
 
 // Scenario 4: the backoff starts over after a connection that lasted.
 func TestScenario04BackoffResetsAfterSuccess(t *testing.T) {
-	var up atomic.Bool
-	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) { <-ctx.Done() })
-	srv.Stop()
-	rec := newRecordingSleep(1000)
-	b, err := newBridge(Options{URL: srv.URL(), Eager: true, Backoff: Backoff{Base: 10 * time.Millisecond, Max: time.Second}}, func(ctx context.Context, d time.Duration) bool {
-		if up.Load() {
-			return sleepCtx(ctx, d)
+	synctest.Test(t, func(t *testing.T) {
+		srv := bridgetest.NewPipeServer(t, func(ctx context.Context, c *bridgetest.Conn) { <-ctx.Done() })
+		srv.Stop()
+		var dials dialTimes
+		b := eagerPipeBridge(t, srv, &dials, Options{PingInterval: -1, Backoff: Backoff{Base: 10 * time.Millisecond, Max: time.Second}})
+		dials.wait(6)
+		if d := dials.delays()[4]; d < 50*time.Millisecond {
+			t.Fatalf("the fifth delay is %v: the backoff does not grow", d)
 		}
-		return rec.sleep(ctx, d)
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		dials.wait(1)
+		nextConn(t, srv)
+		synctest.Wait()
+		if st := b.State(); st != StateConnected {
+			t.Fatalf("state %v after the backend came back", st)
+		}
+		time.Sleep(20 * time.Millisecond) // the connection lasts longer than Backoff.Base
+		before := dials.count()
+		srv.Stop()
+		dials.wait(2)
+		// The dial right after the loss fails; the wait before the next one
+		// is the base again.
+		if first := dials.delays()[before]; first > 12*time.Millisecond {
+			t.Fatalf("first delay after a lasting connection %v, want the base (10ms ± 20%%)", first)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	bridgetest.Eventually(t, "five failed dials", func() bool {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		return len(rec.delays) >= 5
-	})
-	up.Store(true)
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := nextConn(t, srv)
-	bridgetest.Eventually(t, "connected", func() bool { return b.Stats().State == StateConnected })
-	time.Sleep(20 * time.Millisecond) // the connection lasts longer than Backoff.Base
-	rec.mu.Lock()
-	before := len(rec.delays)
-	rec.mu.Unlock()
-	up.Store(false)
-	srv.Stop()
-	_ = c
-	bridgetest.Eventually(t, "a failed dial after the loss", func() bool {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		return len(rec.delays) > before
-	})
-	rec.mu.Lock()
-	first := rec.delays[before]
-	rec.mu.Unlock()
-	if first > 12*time.Millisecond {
-		t.Fatalf("first delay after a lasting connection %v, want the base (10ms ± 20%%)", first)
-	}
 }
 
 // unwritten counts the requests registered on c that the writer has not

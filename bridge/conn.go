@@ -1,13 +1,10 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"runtime"
 	"strconv"
 	"sync"
@@ -19,6 +16,7 @@ import (
 	"github.com/wsbridge/wsbridge/internal/cork"
 	"github.com/wsbridge/wsbridge/internal/queue"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // conn is one open backend WebSocket. serve runs its reader, writer and
@@ -90,8 +88,10 @@ func (c *conn) serve(ctx context.Context) error {
 	for _, o := range c.pending.takeAll() {
 		written := !o.state.CompareAndSwap(opQueued, opAbandoned)
 		switch {
+		case closing && written:
+			o.complete(result{err: newError(CodeReplyLost, "the gateway shut down before the backend replied (the backend may have run the call)", nil)})
 		case closing:
-			o.complete(result{err: newError(CodeDraining, "gateway is shutting down; the backend connection was closed", nil)})
+			o.complete(result{err: newError(CodeDraining, "gateway is shutting down; the call was never sent", nil)})
 		case written && o.notify:
 			o.complete(result{err: newError(CodeReplyLost, "backend connection lost while the notification was written; it may not have been delivered", c.cause)})
 		case written:
@@ -145,7 +145,7 @@ func (c *conn) sendCancel(id uint64) {
 		return
 	}
 	params := strconv.AppendUint([]byte(`{"id":`), id, 10)
-	o := newOp(0, true, appendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
+	o := newOp(0, true, jsonrpc.AppendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
 	c.sendq.Push(o)
 }
 
@@ -316,35 +316,26 @@ func (c *conn) readLoop(ctx context.Context) error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		if typ != websocket.MessageText {
-			c.b.counters.malformed.Add(1)
-			c.b.opts.Logger.Warn("backend sent a binary frame; dropped", "bytes", len(frame))
-			continue
-		}
-		if !utf8.Valid(frame) {
+		switch {
+		case typ != websocket.MessageText:
+			// JSON-RPC over WebSocket is text; a reply in a binary frame
+			// fails its caller at once rather than at its deadline.
+			c.broken(frame, errBinary)
+		case !utf8.Valid(frame):
 			// RFC 6455 requires UTF-8 in text frames; passing it on would
 			// break clients' text frames and proto strings alike.
-			c.b.counters.malformed.Add(1)
-			c.b.opts.Logger.Warn("backend sent a text frame that is not UTF-8", "bytes", len(frame))
-			c.failGuessedCaller(frame, errNotUTF8)
-			continue
+			c.broken(frame, errNotUTF8)
+		default:
+			c.handleFrame(frame)
 		}
-		c.handleFrame(frame)
 	}
 }
 
 // handleFrame routes every message of one text frame.
 func (c *conn) handleFrame(frame []byte) {
-	msgs, batch, err := splitFrame(frame)
+	msgs, _, err := jsonrpc.SplitFrame(frame)
 	if err != nil {
-		c.b.counters.malformed.Add(1)
-		c.b.opts.Logger.Warn("backend sent an invalid frame", "err", err, "bytes", len(frame))
-		c.failGuessedCaller(frame, err)
-		return
-	}
-	if !batch {
-		c.b.counters.messagesIn.Add(1)
-		c.handleMessage(bytes.TrimLeft(frame, " \t\r\n"))
+		c.broken(frame, err)
 		return
 	}
 	for _, raw := range msgs {
@@ -355,35 +346,43 @@ func (c *conn) handleFrame(frame []byte) {
 
 func (c *conn) handleMessage(raw []byte) {
 	b := c.b
-	m, err := decodeMessage(raw)
+	m, err := jsonrpc.DecodeMessage(raw)
 	if err != nil {
-		b.counters.malformed.Add(1)
-		b.opts.Logger.Warn("backend sent an invalid message", "err", err, "bytes", len(raw))
-		c.failGuessedCaller(raw, err)
+		c.broken(raw, err)
 		return
 	}
-	switch m.kind() {
-	case kindNotification:
-		var method string
-		if json.Unmarshal(m.Method, &method) != nil {
+	switch m.Kind() {
+	case jsonrpc.KindNotification:
+		method, ok := jsonrpc.String(m.Method)
+		if !ok {
 			b.counters.malformed.Add(1)
-			b.opts.Logger.Warn("backend sent a notification whose method is not a string; dropped")
+			b.opts.Logger.Warn("backend sent a notification whose method is not a string; dropped", "frame", excerpt(raw))
 			return
 		}
 		b.counters.notifications.Add(1)
 		b.hub.route(c.slot.idx, method, m.Params)
 		return
-	case kindRequest:
+	case jsonrpc.KindRequest:
 		b.counters.backendRequests.Add(1)
-		b.opts.Logger.Warn("backend sent a request; the gateway serves none, dropped")
+		// A peer that sends a pending call's own request back (an echo
+		// server, a proxy looping) is not a JSON-RPC server: that caller
+		// fails at once instead of at its deadline.
+		if id, _, ok := jsonrpc.GatewayID(m.ID); ok {
+			if o, _, _ := c.pending.takeReply(id); o != nil {
+				b.opts.Logger.Warn("backend sent a request with the id of a pending call (does it speak JSON-RPC?); that call fails", "frame", excerpt(raw))
+				o.complete(result{err: newError(CodeMalformedReply, "the backend sent a request back instead of a reply (is it a JSON-RPC 2.0 server?)", nil)})
+				return
+			}
+		}
+		b.opts.Logger.Warn("backend sent a request; the gateway serves none, dropped", "frame", excerpt(raw))
 		return
-	case kindInvalid:
+	case jsonrpc.KindInvalid:
 		b.counters.malformed.Add(1)
-		b.opts.Logger.Warn("backend sent a message with neither id nor method; dropped", "bytes", len(raw))
+		b.opts.Logger.Warn("backend sent a message with neither id nor method; dropped", "frame", excerpt(raw))
 		return
 	}
 
-	id, wrongType, ok := replyID(m.ID)
+	id, wrongType, ok := jsonrpc.GatewayID(m.ID)
 	var o *op
 	var lateHook resultHook
 	var late bool
@@ -394,17 +393,17 @@ func (c *conn) handleMessage(raw []byte) {
 		if late && !wrongType {
 			b.counters.late.Add(1)
 			if lateHook != nil {
-				if value, _, err := m.checkReply(); err == nil && value != nil {
+				if value, _, err := m.Reply(); err == nil && value != nil {
 					lateHook(c.slot.idx, value)
 				}
 			}
 			return
 		}
 		b.counters.unknown.Add(1)
-		b.opts.Logger.Debug("backend reply matches no call; dropped", "id", string(m.ID))
+		b.opts.Logger.Debug("backend reply matches no call; dropped", "id", excerpt(m.ID))
 		return
 	}
-	value, rpcErr, err := m.checkReply()
+	value, rpcErr, err := m.Reply()
 	if err == nil && wrongType {
 		err = errIDType
 	}
@@ -425,23 +424,36 @@ func (c *conn) handleMessage(raw []byte) {
 	}
 }
 
-// guessID finds a gateway id in a message too broken to decode, so that its
-// caller gets CodeMalformedReply at once instead of waiting for its
-// deadline.
-var errNotUTF8 = errors.New("text frame is not valid UTF-8")
+var (
+	errNotUTF8 = errors.New("text frame is not valid UTF-8")
+	errBinary  = errors.New("binary frame (JSON-RPC over WebSocket is text)")
+	errIDType  = errors.New("reply id is a string; the request's id was a number")
+)
 
-var guessID = regexp.MustCompile(`"id"\s*:\s*"?([0-9]{1,20})\b`)
+// broken handles a frame or message that cannot be routed as it is: it is
+// counted and logged, and the callers it names at its top level (see
+// jsonrpc.BrokenFrameIDs) fail at once with CodeMalformedReply. A frame
+// that names no caller reliably fails no one.
+func (c *conn) broken(raw []byte, cause error) {
+	c.b.counters.malformed.Add(1)
+	c.b.opts.Logger.Warn("backend sent an invalid frame", "err", cause, "bytes", len(raw), "frame", excerpt(raw))
+	for _, rawID := range jsonrpc.BrokenFrameIDs(raw) {
+		id, _, ok := jsonrpc.GatewayID(rawID)
+		if !ok {
+			continue
+		}
+		if o, _, _ := c.pending.takeReply(id); o != nil {
+			o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause)})
+		}
+	}
+}
 
-func (c *conn) failGuessedCaller(raw []byte, cause error) {
-	m := guessID.FindSubmatch(raw)
-	if m == nil {
-		return
+// excerpt is the start of a frame for a log line: at most 64 bytes, quoted
+// so that control bytes and invalid UTF-8 cannot garble the log.
+func excerpt(raw []byte) string {
+	const n = 64
+	if len(raw) > n {
+		return strconv.Quote(string(raw[:n])) + "…"
 	}
-	id, err := strconv.ParseUint(string(m[1]), 10, 64)
-	if err != nil {
-		return
-	}
-	if o, _, _ := c.pending.takeReply(id); o != nil {
-		o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON", cause)})
-	}
+	return strconv.Quote(string(raw))
 }

@@ -1,9 +1,10 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // Code classifies why a call failed. Package server maps each Code to a gRPC
@@ -40,6 +41,10 @@ const (
 	// CodePermissionDenied: the method is not allowed (Options.AllowMethods
 	// and DenyMethods); nothing was sent.
 	CodePermissionDenied
+	// CodeUnsupported: the method cannot be served where it was called
+	// (a subscription on a face that cannot push notifications); nothing
+	// was sent.
+	CodeUnsupported
 )
 
 var codeNames = map[Code]string{
@@ -54,13 +59,14 @@ var codeNames = map[Code]string{
 	CodeMalformedReply:   "malformed_reply",
 	CodeBackendError:     "backend_error",
 	CodePermissionDenied: "permission_denied",
+	CodeUnsupported:      "unsupported",
 }
 
 // Codes lists every Code, for tables and their tests.
 func Codes() []Code {
 	return []Code{CodeUnavailable, CodeReplyLost, CodeDraining, CodeDeadlineExceeded,
 		CodeCanceled, CodeOverloaded, CodeTooLarge, CodeInvalidArgument,
-		CodeMalformedReply, CodeBackendError, CodePermissionDenied}
+		CodeMalformedReply, CodeBackendError, CodePermissionDenied, CodeUnsupported}
 }
 
 func (c Code) String() string {
@@ -74,8 +80,9 @@ func (c Code) String() string {
 type Error struct {
 	Code    Code
 	Message string
-	// RPC is the backend's JSON-RPC error object when Code is CodeBackendError.
-	RPC *RPCError
+	// RPC is the backend's JSON-RPC error object when Code is
+	// CodeBackendError, with the backend's code, message and data as sent.
+	RPC *jsonrpc.Error
 	// Err is the underlying cause, if any.
 	Err error
 }
@@ -102,23 +109,3 @@ func CodeOf(err error) Code {
 func newError(code Code, msg string, cause error) *Error {
 	return &Error{Code: code, Message: msg, Err: cause}
 }
-
-// RPCError is a JSON-RPC 2.0 error object as the backend sent it.
-type RPCError struct {
-	Code    int64           `json:"code"`
-	Message string          `json:"message"`
-	Data    json.RawMessage `json:"data,omitempty"`
-}
-
-func (e *RPCError) Error() string {
-	return fmt.Sprintf("backend error %d: %s", e.Code, e.Message)
-}
-
-// The standard JSON-RPC 2.0 error codes.
-const (
-	RPCParseError     = -32700
-	RPCInvalidRequest = -32600
-	RPCMethodNotFound = -32601
-	RPCInvalidParams  = -32602
-	RPCInternalError  = -32603
-)

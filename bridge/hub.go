@@ -8,6 +8,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/wsbridge/wsbridge/internal/glob"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // Gateway notifications sent to consumers, never by the backend.
@@ -45,11 +49,12 @@ type hub struct {
 
 	delivered    atomic.Uint64
 	resubscribes atomic.Uint64
+	dropped      atomic.Uint64 // held notifications past maxHeld
 }
 
 type subRef struct {
 	slot int
-	id   string // the backend's subscription id, raw JSON
+	id   string // the backend's subscription id, as jsonrpc.IDKey
 }
 
 type subState int
@@ -67,7 +72,8 @@ type subscription struct {
 	// Static.
 	key, method, unsubMethod string
 	params                   json.RawMessage
-	ready                    chan struct{} // closed when the first subscribe call has ended
+	ready                    chan struct{}      // closed when the subscribe call has ended
+	cancel                   context.CancelFunc // ends the subscribe call
 
 	// Guarded by hub.mu.
 	state     subState
@@ -75,7 +81,8 @@ type subscription struct {
 	slot      int
 	clientID  json.RawMessage // the id consumers were given
 	backendID json.RawMessage // the id at the backend now (differs after a resubscribe)
-	err       error           // why the first subscribe call failed
+	res       json.RawMessage // the subscribe call's result, when it made no subscription
+	err       error           // why the subscribe call failed
 }
 
 func newHub(b *Bridge, sub, unsub []string) *hub {
@@ -97,32 +104,18 @@ func validPatterns(sub, unsub []string) error {
 		return fmt.Errorf("%d subscribe patterns but %d unsubscribe patterns: they pair by position", len(sub), len(unsub))
 	}
 	for _, p := range append(append([]string{}, sub...), unsub...) {
-		if strings.Count(p, "*") > 1 || strings.ContainsAny(p, "?[\\") {
+		if strings.Count(p, "*") > 1 {
 			return fmt.Errorf("pattern %q: only one * may stand for any text", p)
 		}
 	}
 	return nil
 }
 
-// matchStar matches method against a pattern with at most one * (checked
-// by validPatterns) and returns what the * stood for. It is on every call's
-// path, so it avoids path.Match.
-func matchStar(pattern, method string) (wild string, ok bool) {
-	prefix, suffix, star := strings.Cut(pattern, "*")
-	if !star {
-		return "", pattern == method
-	}
-	if len(method) < len(prefix)+len(suffix) || !strings.HasPrefix(method, prefix) || !strings.HasSuffix(method, suffix) {
-		return "", false
-	}
-	return method[len(prefix) : len(method)-len(suffix)], true
-}
-
 // unsubscribeFor returns the unsubscribe method paired with a subscribe
 // method, and whether method is a subscribe method at all.
 func (h *hub) unsubscribeFor(method string) (string, bool) {
 	for i, p := range h.subPatterns {
-		wild, ok := matchStar(p, method)
+		wild, ok := glob.Capture(p, method)
 		if !ok {
 			continue
 		}
@@ -133,7 +126,7 @@ func (h *hub) unsubscribeFor(method string) (string, bool) {
 
 func (h *hub) isUnsubscribe(method string) bool {
 	for _, p := range h.unsubPatterns {
-		if _, ok := matchStar(p, method); ok {
+		if _, ok := glob.Capture(p, method); ok {
 			return true
 		}
 	}
@@ -145,8 +138,15 @@ func (h *hub) isUnsubscribe(method string) bool {
 // the hub so that its subscriptions are routed to it, shared with identical
 // ones, and released when it closes.
 type Consumer struct {
+	// Static.
 	h       *hub
 	deliver func(method string, params json.RawMessage)
+
+	// dmu serializes deliveries to this consumer and orders them against
+	// Close: deliver runs with dmu held, and never after Close set dclosed.
+	// Lock order: dmu before hub.mu.
+	dmu     sync.Mutex
+	dclosed bool // guarded by dmu
 
 	// Guarded by h.mu.
 	methods map[string]bool // listened methods; "*" means all
@@ -162,13 +162,17 @@ type heldNote struct {
 	params json.RawMessage
 }
 
-// maxHeld bounds the notifications held for one subscribe reply.
+// maxHeld bounds the notifications held for one subscribe reply; those
+// past it are dropped and counted (Stats.Dropped).
 const maxHeld = 4096
 
 // NewConsumer registers a consumer. deliver receives each notification
-// routed to it; it runs on a connection's reader and must not block (queue
-// or drop, and end the consumer if it cannot keep up). Close the consumer
-// when the client leaves.
+// routed to it. It runs on a goroutine of the Bridge (a connection's
+// reader, or the goroutine of a call that releases held notifications),
+// one call at a time and in order for each subscription; never after
+// Close has returned. It must not block (queue or drop, and end the
+// consumer if it cannot keep up), and must not call the consumer's Close.
+// Close the consumer when the client leaves.
 func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)) *Consumer {
 	c := &Consumer{h: b.hub, deliver: deliver, methods: map[string]bool{}, subs: map[*subscription]int{},
 		holding: map[*subscription][]heldNote{}}
@@ -178,9 +182,20 @@ func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)
 	return c
 }
 
+// send delivers one notification unless the consumer is closed.
+func (c *Consumer) send(method string, params json.RawMessage) bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.dclosed {
+		return false
+	}
+	c.deliver(method, params)
+	return true
+}
+
 // Listen adds methods whose notifications the consumer receives ("*": all).
 // Notifications only flow over an open connection, so a lazy Bridge dials
-// now.
+// now, and keeps redialling while anyone listens.
 func (c *Consumer) Listen(methods ...string) {
 	c.h.mu.Lock()
 	for _, m := range methods {
@@ -214,15 +229,15 @@ func listening(c *Consumer) []string {
 	return ms
 }
 
-// Notify forwards a notification to the backend.
+// Notify forwards a notification to the backend (see Bridge.Notify).
 func (c *Consumer) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
 	return c.h.b.Notify(ctx, method, params, co)
 }
 
 // Call is Bridge.Call for this consumer. A subscribe method creates (or
 // shares) a subscription owned by the consumer; an unsubscribe method
-// releases one of the consumer's subscriptions, and reaches the backend only
-// when no other consumer shares it.
+// releases one of the consumer's own subscriptions, and reaches the
+// backend only when no other consumer shares it.
 func (c *Consumer) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
 	res, release, err := c.CallHeld(ctx, method, params, co)
 	release()
@@ -240,19 +255,20 @@ func (c *Consumer) CallHeld(ctx context.Context, method string, params json.RawM
 	}
 	if c.h.isUnsubscribe(method) {
 		res, err := c.unsubscribe(ctx, method, params, co)
-		return res, func() {}, err
+		return res, noRelease, err
 	}
 	res, err := c.h.b.Call(ctx, method, params, co)
-	return res, func() {}, err
+	return res, noRelease, err
 }
+
+func noRelease() {}
 
 // Go is Bridge.Go for this consumer, with CallHeld's release: call it once
 // the reply is queued. Subscribe and unsubscribe calls, which the hub
 // tracks, run on a goroutine of the Bridge.
 func (c *Consumer) Go(method string, params json.RawMessage, co CallOptions, done func(res json.RawMessage, release func(), err error)) (cancel func()) {
-	_, sub := c.h.unsubscribeFor(method)
-	if !sub && !c.h.isUnsubscribe(method) {
-		return c.h.b.Go(method, params, co, func(res json.RawMessage, err error) { done(res, func() {}, err) })
+	if !c.h.b.IsSubscriptionMethod(method) {
+		return c.h.b.Go(method, params, co, func(res json.RawMessage, err error) { done(res, noRelease, err) })
 	}
 	ctx, stop := context.WithCancel(c.h.b.bgCtx)
 	started := c.h.b.goBackground(func(context.Context) {
@@ -262,85 +278,106 @@ func (c *Consumer) Go(method string, params json.RawMessage, co CallOptions, don
 	})
 	if !started {
 		stop()
-		done(nil, func() {}, newError(CodeDraining, "gateway is shutting down", nil))
+		done(nil, noRelease, newError(CodeDraining, "gateway is shutting down", nil))
 	}
 	return stop
 }
 
+// subscribe creates or joins the subscription for method and params, and
+// waits until its subscribe call has ended or ctx is done. The backend
+// call belongs to the subscription, not to the consumer that happened to
+// come first: it runs on a goroutine of the Bridge, and ends early only
+// when every consumer waiting for it has left. So one caller that gives up
+// never becomes the outcome of the others.
 func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params json.RawMessage, co CallOptions) (json.RawMessage, func(), error) {
 	h := c.h
 	var compact bytes.Buffer
 	if len(params) > 0 && json.Compact(&compact, params) != nil {
-		return nil, func() {}, newError(CodeInvalidArgument, "params are not valid JSON", nil)
+		return nil, noRelease, newError(CodeInvalidArgument, "params are not valid JSON", nil)
 	}
 	key := method + "\x00" + compact.String()
 
 	h.mu.Lock()
 	if c.closed {
 		h.mu.Unlock()
-		return nil, func() {}, newError(CodeCanceled, "consumer closed", nil)
+		return nil, noRelease, newError(CodeCanceled, "consumer closed", nil)
 	}
 	sub := h.byKey[key]
-	creator := sub == nil
-	if creator {
+	if sub == nil {
+		callCtx, cancel := context.WithCancel(h.b.bgCtx)
 		sub = &subscription{key: key, method: method, unsubMethod: unsub, params: params,
-			ready: make(chan struct{}), owners: map[*Consumer]int{}}
+			ready: make(chan struct{}), cancel: cancel, owners: map[*Consumer]int{}}
+		wait := CallOptions{WaitForReady: co.WaitForReady}
+		if !h.b.goBackground(func(context.Context) { h.subscribeAtBackend(callCtx, sub, wait) }) {
+			h.mu.Unlock()
+			cancel()
+			return nil, noRelease, newError(CodeDraining, "gateway is shutting down", nil)
+		}
 		h.byKey[key] = sub
 	}
 	sub.owners[c]++
 	c.subs[sub]++
-	c.holding[sub] = nil
+	if _, ok := c.holding[sub]; !ok {
+		c.holding[sub] = nil
+	}
 	h.mu.Unlock()
 	release := func() { h.release(c, sub) }
 
-	if !creator {
-		select {
-		case <-sub.ready:
-		case <-ctx.Done():
-			h.drop(c, sub)
-			return nil, release, h.b.ctxError(ctx)
-		}
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if sub.state == subLive || sub.state == subResubscribing {
-			return sub.clientID, release, nil
-		}
-		h.dropLocked(c, sub, 1)
-		if sub.err != nil {
-			return nil, release, sub.err
-		}
-		return nil, release, newError(CodeUnavailable, "the shared subscription ended before this call joined it", nil)
+	var timeout <-chan time.Time
+	if co.Timeout > 0 {
+		t := time.NewTimer(co.Timeout)
+		defer t.Stop()
+		timeout = t.C
 	}
+	select {
+	case <-sub.ready:
+	case <-ctx.Done():
+		h.drop(c, sub)
+		return nil, release, h.b.ctxError(ctx)
+	case <-timeout:
+		h.drop(c, sub)
+		h.b.counters.timeouts.Add(1)
+		return nil, release, newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", context.DeadlineExceeded)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if sub.state == subLive || sub.state == subResubscribing {
+		return sub.clientID, release, nil
+	}
+	// The call failed, or its result was no subscription id: nothing to
+	// route, and every waiter gets that outcome.
+	h.dropLocked(c, sub, 1)
+	return sub.res, release, sub.err
+}
 
-	res, err := h.b.do(ctx, method, params, co, callSpec{slot: -1, onResult: func(slot int, value json.RawMessage) {
+// subscribeAtBackend makes sub's subscribe call and records its outcome
+// for every consumer waiting on sub.ready. Its ctx ends when all of them
+// have left (see dropLocked) or the Bridge closes.
+func (h *hub) subscribeAtBackend(ctx context.Context, sub *subscription, co CallOptions) {
+	defer sub.cancel()
+	res, err := h.b.do(ctx, sub.method, sub.params, co, callSpec{slot: -1, onResult: func(slot int, value json.RawMessage) {
 		h.activate(sub, slot, value)
 	}})
 	h.mu.Lock()
+	sub.res, sub.err = res, err
 	if err != nil || sub.state == subPending {
-		// Failed, or the result was no subscription id: nothing to route.
-		sub.err = err
 		h.removeLocked(sub)
-		close(sub.ready)
-		h.mu.Unlock()
-		return res, release, err
 	}
 	close(sub.ready)
 	h.mu.Unlock()
-	return res, release, nil
 }
 
 // release delivers what was held for c's subscribe reply, and stops
-// holding. Delivering under mu keeps the held notifications ahead of any
-// routed after.
+// holding. It delivers with c.dmu held from before it stops holding, so
+// the held notifications reach c before any routed after.
 func (h *hub) release(c *Consumer, sub *subscription) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	notes, ok := c.holding[sub]
-	if !ok {
-		return
-	}
 	delete(c.holding, sub)
-	if c.closed {
+	h.mu.Unlock()
+	if !ok || c.dclosed {
 		return
 	}
 	for _, n := range notes {
@@ -358,8 +395,8 @@ func (h *hub) activate(sub *subscription, slot int, id json.RawMessage) {
 	}
 	h.mu.Lock()
 	if sub.state != subPending || len(sub.owners) == 0 {
-		// Every owner left while the call was under way, or its caller gave
-		// up and this is a late reply: undo it at the backend.
+		// Every owner left while the call was under way, or this is a late
+		// reply: undo it at the backend.
 		sub.state = subDead
 		if h.byKey[sub.key] == sub {
 			delete(h.byKey, sub.key)
@@ -372,7 +409,7 @@ func (h *hub) activate(sub *subscription, slot int, id json.RawMessage) {
 	sub.slot = slot
 	sub.clientID = id
 	sub.backendID = id
-	h.byID[subRef{slot, string(id)}] = sub
+	h.byID[subRef{slot, jsonrpc.IDKey(id)}] = sub
 	h.mu.Unlock()
 }
 
@@ -387,8 +424,11 @@ func (h *hub) removeLocked(sub *subscription) {
 	if h.byKey[sub.key] == sub {
 		delete(h.byKey, sub.key)
 	}
-	if sub.backendID != nil && h.byID[subRef{sub.slot, string(sub.backendID)}] == sub {
-		delete(h.byID, subRef{sub.slot, string(sub.backendID)})
+	if sub.backendID != nil {
+		ref := subRef{sub.slot, jsonrpc.IDKey(sub.backendID)}
+		if h.byID[ref] == sub {
+			delete(h.byID, ref)
+		}
 	}
 	for o := range sub.owners {
 		delete(o.subs, sub)
@@ -411,6 +451,8 @@ func (h *hub) drop(c *Consumer, sub *subscription) {
 
 // dropLocked releases n of c's references to sub and reports whether the
 // subscription is now unowned and was live (so the backend must be told).
+// An unowned subscription whose subscribe call is under way has that call
+// cancelled; a reply that still comes is undone by activate.
 func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 	if sub.owners[c] -= n; sub.owners[c] <= 0 {
 		delete(sub.owners, c)
@@ -422,6 +464,11 @@ func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 		return false
 	}
 	switch sub.state {
+	case subPending:
+		if h.byKey[sub.key] == sub {
+			delete(h.byKey, sub.key) // a newcomer starts afresh
+		}
+		sub.cancel()
 	case subLive:
 		h.removeLocked(sub)
 		return true
@@ -431,28 +478,27 @@ func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 	return false
 }
 
+// unsubscribe ends one of c's own subscriptions: the one whose id (compared
+// decoded, see jsonrpc.IDKey) the params name and that method undoes. A
+// subscription c does not own is never touched, whoever owns it: the call
+// fails without reaching the backend.
 func (c *Consumer) unsubscribe(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
 	h := c.h
 	id, rewrite := unsubscribeTarget(params)
 	if id == nil {
-		return h.b.Call(ctx, method, params, co)
+		return nil, newError(CodeInvalidArgument, method+` takes the subscription id as params: [id] or {"subscription": id}`, nil)
 	}
+	key := jsonrpc.IDKey(id)
 	h.mu.Lock()
 	var sub *subscription
 	for s := range c.subs {
-		if s.state != subDead && bytes.Equal(s.clientID, id) {
+		if s.state != subDead && s.clientID != nil && s.unsubMethod == method && jsonrpc.IDKey(s.clientID) == key {
 			sub = s
 		}
 	}
 	if sub == nil {
-		for _, s := range h.byKey {
-			if bytes.Equal(s.clientID, id) {
-				h.mu.Unlock()
-				return nil, newError(CodeInvalidArgument, "subscription "+string(id)+" belongs to another client", nil)
-			}
-		}
 		h.mu.Unlock()
-		return h.b.Call(ctx, method, params, co) // not ours to know: pass it on
+		return nil, newError(CodeInvalidArgument, fmt.Sprintf("no subscription %s made by this client for %s to end", excerpt(id), method), nil)
 	}
 	last := h.dropLocked(c, sub, 1)
 	slot, backendID := sub.slot, sub.backendID
@@ -468,7 +514,7 @@ func (c *Consumer) unsubscribe(ctx context.Context, method string, params json.R
 // its place.
 func unsubscribeTarget(params json.RawMessage) (json.RawMessage, func(json.RawMessage) json.RawMessage) {
 	var arr []json.RawMessage
-	if json.Unmarshal(params, &arr) == nil && len(arr) > 0 {
+	if json.Unmarshal(params, &arr) == nil && len(arr) > 0 && isScalarID(arr[0]) {
 		return arr[0], func(id json.RawMessage) json.RawMessage {
 			arr[0] = id
 			b, _ := json.Marshal(arr)
@@ -476,7 +522,7 @@ func unsubscribeTarget(params json.RawMessage) (json.RawMessage, func(json.RawMe
 		}
 	}
 	var obj map[string]json.RawMessage
-	if json.Unmarshal(params, &obj) == nil && obj["subscription"] != nil {
+	if json.Unmarshal(params, &obj) == nil && isScalarID(obj["subscription"]) {
 		return obj["subscription"], func(id json.RawMessage) json.RawMessage {
 			obj["subscription"] = id
 			b, _ := json.Marshal(obj)
@@ -487,8 +533,12 @@ func unsubscribeTarget(params json.RawMessage) (json.RawMessage, func(json.RawMe
 }
 
 // Close releases the consumer's subscriptions (unsubscribing at the backend
-// those no one else shares) and stops its deliveries.
+// those no one else shares) and stops its deliveries: once Close returns,
+// deliver is not running and is never called again.
 func (c *Consumer) Close() {
+	c.dmu.Lock()
+	c.dclosed = true
+	c.dmu.Unlock()
 	h := c.h
 	h.mu.Lock()
 	if c.closed {
@@ -531,7 +581,7 @@ func (h *hub) unsubscribeAtBackend(method string, slot int, id json.RawMessage) 
 func (h *hub) route(slot int, method string, params json.RawMessage) {
 	if id := subscriptionID(params); id != nil {
 		h.mu.Lock()
-		sub := h.byID[subRef{slot, string(id)}]
+		sub := h.byID[subRef{slot, jsonrpc.IDKey(id)}]
 		if sub != nil {
 			if !bytes.Equal(sub.clientID, id) {
 				params = replaceSubscriptionID(params, sub.clientID)
@@ -541,6 +591,8 @@ func (h *hub) route(slot int, method string, params json.RawMessage) {
 				if held, ok := c.holding[sub]; ok {
 					if len(held) < maxHeld {
 						c.holding[sub] = append(held, heldNote{method, params})
+					} else {
+						h.dropped.Add(1)
 					}
 					continue
 				}
@@ -574,11 +626,16 @@ func ownersOf(sub *subscription) []*Consumer {
 	return owners
 }
 
+// deliver sends a notification to each consumer that is still open. It
+// runs without h.mu: each delivery takes its consumer's dmu.
 func (h *hub) deliver(to []*Consumer, method string, params json.RawMessage) {
+	n := 0
 	for _, c := range to {
-		c.deliver(method, params)
+		if c.send(method, params) {
+			n++
+		}
 	}
-	h.delivered.Add(uint64(len(to)))
+	h.delivered.Add(uint64(n))
 }
 
 // subscriptionID returns params.subscription, or nil.
@@ -613,6 +670,27 @@ func gatewayParams(fields map[string]any) json.RawMessage {
 	return b
 }
 
+// wantsConn reports whether anyone waits for notifications over slot: a
+// listener (slot 0 carries method notifications) or a subscription being
+// re-issued. A lazy slot keeps redialling while this holds.
+func (h *hub) wantsConn(slot int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slot == 0 {
+		for c := range h.consumers {
+			if len(c.methods) > 0 {
+				return true
+			}
+		}
+	}
+	for _, sub := range h.byKey {
+		if sub.slot == slot && sub.state == subResubscribing {
+			return true
+		}
+	}
+	return false
+}
+
 // connUp runs when a slot's connection opens, before its reader starts.
 func (h *hub) connUp(slot int) {
 	if slot != 0 {
@@ -643,7 +721,8 @@ func (h *hub) connUp(slot int) {
 // connLost runs when a slot's connection is gone and its reader has exited.
 // Without Resubscribe, every subscription on it ends with
 // NotifySubscriptionLost (and, for slot 0, every listened method). With it,
-// the subscriptions are re-issued in the background.
+// the subscriptions are re-issued in the background, and listeners keep
+// listening (the slot redials for them, see wantsConn).
 func (h *hub) connLost(slot int, cause error) {
 	reason := "backend connection lost"
 	if cause != nil {
@@ -689,14 +768,6 @@ func (h *hub) connLost(slot int, cause error) {
 	}
 	for _, sub := range again {
 		h.b.goBackground(func(ctx context.Context) { h.resubscribe(ctx, sub) })
-	}
-	if slot == 0 && h.b.opts.Resubscribe {
-		h.mu.Lock()
-		listeners := h.methodGap
-		h.mu.Unlock()
-		if listeners {
-			h.b.slots[0].kickDial() // listeners wait for the next connection
-		}
 	}
 }
 
@@ -748,7 +819,7 @@ func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 	sub.state = subLive
 	sub.slot = slot
 	sub.backendID = id
-	h.byID[subRef{slot, string(id)}] = sub
+	h.byID[subRef{slot, jsonrpc.IDKey(id)}] = sub
 	owners := ownersOf(sub)
 	h.mu.Unlock()
 	h.resubscribes.Add(1)
@@ -762,9 +833,13 @@ func (h *hub) stats() (subscriptions, consumers int64) {
 	return int64(len(h.byID)), int64(len(h.consumers))
 }
 
-// IsSubscribeMethod reports whether method creates a subscription (see
-// Options.SubscribeMethods).
-func (b *Bridge) IsSubscribeMethod(method string) bool {
-	_, ok := b.hub.unsubscribeFor(method)
-	return ok
+// IsSubscriptionMethod reports whether method creates or ends a
+// subscription (see Options.SubscribeMethods). Such methods are served
+// only through a Consumer: Bridge.Call, Bridge.Go and Bridge.Notify refuse
+// them with CodeUnsupported, since the gateway could neither route a
+// subscription made that way nor tell whose subscription an unsubscribe
+// ends.
+func (b *Bridge) IsSubscriptionMethod(method string) bool {
+	_, sub := b.hub.unsubscribeFor(method)
+	return sub || b.hub.isUnsubscribe(method)
 }

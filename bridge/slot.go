@@ -2,11 +2,13 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,12 +32,14 @@ type slot struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	state     State
-	current   *conn         // set while StateConnected
-	changed   chan struct{} // closed and replaced on every state change
-	lastErr   error         // the last dial error, for StateBackoff
-	nextDial  time.Time     // when the backoff ends, for StateBackoff
-	closedErr *Error        // set once the Bridge is closing
+	state      State
+	current    *conn         // set while StateConnected
+	changed    chan struct{} // closed and replaced on every state change
+	lastErr    error         // the last dial error (as clients may see it)
+	lastErrAt  time.Time     // when lastErr happened
+	dialFailed bool          // the last dial failed: the slot is not ready
+	nextDial   time.Time     // when the backoff ends, for StateBackoff
+	closedErr  *Error        // set once the Bridge is closing
 
 	// published mirrors state for readers that must not take mu.
 	published atomic.Int32
@@ -46,14 +50,21 @@ func newSlot(b *Bridge, idx int) *slot {
 }
 
 // setState changes the state and wakes every waiter. s.mu must be held.
+// Options.OnStateChange runs later, on its own goroutine.
 func (s *slot) setState(st State) {
 	s.state = st
 	s.published.Store(int32(st))
 	close(s.changed)
 	s.changed = make(chan struct{})
-	if f := s.b.opts.OnStateChange; f != nil {
-		f(s.b.State())
-	}
+	s.b.stateChange()
+}
+
+// ready reports whether the slot may carry calls: connected, or its last
+// dial (if any) did not fail.
+func (s *slot) ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == StateConnected || !s.dialFailed
 }
 
 // kickDial asks a lazy slot to dial if it is disconnected; it does not wait.
@@ -81,10 +92,18 @@ func (s *slot) openConn() *conn {
 // currentState reads the state without s.mu.
 func (s *slot) currentState() State { return State(s.published.Load()) }
 
-func (s *slot) snapshot() (State, *conn) {
+// slotSnapshot is what Stats reads of a slot.
+type slotSnapshot struct {
+	state     State
+	conn      *conn
+	lastErr   error
+	lastErrAt time.Time
+}
+
+func (s *slot) snapshot() slotSnapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.state, s.current
+	return slotSnapshot{s.state, s.current, s.lastErr, s.lastErrAt}
 }
 
 // conn returns the open connection, dialling or waiting for a dial as
@@ -147,7 +166,10 @@ func (s *slot) run(ctx context.Context) {
 	lost := false // a connection of this slot has been open and was lost
 	defer s.close()
 	for {
-		if !b.opts.Eager {
+		// A lazy slot dials when a caller asks (kick), or at once while a
+		// listener or subscription waits for notifications on it: such
+		// demand makes no call that would kick.
+		if !b.opts.Eager && !b.hub.wantsConn(s.idx) {
 			select {
 			case <-s.kick:
 			case <-ctx.Done():
@@ -171,7 +193,7 @@ func (s *slot) run(ctx context.Context) {
 			}
 			failures++
 			b.counters.dialFailures.Add(1)
-			if !s.backoff(ctx, failures, err, log) {
+			if !s.backoff(ctx, failures, err, true, log) {
 				return
 			}
 			continue
@@ -185,6 +207,7 @@ func (s *slot) run(ctx context.Context) {
 		b.hub.connUp(s.idx)
 		s.mu.Lock()
 		s.current = c
+		s.dialFailed = false
 		s.setState(StateConnected)
 		s.mu.Unlock()
 
@@ -202,25 +225,30 @@ func (s *slot) run(ctx context.Context) {
 		}
 		// It dropped as soon as it opened: count it as a failed dial.
 		failures++
-		if !s.backoff(ctx, failures, fmt.Errorf("connection dropped after %v: %w", time.Since(up).Round(time.Millisecond), cause), log) {
+		if !s.backoff(ctx, failures, fmt.Errorf("connection dropped after %v: %w", time.Since(up).Round(time.Millisecond), cause), false, log) {
 			return
 		}
 	}
 }
 
 // backoff puts the slot in StateBackoff for the delay after failures
-// consecutive failures, then back to StateDisconnected. It reports false
-// when ctx ended first.
-func (s *slot) backoff(ctx context.Context, failures int, cause error, log *slog.Logger) bool {
+// consecutive failures, then back to StateDisconnected. dialFailed marks a
+// failed dial (the slot is not ready until a dial succeeds). It reports
+// false when ctx ended first.
+func (s *slot) backoff(ctx context.Context, failures int, cause error, dialFailed bool, log *slog.Logger) bool {
 	b := s.b
 	delay := b.opts.Backoff.Delay(failures, jitterRand)
 	log.Warn("backend unavailable; backing off", "url", b.redactedURL, "err", cause, "failures", failures, "retry_in", delay)
 	s.mu.Lock()
 	s.lastErr = cause
+	s.lastErrAt = time.Now()
+	if dialFailed {
+		s.dialFailed = true
+	}
 	s.nextDial = time.Now().Add(delay)
 	s.setState(StateBackoff)
 	s.mu.Unlock()
-	if !b.sleep(ctx, delay) {
+	if !sleepCtx(ctx, delay) {
 		return false
 	}
 	s.mu.Lock()
@@ -271,11 +299,12 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 		HTTPHeader: b.opts.Header,
 	})
 	if err != nil {
-		err = scrubURL(err, b.opts.URL)
+		// Clients see this error: it names the backend by DisplayURL only.
+		err = hideURL(err, b.opts.URL, b.displayURL)
 		if resp != nil {
-			return nil, fmt.Errorf("dial %s: handshake refused with HTTP %d: %w", b.redactedURL, resp.StatusCode, err)
+			return nil, fmt.Errorf("dial %s: handshake refused with HTTP %d: %w", b.displayURL, resp.StatusCode, err)
 		}
-		return nil, fmt.Errorf("dial %s: %w", b.redactedURL, err)
+		return nil, fmt.Errorf("dial %s: %w", b.displayURL, err)
 	}
 	ws.SetReadLimit(b.opts.MaxMessageBytes)
 	return newConn(s, ws, raw()), nil
@@ -320,8 +349,8 @@ func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
 	}
 }
 
-// scrubbedError hides the backend URL's credentials in an error's text
-// (net/http quotes the request URL, query included) but keeps the chain.
+// scrubbedError hides the backend URL in an error's text (net/http quotes
+// the request URL, path and query included) but keeps the chain.
 type scrubbedError struct {
 	msg string
 	err error
@@ -330,12 +359,20 @@ type scrubbedError struct {
 func (e *scrubbedError) Error() string { return e.msg }
 func (e *scrubbedError) Unwrap() error { return e.err }
 
-func scrubURL(err error, raw string) error {
+// hideURL replaces every spelling of the backend URL raw in err's text by
+// display, and any credentials left (a query, userinfo) by "REDACTED".
+func hideURL(err error, raw, display string) error {
 	u, perr := url.Parse(raw)
 	if perr != nil {
 		return err
 	}
 	msg := err.Error()
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.URL != "" {
+		msg = strings.ReplaceAll(msg, strconv.Quote(ue.URL), display)
+		msg = strings.ReplaceAll(msg, ue.URL, display)
+	}
+	msg = strings.ReplaceAll(msg, raw, display)
 	if u.RawQuery != "" {
 		msg = strings.ReplaceAll(msg, u.RawQuery, "REDACTED")
 	}

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/wsbridge/wsbridge/internal/jsonpb"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 var benchFrame = []byte(`{"jsonrpc":"2.0","id":"client-7","method":"eth_getBalance","params":{"k":"0123456789abcd"}}`)
@@ -15,9 +16,9 @@ var benchFrame = []byte(`{"jsonrpc":"2.0","id":"client-7","method":"eth_getBalan
 func BenchmarkParseClientFrame(b *testing.B) {
 	b.ReportAllocs()
 	for range b.N {
-		reqs, _ := parseClientFrame(benchFrame)
-		if reqs[0].invalid != nil {
-			b.Fatal(reqs[0].invalid.message)
+		reqs, _ := jsonrpc.ParseRequests(benchFrame)
+		if reqs[0].Err != nil {
+			b.Fatal(reqs[0].Err)
 		}
 	}
 }
@@ -28,7 +29,7 @@ func BenchmarkRestoreClientID(b *testing.B) {
 	result := []byte(`{"k":"0123456789abcd"}`)
 	b.ReportAllocs()
 	for range b.N {
-		_ = appendResult(nil, id, result)
+		_ = jsonrpc.AppendResult(nil, id, result)
 	}
 }
 

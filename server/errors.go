@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -12,81 +13,134 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/jsonpb"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// Gateway conditions reported to JSON-RPC clients, with proxyd's numbers.
-const (
-	RPCUnavailable      = -32010
-	RPCOverloaded       = -32012
-	RPCTimeout          = -32015
-	RPCRequestTooLarge  = -32021
-	RPCPermissionDenied = -32001
-	rpcNoReply          = 0 // the caller is gone; nothing is sent
-	maxErrorMessageSize = 1024
-)
-
-// errorMapping is one row of the error table: how a bridge failure looks on
-// each face. HTTP is what grpc-gateway's HTTPStatusFromCode gives for GRPC;
-// the table states it so that the whole mapping reads in one place, and a
-// test checks the two agree.
+// errorMapping is one row of the error table: how a failure looks on each
+// face. HTTP is what grpc-gateway's HTTPStatusFromCode gives for GRPC; the
+// table states it so that the whole mapping reads in one place, and a test
+// checks the two agree. NoReply marks the outcome of a caller that has
+// gone: JSON-RPC clients get no reply (JSONRPC is then unused).
 type errorMapping struct {
 	GRPC    codes.Code
 	HTTP    int
-	JSONRPC int
+	JSONRPC int64
+	NoReply bool
 }
 
 // errorTable is the mapping for every gateway condition. Backend JSON-RPC
 // errors (bridge.CodeBackendError) map by their own code: see backendTable.
 var errorTable = map[bridge.Code]errorMapping{
-	bridge.CodeUnavailable:      {codes.Unavailable, 503, RPCUnavailable},
-	bridge.CodeReplyLost:        {codes.Unavailable, 503, RPCUnavailable},
-	bridge.CodeDraining:         {codes.Unavailable, 503, RPCUnavailable},
-	bridge.CodeDeadlineExceeded: {codes.DeadlineExceeded, 504, RPCTimeout},
-	bridge.CodeCanceled:         {codes.Canceled, 499, rpcNoReply},
-	bridge.CodeOverloaded:       {codes.ResourceExhausted, 429, RPCOverloaded},
-	bridge.CodeTooLarge:         {codes.ResourceExhausted, 429, RPCRequestTooLarge},
-	bridge.CodeInvalidArgument:  {codes.InvalidArgument, 400, bridge.RPCInvalidRequest},
-	bridge.CodeMalformedReply:   {codes.Internal, 500, bridge.RPCInternalError},
-	bridge.CodePermissionDenied: {codes.PermissionDenied, 403, RPCPermissionDenied},
+	bridge.CodeUnavailable:      {GRPC: codes.Unavailable, HTTP: 503, JSONRPC: jsonrpc.CodeUnavailable},
+	bridge.CodeReplyLost:        {GRPC: codes.Unavailable, HTTP: 503, JSONRPC: jsonrpc.CodeUnavailable},
+	bridge.CodeDraining:         {GRPC: codes.Unavailable, HTTP: 503, JSONRPC: jsonrpc.CodeUnavailable},
+	bridge.CodeDeadlineExceeded: {GRPC: codes.DeadlineExceeded, HTTP: 504, JSONRPC: jsonrpc.CodeTimeout},
+	bridge.CodeCanceled:         {GRPC: codes.Canceled, HTTP: 499, NoReply: true},
+	bridge.CodeOverloaded:       {GRPC: codes.ResourceExhausted, HTTP: 429, JSONRPC: jsonrpc.CodeOverloaded},
+	bridge.CodeTooLarge:         {GRPC: codes.ResourceExhausted, HTTP: 429, JSONRPC: jsonrpc.CodeRequestTooLarge},
+	bridge.CodeInvalidArgument:  {GRPC: codes.InvalidArgument, HTTP: 400, JSONRPC: jsonrpc.CodeInvalidRequest},
+	bridge.CodeMalformedReply:   {GRPC: codes.Internal, HTTP: 500, JSONRPC: jsonrpc.CodeInternalError},
+	bridge.CodePermissionDenied: {GRPC: codes.PermissionDenied, HTTP: 403, JSONRPC: jsonrpc.CodePermissionDenied},
+	bridge.CodeUnsupported:      {GRPC: codes.Unimplemented, HTTP: 501, JSONRPC: jsonrpc.CodeMethodNotFound},
 }
 
 // backendTable maps the backend's JSON-RPC error codes to gRPC. Any other
-// code is UNKNOWN (500), its number kept in the BackendError detail.
-// -32700 means the backend could not parse a request the gateway built:
-// the gateway's fault, so INTERNAL.
+// code is UNKNOWN (500), its number kept in the BackendError detail, and
+// passed to JSON-RPC clients as it is (0 included). -32700 means the
+// backend could not parse a request the gateway built: the gateway's
+// fault, so INTERNAL.
 var backendTable = map[int64]errorMapping{
-	bridge.RPCParseError:     {codes.Internal, 500, bridge.RPCInternalError},
-	bridge.RPCInvalidRequest: {codes.InvalidArgument, 400, bridge.RPCInvalidRequest},
-	bridge.RPCMethodNotFound: {codes.Unimplemented, 501, bridge.RPCMethodNotFound},
-	bridge.RPCInvalidParams:  {codes.InvalidArgument, 400, bridge.RPCInvalidParams},
-	bridge.RPCInternalError:  {codes.Internal, 500, bridge.RPCInternalError},
+	jsonrpc.CodeParseError:     {GRPC: codes.Internal, HTTP: 500, JSONRPC: jsonrpc.CodeInternalError},
+	jsonrpc.CodeInvalidRequest: {GRPC: codes.InvalidArgument, HTTP: 400, JSONRPC: jsonrpc.CodeInvalidRequest},
+	jsonrpc.CodeMethodNotFound: {GRPC: codes.Unimplemented, HTTP: 501, JSONRPC: jsonrpc.CodeMethodNotFound},
+	jsonrpc.CodeInvalidParams:  {GRPC: codes.InvalidArgument, HTTP: 400, JSONRPC: jsonrpc.CodeInvalidParams},
+	jsonrpc.CodeInternalError:  {GRPC: codes.Internal, HTTP: 500, JSONRPC: jsonrpc.CodeInternalError},
 }
 
-var backendDefault = errorMapping{codes.Unknown, 500, 0} // JSON-RPC: passed through
+var backendDefault = errorMapping{GRPC: codes.Unknown, HTTP: 500}
+
+// clientErrorMapping is the row of a request a JSON-RPC client sent that
+// cannot be served (a *jsonrpc.Error: parse error, invalid request): the
+// client's fault, with the JSON-RPC code it names.
+func clientErrorMapping(e *jsonrpc.Error) errorMapping {
+	return errorMapping{GRPC: codes.InvalidArgument, HTTP: 400, JSONRPC: e.Code}
+}
+
+var internalMapping = errorMapping{GRPC: codes.Internal, HTTP: 500, JSONRPC: jsonrpc.CodeInternalError}
 
 // mappingFor returns the table row for err.
 func mappingFor(err error) errorMapping {
+	var je *jsonrpc.Error
+	if errors.As(err, &je) {
+		return clientErrorMapping(je)
+	}
 	var be *bridge.Error
 	if !errors.As(err, &be) {
-		return errorMapping{codes.Internal, 500, bridge.RPCInternalError}
+		return internalMapping
 	}
 	if be.Code == bridge.CodeBackendError && be.RPC != nil {
 		if m, ok := backendTable[be.RPC.Code]; ok {
 			return m
 		}
 		m := backendDefault
-		m.JSONRPC = int(be.RPC.Code)
+		m.JSONRPC = be.RPC.Code
 		return m
 	}
 	if m, ok := errorTable[be.Code]; ok {
 		return m
 	}
-	return errorMapping{codes.Internal, 500, bridge.RPCInternalError}
+	return internalMapping
 }
 
-// grpcError turns a bridge error into a gRPC status error. A backend
-// JSON-RPC error travels as a BackendError detail (and an ErrorInfo with its
-// code), so gRPC and REST clients see the backend's own code and data.
+// replyDue reports whether a JSON-RPC client gets a reply for a call that
+// ended with err (no reply goes to a caller that has gone).
+func replyDue(err error) bool { return err == nil || !mappingFor(err).NoReply }
+
+// rpcErrorFor maps a failure to the JSON-RPC error object a client gets, by
+// the table. A backend error keeps its code (0 included), message and
+// data; an UNAVAILABLE carries its reason as data.
+func rpcErrorFor(err error) *jsonrpc.Error {
+	var je *jsonrpc.Error
+	if errors.As(err, &je) {
+		return je
+	}
+	m := mappingFor(err)
+	var be *bridge.Error
+	if errors.As(err, &be) && be.RPC != nil {
+		return &jsonrpc.Error{Code: m.JSONRPC, Message: be.RPC.Message, Data: be.RPC.Data}
+	}
+	e := &jsonrpc.Error{Code: m.JSONRPC, Message: err.Error()}
+	if reason := unavailableReason(err); reason != "" {
+		e.Data = json.RawMessage(`{"reason":"` + reason + `"}`)
+	}
+	return e
+}
+
+// appendReply appends the JSON-RPC reply to one call (only for a reply
+// that is due, see replyDue).
+func appendReply(dst []byte, rep reply) []byte {
+	if rep.err == nil {
+		return jsonrpc.AppendResult(dst, rep.id, rep.result)
+	}
+	return jsonrpc.AppendError(dst, rep.id, rpcErrorFor(rep.err))
+}
+
+// jsonReplies encodes the replies a JSON-RPC face sends for one message:
+// one reply, or a batch's as an array.
+func jsonReplies(batch bool, replies []reply) []byte {
+	if !batch {
+		return appendReply(nil, replies[0])
+	}
+	elems := make([][]byte, len(replies))
+	for i, rep := range replies {
+		elems[i] = appendReply(nil, rep)
+	}
+	return jsonrpc.AppendBatch(nil, elems)
+}
+
+// grpcError turns an error into a gRPC status error. A backend JSON-RPC
+// error travels as a BackendError detail (and an ErrorInfo with its code),
+// so gRPC and REST clients see the backend's own code and data.
 func grpcError(err error) error {
 	if err == nil {
 		return nil
@@ -97,7 +151,7 @@ func grpcError(err error) error {
 	m := mappingFor(err)
 	var be *bridge.Error
 	if !errors.As(err, &be) || be.RPC == nil {
-		st := status.New(m.GRPC, capMessage(err.Error()))
+		st := status.New(m.GRPC, jsonrpc.CapMessage(err.Error()))
 		if reason := unavailableReason(err); reason != "" {
 			info := &errdetails.ErrorInfo{Reason: strings.ToUpper(reason), Domain: "wsbridge"}
 			if withDetails, derr := st.WithDetails(info); derr == nil {
@@ -106,8 +160,8 @@ func grpcError(err error) error {
 		}
 		return st.Err()
 	}
-	st := status.New(m.GRPC, capMessage(be.RPC.Message))
-	detail := &wsbridgev1.BackendError{Code: be.RPC.Code, Message: capMessage(be.RPC.Message)}
+	st := status.New(m.GRPC, jsonrpc.CapMessage(be.RPC.Message))
+	detail := &wsbridgev1.BackendError{Code: be.RPC.Code, Message: jsonrpc.CapMessage(be.RPC.Message)}
 	if len(be.RPC.Data) > 0 {
 		if v, err := jsonpb.ToValue(be.RPC.Data); err == nil {
 			detail.Data = v
@@ -142,13 +196,4 @@ func unavailableReason(err error) string {
 		return be.Code.String()
 	}
 	return ""
-}
-
-// capMessage keeps error messages to 1 KiB of valid UTF-8: a backend's
-// message is not trusted to be short, and gRPC requires UTF-8.
-func capMessage(s string) string {
-	if len(s) > maxErrorMessageSize {
-		s = s[:maxErrorMessageSize] + "…"
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
 }

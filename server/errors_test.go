@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // The table must cover every bridge code and agree with grpc-gateway's
@@ -56,9 +57,10 @@ func TestBackendErrorsKeepTheirCode(t *testing.T) {
 		{-32700, codes.Internal},
 		{-32000, codes.Unknown},
 		{42, codes.Unknown},
+		{0, codes.Unknown},
 	} {
-		err := grpcError(&bridge.Error{Code: bridge.CodeBackendError, RPC: &bridge.RPCError{Code: tc.rpc, Message: "msg", Data: []byte(`{"k":[1]}`)}})
-		st := status.Convert(err)
+		berr := &bridge.Error{Code: bridge.CodeBackendError, RPC: &jsonrpc.Error{Code: tc.rpc, Message: "msg", Data: []byte(`{"k":[1]}`)}}
+		st := status.Convert(grpcError(berr))
 		if st.Code() != tc.want || st.Message() != "msg" {
 			t.Errorf("%d -> %v %q, want %v", tc.rpc, st.Code(), st.Message(), tc.want)
 		}
@@ -74,19 +76,9 @@ func TestBackendErrorsKeepTheirCode(t *testing.T) {
 		if !found {
 			t.Errorf("%d: no BackendError detail", tc.rpc)
 		}
-		if m := mappingFor(err); m.JSONRPC == 0 {
-			t.Errorf("%d: no JSON-RPC code", tc.rpc)
+		if m := mappingFor(berr); m.NoReply || (m.JSONRPC == 0) != (tc.rpc == 0) {
+			t.Errorf("%d: JSON-RPC code %d", tc.rpc, m.JSONRPC)
 		}
-	}
-}
-
-func TestCapMessage(t *testing.T) {
-	long := string(make([]byte, 5000))
-	if got := capMessage(long); len(got) > maxErrorMessageSize+4 {
-		t.Fatalf("capped to %d bytes", len(got))
-	}
-	if got := capMessage("a\xffb"); got != "a\uFFFDb" {
-		t.Fatalf("invalid UTF-8 kept: %q", got)
 	}
 }
 
@@ -100,15 +92,15 @@ func TestUnavailableReasons(t *testing.T) {
 		if got := strings.ToLower(errorInfoReason(grpcError(err))); got != want {
 			t.Errorf("%v: gRPC ErrorInfo reason %q, want %q", code, got, want)
 		}
-		e, _ := rpcErrorFor(err)
+		e := rpcErrorFor(err)
 		var data struct{ Reason string }
-		if len(e.data) > 0 {
-			if err := json.Unmarshal(e.data, &data); err != nil {
+		if len(e.Data) > 0 {
+			if err := json.Unmarshal(e.Data, &data); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if data.Reason != want {
-			t.Errorf("%v: JSON-RPC data %s, want reason %q", code, e.data, want)
+			t.Errorf("%v: JSON-RPC data %s, want reason %q", code, e.Data, want)
 		}
 	}
 }
@@ -121,4 +113,26 @@ func errorInfoReason(err error) string {
 		}
 	}
 	return ""
+}
+
+// Every backend error code reaches a JSON-RPC client as it was sent, 0
+// included (it once meant "no reply"); only a caller that has gone gets
+// no reply.
+func TestEveryBackendCodeIsReplied(t *testing.T) {
+	for _, code := range []int64{0, 1, -1, -32000, -32601, 1 << 40} {
+		err := &bridge.Error{Code: bridge.CodeBackendError, RPC: &jsonrpc.Error{Code: code, Message: "m"}}
+		if !replyDue(err) {
+			t.Fatalf("code %d: no reply due", code)
+		}
+		want := code
+		if code == jsonrpc.CodeParseError {
+			want = jsonrpc.CodeInternalError
+		}
+		if got := rpcErrorFor(err).Code; got != want {
+			t.Fatalf("code %d became %d", code, got)
+		}
+	}
+	if replyDue(&bridge.Error{Code: bridge.CodeCanceled}) {
+		t.Fatal("a cancelled caller gets a reply")
+	}
 }

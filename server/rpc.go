@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"mime"
@@ -38,37 +39,49 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ctx := r.Context()
-	reqs, batch := parseClientFrame(body)
-	var mu sync.Mutex
-	var replies [][]byte
-	var wg sync.WaitGroup
-	for _, req := range reqs {
-		switch {
-		case req.invalid != nil:
-			replies = append(replies, appendError(nil, req.id, req.invalid))
-		case req.isNotification():
-			wg.Go(func() { s.notifyFor(ctx, faceRPC, req.method, req.params) })
-		default:
-			wg.Go(func() {
-				res, _, err := s.callFor(ctx, faceRPC, nil, req.method, req.params)
-				if frame := reply(req.id, res, err); frame != nil {
-					mu.Lock()
-					replies = append(replies, frame)
-					mu.Unlock()
-				}
-			})
-		}
-	}
-	wg.Wait()
-	if len(replies) == 0 {
+	// One request is one short session: its calls run under the same
+	// rules as on /ws, and the response waits for all of them.
+	out := &rpcOut{}
+	ss := s.newSession(r.Context(), faceRPC, out, false)
+	ss.serveMessage(body)
+	ss.wait(r.Context())
+	ss.close()
+	frame := out.take()
+	if frame == nil {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	out := replies[0]
-	if batch {
-		out = joinArray(replies)
-	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(append(out, '\n'))
+	_, _ = w.Write(append(frame, '\n'))
 }
+
+// rpcOut is the /rpc face's side of a session: it keeps the one reply (or
+// batch of replies) a request gets, for the handler to write once the
+// session is done.
+type rpcOut struct {
+	mu    sync.Mutex
+	frame []byte // guarded by mu
+}
+
+func (o *rpcOut) reply(batch bool, replies []reply) bool {
+	frame := jsonReplies(batch, replies)
+	o.mu.Lock()
+	o.frame = frame
+	o.mu.Unlock()
+	return true
+}
+
+func (o *rpcOut) take() []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.frame
+}
+
+// notify is never called: /rpc cannot push, so its session has no
+// consumer.
+func (o *rpcOut) notify(string, json.RawMessage) bool { return true }
+
+// leave and endSlow have nothing to end: the response is written once the
+// calls are done.
+func (o *rpcOut) leave()         {}
+func (o *rpcOut) endSlow(string) {}

@@ -42,7 +42,7 @@ func TestRPCOverHTTP(t *testing.T) {
 		{`{"jsonrpc":"2.0","method":"echo","params":[1]}`, ``, 204},
 		{`[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"}]`, ``, 204},
 		{`[{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]},{"jsonrpc":"2.0","method":"echo"}]`, `[{"jsonrpc":"2.0","id":1,"result":[1]}]`, 200},
-		{`{"jsonrpc":"2.0","id":1,"method":"demo_subscribe","params":[10]}`, `{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"subscriptions need a connection that can push: use /ws or the gRPC Session"}}`, 200},
+		{`{"jsonrpc":"2.0","id":1,"method":"demo_subscribe","params":[10]}`, `{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"demo_subscribe needs a connection that can push notifications: use the /ws endpoint or the gRPC BridgeService.Session (BridgeService.Subscribe and GET /v1/subscribe stream notifications by method)"}}`, 200},
 	} {
 		status, got := rpcPost(t, h, "application/json", tc.body)
 		if status != tc.status || got != tc.want {

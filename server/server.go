@@ -81,10 +81,14 @@ type Options struct {
 	// MaxClients caps concurrent /ws clients; more get 503 at the
 	// handshake. 0: no cap.
 	MaxClients int
-	// MaxInFlightPerClient caps the calls one /ws client or Session may
-	// have in flight, so that one client cannot starve the rest; more get
-	// -32012 / RESOURCE_EXHAUSTED. 0: no cap.
+	// MaxInFlightPerClient caps the calls and notifications one client
+	// (a /ws connection, a /rpc request, a Session) may have in flight, so
+	// that one client cannot starve the rest; more get -32012 /
+	// RESOURCE_EXHAUSTED. 0: no cap.
 	MaxInFlightPerClient int
+	// MaxBatch caps the elements of one JSON-RPC batch (/ws, /rpc); a
+	// larger batch is refused whole with -32600. Default 1000.
+	MaxBatch int
 	// MetricsMethods are the method names that may appear as a label in
 	// /metrics; calls to any other method are labelled "other", so that no
 	// client-supplied string becomes a label.
@@ -119,6 +123,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ClientBuffer <= 0 {
 		o.ClientBuffer = 1024
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1000
 	}
 	if o.ReadHeaderTimeout <= 0 {
 		o.ReadHeaderTimeout = 10 * time.Second
@@ -156,14 +163,20 @@ type Server struct {
 	inproc     *bufconn.Listener
 	inprocConn *grpc.ClientConn
 
-	// /ws clients: wsClients counts their handlers; wsLive and wsClosed
-	// are guarded by wsMu.
-	wsMu      sync.Mutex
-	wsClients sync.WaitGroup
-	wsLive    map[*wsClient]struct{}
-	wsClosed  bool
+	// Sessions that shutdown tells to go away (/ws clients, gRPC
+	// Sessions), with how to end each at once; sessClosed is set once
+	// shutdown has told them. Both guarded by sessMu. wsClients counts
+	// the /ws handlers.
+	sessMu     sync.Mutex
+	sessions   map[*session]func()
+	sessClosed bool
+	wsClients  sync.WaitGroup
 	// wsReserved counts /ws handshakes under way or served, for MaxClients.
 	wsReserved atomic.Int64
+
+	// bridgeRef is bridge for the state notifier, which may run before New
+	// has assigned bridge.
+	bridgeRef atomic.Pointer[bridge.Bridge]
 
 	draining atomic.Bool // set at shutdown: readiness stays NOT_SERVING
 	stopping atomic.Bool // set when shutdown stops taking connections (after ShutdownDelay)
@@ -174,16 +187,21 @@ type Server struct {
 
 // LivenessService is the gRPC health service name that reports the process
 // alive (SERVING until shutdown) whatever the backend does; "" and
-// wsbridge.v1.BridgeService report readiness: NOT_SERVING while the backend
-// link is backing off after failures, or while shutting down.
+// wsbridge.v1.BridgeService report readiness: NOT_SERVING from a failed
+// backend dial until a dial succeeds (bridge.Bridge.Ready), and while
+// shutting down. A lazy gateway that has not dialled yet is ready.
 const LivenessService = "liveness"
 
-func (s *Server) setReadiness(st bridge.State) {
-	if s.draining.Load() {
-		return
+// setReadiness publishes the bridge's readiness as the health status. It
+// runs on the bridge's state notifier (never under a bridge lock) and once
+// after New has the bridge.
+func (s *Server) setReadiness() {
+	b := s.bridgeRef.Load()
+	if b == nil || s.draining.Load() {
+		return // the bridge is not assigned yet: New calls again
 	}
 	status := healthpb.HealthCheckResponse_SERVING
-	if st == bridge.StateBackoff {
+	if !b.Ready() {
 		status = healthpb.HealthCheckResponse_NOT_SERVING
 	}
 	for _, name := range []string{"", wsbridgev1.BridgeService_ServiceDesc.ServiceName} {
@@ -195,7 +213,7 @@ func (s *Server) setReadiness(st bridge.State) {
 // which releases everything when it returns.
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), wsLive: map[*wsClient]struct{}{}}
+	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}}
 	s.counters.metrics = newMetrics(s, opts.MetricsMethods)
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
@@ -204,7 +222,7 @@ func New(opts Options) (*Server, error) {
 	s.health = health.NewServer()
 	userHook := opts.Bridge.OnStateChange
 	opts.Bridge.OnStateChange = func(st bridge.State) {
-		s.setReadiness(st)
+		s.setReadiness()
 		if userHook != nil {
 			userHook(st)
 		}
@@ -256,7 +274,8 @@ func New(opts Options) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(wsbridgev1.StatsService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	s.setReadiness(b.State())
+	s.bridgeRef.Store(b)
+	s.setReadiness()
 	reflection.Register(s.grpc)
 
 	s.inproc = bufconn.Listen(1 << 20)
@@ -368,26 +387,36 @@ func (s *Server) shutdown() {
 	grpcDone := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
 	_ = s.httpLn.Close()
-	s.wsGoAway()
+	s.sessionsGoAway()
 	s.waitHTTPConns(graceCtx, s.opts.ConnDrain)
 
-	// Calls still arriving are refused; calls in flight drain.
+	// Calls still arriving are refused; calls in flight drain. Streams
+	// that carry no calls (Subscribe, WatchStats, health Watch) end now,
+	// with UNAVAILABLE (reason draining).
 	s.refusing.Store(true)
 	s.bridge.BeginDrain()
+	s.endStreams()
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- s.http.Shutdown(graceCtx) }()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownGrace+finishTimeout)
+		defer cancel()
+		httpDone <- s.http.Shutdown(ctx)
+	}()
 	if err := s.bridge.Drain(graceCtx); err != nil {
 		s.log.Warn("grace period over with calls in flight; they fail with UNAVAILABLE", "in_flight", s.bridge.Stats().InFlight)
 	}
-	// Streams (health watches, subscriptions, sessions) and /ws clients
-	// never end by themselves: end them (WebSocket clients with 1001) so
-	// that the servers only wait for replies still being written.
-	s.endStreams()
-	s.closeWSClients(graceCtx)
+	// The calls left fail now, each with UNAVAILABLE and its reason
+	// (reply_lost if its request was written, draining if not), and their
+	// handlers get finishTimeout to send that: no caller is left with a
+	// bare transport error. Sessions end once their replies are out.
+	s.bridge.Close()
+	finishCtx, cancelFinish := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancelFinish()
+	s.closeSessions(finishCtx)
 
 	select {
 	case <-grpcDone:
-	case <-graceCtx.Done():
+	case <-finishCtx.Done():
 		s.grpc.Stop()
 		<-grpcDone
 	}
@@ -395,9 +424,12 @@ func (s *Server) shutdown() {
 		_ = s.http.Close()
 	}
 	_ = s.inprocConn.Close()
-	s.bridge.Close()
 	s.log.Info("shutdown complete")
 }
+
+// finishTimeout bounds, after the grace period, the time handlers get to
+// send the UNAVAILABLE their calls ended with.
+const finishTimeout = time.Second
 
 // closeWhenStopping answers with "Connection: close" once shutdown stops
 // taking connections, so that keep-alive clients go elsewhere after this
@@ -430,14 +462,23 @@ func (s *Server) waitHTTPConns(ctx context.Context, limit time.Duration) {
 	}
 }
 
-// streamInterceptor ties every streaming RPC to the server's lifetime, so
-// that shutdown can end them.
+// streamInterceptor ties the streaming RPCs that carry no calls (Subscribe,
+// WatchStats, health Watch) to the server's lifetime: shutdown ends them at
+// the start of its drain, with UNAVAILABLE (reason draining). A Session
+// carries calls: it goes away once they are answered (see session.goAway).
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if info.FullMethod == wsbridgev1.BridgeService_Session_FullMethodName {
+		return handler(srv, ss)
+	}
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	stop := context.AfterFunc(s.streamsCtx, cancel)
 	defer stop()
-	return handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+	err := handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+	if s.streamsCtx.Err() != nil && ss.Context().Err() == nil {
+		return drainingStatus // ended by the drain, not by the client
+	}
+	return err
 }
 
 type serverStream struct {

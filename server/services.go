@@ -32,28 +32,22 @@ type bridgeService struct {
 func (svc bridgeService) Call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbridgev1.CallResponse, error) {
 	s := svc.s
 	f := faceOf(ctx)
-	start := s.counters.request(f)
-	res, err := s.call(ctx, req)
-	s.counters.finished(f, req.GetMethod(), start, err)
-	return res, grpcError(err)
-}
-
-func (s *Server) call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbridgev1.CallResponse, error) {
 	params, err := encodeParams(req.GetParams())
-	if err != nil {
-		return nil, err
+	var co bridge.CallOptions
+	if err == nil {
+		co, err = callOptions(ctx, req.GetTimeout(), req.GetWaitForReady())
 	}
-	co, err := callOptions(ctx, req.GetTimeout(), req.GetWaitForReady())
 	if err != nil {
-		return nil, err
+		s.counters.finished(f, req.GetMethod(), s.counters.request(f), err)
+		return nil, grpcError(err)
 	}
-	raw, err := s.bridge.Call(ctx, req.GetMethod(), params, co)
+	raw, err := s.unary(ctx, f, req.GetMethod(), params, co)
 	if err != nil {
-		return nil, err
+		return nil, grpcError(err)
 	}
 	v, err := resultValue(raw)
 	if err != nil {
-		return nil, err
+		return nil, grpcError(err)
 	}
 	return &wsbridgev1.CallResponse{Result: v}, nil
 }
@@ -61,25 +55,19 @@ func (s *Server) call(ctx context.Context, req *wsbridgev1.CallRequest) (*wsbrid
 func (svc bridgeService) Notify(ctx context.Context, req *wsbridgev1.NotifyRequest) (*wsbridgev1.NotifyResponse, error) {
 	s := svc.s
 	f := faceOf(ctx)
-	start := s.counters.request(f)
-	err := s.notify(ctx, req)
-	s.counters.finished(f, req.GetMethod(), start, err)
+	params, err := encodeParams(req.GetParams())
+	var co bridge.CallOptions
+	if err == nil {
+		co, err = callOptions(ctx, nil, false)
+	}
 	if err != nil {
+		s.counters.finished(f, req.GetMethod(), s.counters.request(f), err)
+		return nil, grpcError(err)
+	}
+	if err := s.unaryNotify(ctx, f, req.GetMethod(), params, co); err != nil {
 		return nil, grpcError(err)
 	}
 	return &wsbridgev1.NotifyResponse{}, nil
-}
-
-func (s *Server) notify(ctx context.Context, req *wsbridgev1.NotifyRequest) error {
-	params, err := encodeParams(req.GetParams())
-	if err != nil {
-		return err
-	}
-	co, err := callOptions(ctx, nil, false)
-	if err != nil {
-		return err
-	}
-	return s.bridge.Notify(ctx, req.GetMethod(), params, co)
 }
 
 func invalid(format string, args ...any) error {

@@ -13,20 +13,22 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/jsonpb"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// streamOut is the bounded queue between a consumer's deliveries (on the
-// backend reader) and one gRPC stream's sender. Overflow ends the stream.
+// streamOut is the bounded queue between the producers of one gRPC
+// stream's messages (the bridge's goroutines) and the stream's sender. A
+// nil message is the end of the stream, behind what was queued before it
+// (see push). end stops the stream at once.
 type streamOut[T any] struct {
 	ch      chan T
 	endOnce sync.Once
 	ended   chan struct{}
 	err     error // written once before ended is closed
-	onSlow  func()
 }
 
-func newStreamOut[T any](size int, onSlow func()) *streamOut[T] {
-	return &streamOut[T]{ch: make(chan T, size), ended: make(chan struct{}), onSlow: onSlow}
+func newStreamOut[T any](size int) *streamOut[T] {
+	return &streamOut[T]{ch: make(chan T, size), ended: make(chan struct{})}
 }
 
 func (o *streamOut[T]) end(err error) {
@@ -36,19 +38,23 @@ func (o *streamOut[T]) end(err error) {
 	})
 }
 
-func (o *streamOut[T]) push(v T) {
+// push queues v; false when the queue is full. Messages for a stream that
+// has ended are dropped.
+func (o *streamOut[T]) push(v T) bool {
 	select {
 	case <-o.ended:
-		return
+		return true
 	default:
 	}
 	select {
 	case o.ch <- v:
+		return true
 	default:
-		o.onSlow()
-		o.end(status.Error(codes.ResourceExhausted, "stream buffer full: the client does not keep up with its notifications"))
+		return false
 	}
 }
+
+var errTooSlow = status.Error(codes.ResourceExhausted, "stream buffer full: the client does not keep up with its notifications")
 
 func notificationProto(method string, params json.RawMessage) *wsbridgev1.Notification {
 	n := &wsbridgev1.Notification{Method: method}
@@ -60,16 +66,24 @@ func notificationProto(method string, params json.RawMessage) *wsbridgev1.Notifi
 	return n
 }
 
-// Subscribe streams backend notifications by method.
+// drainingStatus ends a stream at shutdown.
+var drainingStatus = grpcError(errGoingAway)
+
+// Subscribe streams backend notifications by method. It ends at the start
+// of a shutdown's drain (UNAVAILABLE, reason draining).
 func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbridgev1.BridgeService_SubscribeServer) error {
 	s := svc.s
-	out := newStreamOut[*wsbridgev1.Notification](s.opts.ClientBuffer, func() { s.counters.slowConsumers.Add(1) })
+	out := newStreamOut[*wsbridgev1.Notification](s.opts.ClientBuffer)
+	var slowOnce sync.Once
 	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
 		if method == bridge.NotifySubscriptionLost {
 			out.end(status.Error(codes.Unavailable, "backend connection lost; notifications may have been missed: subscribe again"))
 			return
 		}
-		out.push(notificationProto(method, params))
+		if !out.push(notificationProto(method, params)) {
+			slowOnce.Do(func() { s.counters.slowConsumers.Add(1) })
+			out.end(errTooSlow)
+		}
 	})
 	defer consumer.Close()
 	methods := req.GetMethods()
@@ -92,38 +106,50 @@ func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbr
 	}
 }
 
-// Session is the gRPC twin of /ws. The handler goroutine is the only
-// sender; a receiver goroutine reads requests and starts a goroutine per
-// call. On return the handler cancels and waits for the calls; the receiver
-// ends with the stream.
-func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) error {
-	s := svc.s
-	out := newStreamOut[*wsbridgev1.SessionResponse](s.opts.ClientBuffer, func() { s.counters.slowConsumers.Add(1) })
-	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-		out.push(&wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Notification{Notification: notificationProto(method, params)}})
-	})
-	ctx, cancel := context.WithCancel(stream.Context())
-	var (
-		calls    sync.WaitGroup
-		mu       sync.Mutex
-		closed   bool                // guarded by mu: no call may start
-		inflight = map[string]bool{} // guarded by mu: ids in flight
-	)
-	spawn := func(f func()) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !closed {
-			calls.Go(f)
+// sessionStream is the gRPC Session face's side of a session: replies and
+// notifications as SessionResponse messages, queued for the handler, which
+// is the stream's only sender.
+type sessionStream struct {
+	q *streamOut[*wsbridgev1.SessionResponse]
+}
+
+func (o sessionStream) reply(_ bool, replies []reply) bool {
+	for _, rep := range replies {
+		if !o.q.push(sessionReply(rep)) {
+			return false
 		}
 	}
-	defer func() {
-		mu.Lock()
-		closed = true
-		mu.Unlock()
-		cancel()
-		calls.Wait()
-		consumer.Close()
-	}()
+	return true
+}
+
+func (o sessionStream) notify(method string, params json.RawMessage) bool {
+	return o.q.push(&wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Notification{Notification: notificationProto(method, params)}})
+}
+
+// leave queues the end of the stream (nil) behind the replies: the sender
+// then ends it with UNAVAILABLE, reason draining.
+func (o sessionStream) leave() {
+	if !o.q.push(nil) {
+		o.q.end(drainingStatus)
+	}
+}
+
+func (o sessionStream) endSlow(string) { o.q.end(errTooSlow) }
+
+// Session is the gRPC twin of /ws: one session (see session) whose
+// requests come from the stream. The handler goroutine is the only
+// sender. A receiver goroutine reads requests into the session; it ends
+// when the stream does (grpc-go fails Recv once the handler has returned),
+// and the session refuses what it reads after close.
+func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) error {
+	s := svc.s
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	out := sessionStream{q: newStreamOut[*wsbridgev1.SessionResponse](s.opts.ClientBuffer)}
+	ss := s.newSession(ctx, faceGRPC, out, true)
+	s.trackSession(ss, cancel)
+	defer s.untrackSession(ss)
+	defer ss.close()
 
 	recvDone := make(chan error, 1)
 	go func() {
@@ -133,44 +159,17 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 				recvDone <- err
 				return
 			}
-			id := req.GetId()
-			if id == "" {
-				if params, err := encodeParams(req.GetParams()); err == nil {
-					spawn(func() { s.notifyFor(ctx, faceGRPC, req.GetMethod(), params) })
-				}
-				continue
-			}
-			mu.Lock()
-			dup := inflight[id]
-			over := s.opts.MaxInFlightPerClient > 0 && len(inflight) >= s.opts.MaxInFlightPerClient
-			if !dup && !over {
-				inflight[id] = true
-			}
-			mu.Unlock()
-			if dup {
-				out.push(sessionError(id, invalid("a call with id %q is still in flight", id)))
-				continue
-			}
-			if over {
-				out.push(sessionError(id, &bridge.Error{Code: bridge.CodeOverloaded, Message: "too many calls in flight in this session"}))
-				continue
-			}
-			spawn(func() {
-				resp, release := s.sessionCall(ctx, consumer, req)
-				mu.Lock()
-				delete(inflight, id)
-				mu.Unlock()
-				if resp != nil {
-					out.push(resp)
-				}
-				release()
-			})
+			r, co := sessionRequest(ctx, req)
+			ss.serve([]jsonrpc.Request{r}, false, co)
 		}
 	}()
 
 	for {
 		select {
-		case resp := <-out.ch:
+		case resp := <-out.q.ch:
+			if resp == nil {
+				return drainingStatus
+			}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
@@ -179,60 +178,65 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 				return err
 			}
 			// The client is done sending: finish its calls, flush, end.
-			mu.Lock()
-			closed = true
-			mu.Unlock()
-			calls.Wait()
+			ss.wait(ctx)
 			for {
 				select {
-				case resp := <-out.ch:
+				case resp := <-out.q.ch:
+					if resp == nil {
+						return drainingStatus
+					}
 					if err := stream.Send(resp); err != nil {
 						return err
 					}
+				case <-out.q.ended:
+					return out.q.err
 				default:
-					return out.err
+					return nil
 				}
 			}
-		case <-out.ended:
-			return out.err
+		case <-out.q.ended:
+			return out.q.err
 		case <-ctx.Done():
+			if stream.Context().Err() == nil {
+				return drainingStatus // ended by shutdown (see closeSessions)
+			}
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
 
-func (s *Server) sessionCall(ctx context.Context, consumer *bridge.Consumer, req *wsbridgev1.SessionRequest) (*wsbridgev1.SessionResponse, func()) {
+// sessionRequest turns a SessionRequest into the session's request: its
+// id as a JSON string (empty: a notification), or the reason it cannot be
+// served.
+func sessionRequest(ctx context.Context, req *wsbridgev1.SessionRequest) (jsonrpc.Request, bridge.CallOptions) {
+	r := jsonrpc.Request{Method: req.GetMethod()}
+	if req.GetId() != "" {
+		r.ID = jsonrpc.AppendString(nil, req.GetId())
+	}
+	var co bridge.CallOptions
 	params, err := encodeParams(req.GetParams())
+	if err == nil && req.GetTimeout() != nil {
+		co, err = callOptions(ctx, req.GetTimeout(), false)
+	}
 	if err != nil {
-		return sessionError(req.GetId(), err), noRelease
+		return jsonrpc.Request{ID: r.ID, Err: &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: err.Error()}}, co
 	}
-	callCtx := ctx
-	if req.GetTimeout() != nil {
-		co, err := callOptions(ctx, req.GetTimeout(), false)
-		if err != nil {
-			return sessionError(req.GetId(), err), noRelease
-		}
-		var cancel context.CancelFunc
-		callCtx, cancel = context.WithTimeout(ctx, co.Timeout)
-		defer cancel()
-	}
-	raw, release, err := s.callFor(callCtx, faceGRPC, consumer, req.GetMethod(), params)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, release // the session is over
-		}
-		return sessionError(req.GetId(), err), release
-	}
-	v, err := resultValue(raw)
-	if err != nil {
-		return sessionError(req.GetId(), err), release
-	}
-	return &wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Reply{Reply: &wsbridgev1.SessionReply{
-		Id: req.GetId(), Outcome: &wsbridgev1.SessionReply_Result{Result: v}}}}, release
+	r.Params = params
+	return r, co
 }
 
-func sessionError(id string, err error) *wsbridgev1.SessionResponse {
-	st := status.Convert(grpcError(err))
+// sessionReply is the SessionResponse for one call's outcome.
+func sessionReply(rep reply) *wsbridgev1.SessionResponse {
+	id, _ := jsonrpc.String(rep.id)
+	if rep.err == nil {
+		v, err := resultValue(rep.result)
+		if err == nil {
+			return &wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Reply{Reply: &wsbridgev1.SessionReply{
+				Id: id, Outcome: &wsbridgev1.SessionReply_Result{Result: v}}}}
+		}
+		rep.err = err
+	}
+	st := status.Convert(grpcError(rep.err))
 	se := &wsbridgev1.SessionError{Code: int32(st.Code()), Message: st.Message()}
 	for _, d := range st.Details() {
 		if be, ok := d.(*wsbridgev1.BackendError); ok {

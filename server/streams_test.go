@@ -213,9 +213,10 @@ func TestSubscribeSlowConsumerIsEnded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Start the flood (a plain subscribe call: its notifications are
-	// nobody's, so they fan out by method) and do not read the stream.
-	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "x_subscribe"}); err != nil {
+	// Start the flood (a plain call: the notifications it sets off carry
+	// a subscription id the gateway never gave out, so they fan out by
+	// method) and do not read the stream.
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "x_flood"}); err != nil {
 		t.Fatal(err)
 	}
 	bridgetest.Eventually(t, "the stream to be ended as too slow", func() bool {

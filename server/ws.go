@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,42 +16,29 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/cork"
 	"github.com/wsbridge/wsbridge/internal/queue"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// wsClient is one client of GET /ws: JSON-RPC 2.0 over WebSocket. The
-// handler goroutine reads; a writer goroutine sends from out; a pinger
-// checks the client is alive; each call runs in a goroutine of its own.
-// The handler owns them all and returns after every one has exited.
+// wsClient is the /ws face: the transport of one client's session
+// (JSON-RPC 2.0 over WebSocket). The handler goroutine reads and hands
+// each message to the session; a writer goroutine sends from out; the
+// writer pings the client now and then, each ping on a short-lived
+// goroutine. Calls need no goroutine (see session). The handler owns the
+// writer and the pings (tasks) and returns after they have exited.
 type wsClient struct {
-	// Static after newWSClient.
-	s        *Server
-	conn     *websocket.Conn
-	raw      net.Conn // the hijacked connection under conn
-	consumer *bridge.Consumer
-	// ctx ends when the client goes; its calls are then abandoned.
-	ctx    context.Context
-	cancel context.CancelFunc
-	out    *queue.Queue[[]byte] // frames for the writer; bounded by --client-buffer
-	ended  chan struct{}        // closed by end
-	calls  sync.WaitGroup
-	tasks  sync.WaitGroup // writer, pinger, closer
+	// Static after serveWS set them up.
+	s     *Server
+	conn  *websocket.Conn
+	raw   net.Conn             // the hijacked connection under conn
+	out   *queue.Queue[[]byte] // frames for the writer; bounded by ClientBuffer
+	ended chan struct{}        // closed by end
+	tasks sync.WaitGroup       // writer, pings, close handshake
+	ss    *session             // the client's session; set before the writer starts
 
-	endOnce  sync.Once
-	slowOnce sync.Once
-
-	mu       sync.Mutex
-	inflight map[string]func() // guarded by mu: the client's calls in flight by id, with their cancel (nil until known)
-	// Guarded by mu, for going away at shutdown: unanswered counts calls
-	// and batches whose reply is not queued yet; goingAway is set at
-	// shutdown; leaving once the close is queued behind the last reply,
-	// after which no call is started.
-	unanswered int
-	goingAway  bool
-	leaving    bool
+	endOnce sync.Once
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -86,35 +72,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.counters.activeWS.Add(1)
 	defer s.counters.activeWS.Add(-1)
 
-	ctx, cancel := context.WithCancel(context.Background())
 	c := &wsClient{
-		s: s, conn: conn, raw: hj.conn, ctx: ctx, cancel: cancel,
-		out:      queue.New[[]byte](s.opts.ClientBuffer),
-		ended:    make(chan struct{}),
-		inflight: map[string]func(){},
+		s: s, conn: conn, raw: hj.conn,
+		out:   queue.New[[]byte](s.opts.ClientBuffer),
+		ended: make(chan struct{}),
 	}
-	c.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-		c.send(appendNotification(nil, method, params))
-	})
-	s.trackWS(c, true)
-	defer s.trackWS(c, false)
+	ss := s.newSession(context.Background(), faceWS, c, true)
+	c.ss = ss
+	s.trackSession(ss, func() { c.end(websocket.StatusGoingAway, "gateway shutting down") })
+	defer s.untrackSession(ss)
 
 	c.tasks.Go(c.writeLoop)
-	err = c.readLoop()
+	err = c.readLoop(ss)
 
-	// The client is gone (or being closed): abandon its calls, release its
-	// subscriptions, and wait for every goroutine of this client. A read
-	// that failed without a close frame was a protocol violation (or a
-	// dead connection, where the close frame goes nowhere).
+	// The client is gone (or being closed): end its session (its calls
+	// are cancelled, its subscriptions released), and wait for every
+	// goroutine of this client. A read that failed without a close frame
+	// was a protocol violation (or a dead connection, where the close
+	// frame goes nowhere).
 	if websocket.CloseStatus(err) == -1 {
 		c.end(websocket.StatusProtocolError, "protocol error")
 	} else {
 		c.end(websocket.StatusNormalClosure, "")
 	}
-	c.cancel()
-	c.cancelAll()
-	c.calls.Wait()
-	c.consumer.Close()
+	ss.close()
 	c.tasks.Wait()
 	_ = conn.CloseNow()
 }
@@ -148,8 +129,11 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, rw, err
 }
 
-// readLoop reads until the connection ends and returns why.
-func (c *wsClient) readLoop() error {
+// readLoop reads until the connection ends and returns why. A text frame
+// must be UTF-8 (RFC 6455: else 1007). A binary frame is served like a
+// text one when it holds UTF-8 JSON-RPC, and otherwise answered with
+// -32700; replies always go out as text.
+func (c *wsClient) readLoop(ss *session) error {
 	for {
 		// Reads use a context that is never cancelled: cancelling a read
 		// drops the TCP connection without the close handshake.
@@ -161,222 +145,41 @@ func (c *wsClient) readLoop() error {
 			c.end(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
 			return nil
 		}
-		c.handleFrame(data)
+		ss.serveMessage(data)
 	}
 }
 
-func (c *wsClient) handleFrame(data []byte) {
-	reqs, batch := parseClientFrame(data)
-	if !batch {
-		r := reqs[0]
-		switch {
-		case r.invalid != nil:
-			c.send(appendError(nil, r.id, r.invalid))
-		case r.isNotification():
-			if !c.isLeaving() {
-				c.calls.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
-			}
-		default:
-			if e := c.claim(r.id); e != nil {
-				c.send(appendError(nil, r.id, e))
-				return
-			}
-			// No goroutine per call: the outcome arrives on the bridge's
-			// goroutines, which only queue the reply.
-			id := bytes.Clone(r.id)
-			cancel := c.s.goFor(faceWS, c.consumer, r.method, bytes.Clone(r.params), func(res json.RawMessage, release func(), err error) {
-				c.release(id)
-				if frame := reply(id, res, err); frame != nil {
-					c.send(frame)
-				}
-				release()
-				c.answered()
-			})
-			c.setCancel(id, cancel)
-		}
-		return
-	}
-	c.mu.Lock()
-	c.unanswered++ // the batch's reply
-	c.mu.Unlock()
-	c.calls.Go(func() {
-		c.serveBatch(reqs)
-		c.answered()
-	})
+// reply queues the JSON-RPC reply, or a batch's (sessionOut).
+func (c *wsClient) reply(batch bool, replies []reply) bool {
+	return c.send(jsonReplies(batch, replies))
 }
 
-// serveBatch runs a batch's calls concurrently and sends one array of
-// replies, in the order they completed.
-func (c *wsClient) serveBatch(reqs []clientRequest) {
-	var mu sync.Mutex
-	var replies [][]byte
-	var releases []func()
-	add := func(frame []byte, release func()) {
-		mu.Lock()
-		if frame != nil {
-			replies = append(replies, frame)
-		}
-		if release != nil {
-			releases = append(releases, release)
-		}
-		mu.Unlock()
-	}
-	var wg sync.WaitGroup
-	for _, r := range reqs {
-		switch {
-		case r.invalid != nil:
-			add(appendError(nil, r.id, r.invalid), nil)
-		case r.isNotification():
-			if !c.isLeaving() {
-				wg.Go(func() { c.s.notifyFor(c.ctx, faceWS, r.method, r.params) })
-			}
-		default:
-			if e := c.claim(r.id); e != nil {
-				add(appendError(nil, r.id, e), nil)
-				continue
-			}
-			wg.Go(func() {
-				res, release, err := c.s.callFor(c.ctx, faceWS, c.consumer, r.method, r.params)
-				c.release(r.id)
-				add(reply(r.id, res, err), release)
-				c.answered() // the call's own count; the batch's reply holds the close
-			})
-		}
-	}
-	wg.Wait()
-	if len(replies) > 0 {
-		c.send(joinArray(replies))
-	}
-	for _, release := range releases {
-		release()
-	}
+// notify queues a notification (sessionOut).
+func (c *wsClient) notify(method string, params json.RawMessage) bool {
+	return c.send(jsonrpc.AppendNotification(nil, method, params))
 }
 
-func joinArray(elems [][]byte) []byte {
-	n := 2
-	for _, e := range elems {
-		n += len(e) + 1
-	}
-	out := make([]byte, 0, n)
-	out = append(out, '[')
-	for i, e := range elems {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, e...)
-	}
-	return append(out, ']')
-}
-
-// claim registers a call id as in flight, or returns why it cannot be: the
-// id is already in flight, or the client is at its in-flight cap.
-func (c *wsClient) claim(id json.RawMessage) *rpcError {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.leaving {
-		return errGoingAway
-	}
-	if _, dup := c.inflight[string(id)]; dup {
-		return errDuplicateID
-	}
-	if max := c.s.opts.MaxInFlightPerClient; max > 0 && len(c.inflight) >= max {
-		return errClientOverCap
-	}
-	c.inflight[string(id)] = nil
-	c.unanswered++
-	return nil
-}
-
-// answered notes that a reply (or a batch's) is queued, and closes a client
-// that is going away once nothing is left unanswered.
-func (c *wsClient) answered() {
-	c.mu.Lock()
-	c.unanswered--
-	c.mu.Unlock()
-	c.leaveIfIdle()
-}
-
-// goAway closes the client with 1001 as soon as its calls are answered.
-func (c *wsClient) goAway() {
-	c.mu.Lock()
-	c.goingAway = true
-	c.mu.Unlock()
-	c.leaveIfIdle()
-}
-
-// leaveIfIdle queues the close behind the replies already queued, once the
-// client is going away with nothing unanswered. From then on no call is
-// started, so every call that gets no reply before the 1001 was never
-// passed to the backend.
-func (c *wsClient) leaveIfIdle() {
-	c.mu.Lock()
-	leave := c.goingAway && c.unanswered == 0 && !c.leaving
-	if leave {
-		c.leaving = true
-	}
-	c.mu.Unlock()
-	if leave && !c.out.Push(nil) { // nil: the writer closes with 1001 there
+// leave queues the close (1001) behind the frames already queued
+// (sessionOut).
+func (c *wsClient) leave() {
+	if !c.out.Push(nil) { // nil: the writer closes with 1001 there
 		c.end(websocket.StatusGoingAway, "gateway shutting down")
 	}
 }
 
-// isLeaving reports whether the client's close is queued.
-func (c *wsClient) isLeaving() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.leaving
-}
+// endSlow closes a client that cannot keep up with 1008 (sessionOut).
+func (c *wsClient) endSlow(reason string) { c.end(websocket.StatusPolicyViolation, reason) }
 
-// setCancel records how to cancel the call id, unless it has ended already.
-func (c *wsClient) setCancel(id json.RawMessage, cancel func()) {
-	c.mu.Lock()
-	if f, ok := c.inflight[string(id)]; ok && f == nil {
-		c.inflight[string(id)] = cancel
-	}
-	c.mu.Unlock()
-}
-
-// cancelAll abandons every call in flight: the client has gone.
-func (c *wsClient) cancelAll() {
-	c.mu.Lock()
-	var cancels []func()
-	for _, f := range c.inflight {
-		if f != nil {
-			cancels = append(cancels, f)
-		}
-	}
-	c.mu.Unlock()
-	for _, f := range cancels {
-		f()
-	}
-}
-
-func (c *wsClient) release(id json.RawMessage) {
-	c.mu.Lock()
-	delete(c.inflight, string(id))
-	c.mu.Unlock()
-}
-
-// send queues a frame for the client. A client whose queue is full cannot
-// keep up: it is closed with 1008, so that it never holds up the backend
-// reader or other clients.
-func (c *wsClient) send(frame []byte) {
+// send queues a frame for the client. It reports false when the queue is
+// full: the client cannot keep up (the session ends it). Frames for a
+// client that has ended are dropped.
+func (c *wsClient) send(frame []byte) bool {
 	select {
 	case <-c.ended:
-		return
+		return true
 	default:
 	}
-	if !c.out.Push(frame) {
-		c.endSlow("send buffer full: client too slow")
-	}
-}
-
-// endSlow ends a client that cannot keep up, counting it once.
-func (c *wsClient) endSlow(reason string) {
-	c.slowOnce.Do(func() {
-		c.s.counters.slowConsumers.Add(1)
-		c.end(websocket.StatusPolicyViolation, reason)
-	})
+	return c.out.Push(frame)
 }
 
 // writeLoop sends queued frames, all that are queued under one cork so that
@@ -437,7 +240,7 @@ func (c *wsClient) writeLoop() {
 		cancel()
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-				c.endSlow("write timeout: client too slow")
+				c.ss.slow("write timeout: client too slow")
 			}
 			c.end(websocket.StatusPolicyViolation, "write failed")
 			return
@@ -460,45 +263,57 @@ func (c *wsClient) pingOnce() {
 
 // wsAdmit counts a new /ws handler unless the server is shutting down.
 func (s *Server) wsAdmit() bool {
-	s.wsMu.Lock()
-	defer s.wsMu.Unlock()
-	if s.wsClosed {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	if s.sessClosed {
 		return false
 	}
 	s.wsClients.Add(1)
 	return true
 }
 
-func (s *Server) trackWS(c *wsClient, live bool) {
-	s.wsMu.Lock()
-	defer s.wsMu.Unlock()
-	if live {
-		s.wsLive[c] = struct{}{}
-		if s.wsClosed { // shutdown began while this one was connecting
-			c.end(websocket.StatusGoingAway, "gateway shutting down")
-		}
-	} else {
-		delete(s.wsLive, c)
+// trackSession registers a session that shutdown tells to go away, with
+// kill to end it at once. A session that registers once shutdown has
+// begun is told at once.
+func (s *Server) trackSession(ss *session, kill func()) {
+	s.sessMu.Lock()
+	s.sessions[ss] = kill
+	closed := s.sessClosed
+	s.sessMu.Unlock()
+	if closed {
+		ss.goAway()
 	}
 }
 
-// wsGoAway refuses new /ws clients and closes each open one with 1001 as
-// soon as its calls are answered.
-func (s *Server) wsGoAway() {
-	s.wsMu.Lock()
-	defer s.wsMu.Unlock()
-	s.wsClosed = true
-	for c := range s.wsLive {
-		c.goAway()
+func (s *Server) untrackSession(ss *session) {
+	s.sessMu.Lock()
+	delete(s.sessions, ss)
+	s.sessMu.Unlock()
+}
+
+// sessionsGoAway refuses new /ws clients and ends each open session (/ws,
+// gRPC Session) as soon as its calls are answered: with 1001, or with
+// UNAVAILABLE (reason draining).
+func (s *Server) sessionsGoAway() {
+	s.sessMu.Lock()
+	s.sessClosed = true
+	live := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		live = append(live, ss)
+	}
+	s.sessMu.Unlock()
+	for _, ss := range live {
+		ss.goAway()
 	}
 }
 
-// closeWSClients waits until every /ws client has gone away (see wsGoAway)
-// or ctx is done; then it closes those left with 1001, cutting their calls,
-// and waits for their handlers, which end within closeTimeout (the close
-// handshake is bounded and their calls are cancelled).
-func (s *Server) closeWSClients(ctx context.Context) {
-	s.wsGoAway()
+// closeSessions waits until every /ws client has gone away (see
+// sessionsGoAway) or ctx is done; then it ends the sessions left at once,
+// cutting their calls, and waits for the /ws handlers, which end within
+// closeTimeout (the close handshake is bounded and their calls are
+// cancelled). gRPC Session handlers are waited for by the gRPC server.
+func (s *Server) closeSessions(ctx context.Context) {
+	s.sessionsGoAway()
 	done := make(chan struct{})
 	go func() { s.wsClients.Wait(); close(done) }()
 	select {
@@ -506,10 +321,14 @@ func (s *Server) closeWSClients(ctx context.Context) {
 		return
 	case <-ctx.Done():
 	}
-	s.wsMu.Lock()
-	for c := range s.wsLive {
-		c.end(websocket.StatusGoingAway, "gateway shutting down")
+	s.sessMu.Lock()
+	kills := make([]func(), 0, len(s.sessions))
+	for _, kill := range s.sessions {
+		kills = append(kills, kill)
 	}
-	s.wsMu.Unlock()
+	s.sessMu.Unlock()
+	for _, kill := range kills {
+		kill()
+	}
 	<-done
 }

@@ -254,7 +254,7 @@ func flood(ctx context.Context, c *bridgetest.Conn) {
 		if err != nil {
 			return
 		}
-		if r.Method != "x_subscribe" {
+		if r.Method != "x_subscribe" && r.Method != "x_flood" {
 			_ = c.Reply(ctx, r.ID, r.Params)
 			continue
 		}
@@ -378,12 +378,12 @@ func TestWSGoesAwayOnceAnswered(t *testing.T) {
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
 	bridgetest.Eventually(t, "the client to be told to go away", func() bool {
-		h.srv.wsMu.Lock()
-		defer h.srv.wsMu.Unlock()
-		for wc := range h.srv.wsLive {
-			wc.mu.Lock()
-			going := wc.goingAway
-			wc.mu.Unlock()
+		h.srv.sessMu.Lock()
+		defer h.srv.sessMu.Unlock()
+		for ss := range h.srv.sessions {
+			ss.mu.Lock()
+			going := ss.goingAway
+			ss.mu.Unlock()
 			if going {
 				return true
 			}

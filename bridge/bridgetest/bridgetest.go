@@ -23,11 +23,13 @@ import (
 // closed when it returns.
 type HandlerFunc func(ctx context.Context, c *Conn)
 
-// Server is a fake backend on 127.0.0.1. Stop and Start simulate the
-// backend going down and coming back on the same address.
+// Server is a fake backend on 127.0.0.1 (or, from NewPipeServer, on
+// in-memory connections). Stop and Start simulate the backend going down
+// and coming back on the same address.
 type Server struct {
 	t       testing.TB
 	handler HandlerFunc
+	pipe    bool // serve on a pipeListener instead of loopback TCP
 
 	// Conns receives every accepted connection, in order.
 	Conns chan *Conn
@@ -61,6 +63,44 @@ func NewServer(t testing.TB, handler HandlerFunc) *Server {
 	}
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// NewPipeServer is NewServer on in-memory connections (net.Pipe) instead
+// of loopback TCP, for tests in a testing/synctest bubble: there, time
+// moves only while every goroutine is blocked on something of the
+// bubble's own, which a pipe is and a socket is not. Call it inside the
+// bubble, and dial it with the client from HTTPClient.
+func NewPipeServer(t testing.TB, handler HandlerFunc) *Server {
+	t.Helper()
+	if handler == nil {
+		handler = Echo
+	}
+	s := &Server{t: t, handler: handler, pipe: true, Conns: make(chan *Conn, 4096), live: map[*Conn]bool{}, addr: "pipe.invalid:80"}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// HTTPClient returns a client that dials the server: for a pipe server
+// (NewPipeServer) a client whose every connection is a pipe to it (refused
+// while the server is stopped), otherwise http.DefaultClient.
+func (s *Server) HTTPClient() *http.Client {
+	if !s.pipe {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			s.mu.Lock()
+			ln, _ := s.ln.(*pipeListener)
+			s.mu.Unlock()
+			if ln == nil {
+				return nil, errors.New("connection refused (pipe server stopped)")
+			}
+			return ln.dial(ctx)
+		},
+	}}
 }
 
 // URL returns the ws:// URL of the server.
@@ -115,15 +155,20 @@ func (s *Server) Start() error {
 	if s.srv != nil {
 		return errors.New("already started")
 	}
-	addr := s.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
+	var ln net.Listener
+	if s.pipe {
+		ln = newPipeListener()
+	} else {
+		addr := s.addr
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return err
+		}
+		s.addr = ln.Addr().String()
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	s.addr = ln.Addr().String()
 	s.ln = ln
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.serveHTTP)}
 	srv := s.srv
@@ -137,6 +182,9 @@ func (s *Server) Stop() {
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
+	if s.pipe {
+		s.ln = nil // dials are refused from now on
+	}
 	live := make([]*Conn, 0, len(s.live))
 	for c := range s.live {
 		live = append(live, c)
@@ -378,3 +426,47 @@ func Forward(got chan<- *Request) HandlerFunc {
 		}
 	}
 }
+
+// pipeListener is a net.Listener whose connections are net.Pipe ends.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
+	client, server := net.Pipe()
+	select {
+	case l.conns <- server:
+		return client, nil
+	case <-l.closed:
+		return nil, errors.New("connection refused (pipe server stopped)")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe.invalid:80" }

@@ -19,24 +19,36 @@ var (
 	ErrNotArray  = errors.New("not a JSON array")
 )
 
-func skipSpace(b []byte, i int) int {
+// SkipSpace returns the index of the first byte at or after i that is not
+// JSON white space.
+func SkipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
 	}
 	return i
 }
 
-// valueEnd returns the index just past the value starting at b[i].
-func valueEnd(b []byte, i int) int {
+// ValueEnd returns the index just past the value starting at b[i], or -1
+// when b ends before the value does. It does not check the value: on text
+// that is not valid JSON it finds where a value would end, which is what a
+// caller scanning a cut-off message needs. A scalar (a number, true, false,
+// null) counts as ended only when a delimiter follows it: "12" at the end
+// of cut-off text may have been "123".
+func ValueEnd(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
 	switch b[i] {
 	case '"':
-		return stringEnd(b, i)
+		return StringEnd(b, i)
 	case '{', '[':
 		depth := 0
 		for i < len(b) {
 			switch b[i] {
 			case '"':
-				i = stringEnd(b, i)
+				if i = StringEnd(b, i); i < 0 {
+					return -1
+				}
 				continue
 			case '{', '[':
 				depth++
@@ -48,20 +60,24 @@ func valueEnd(b []byte, i int) int {
 			}
 			i++
 		}
-		return i
+		return -1
 	}
-	for i < len(b) {
+	start := i
+	for ; i < len(b); i++ {
 		switch b[i] {
 		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			if i == start {
+				return -1
+			}
 			return i
 		}
-		i++
 	}
-	return i
+	return -1
 }
 
-// stringEnd returns the index just past the string starting at b[i] ('"').
-func stringEnd(b []byte, i int) int {
+// StringEnd returns the index just past the string starting at b[i] ('"'),
+// or -1 when b ends first.
+func StringEnd(b []byte, i int) int {
 	for i++; i < len(b); i++ {
 		switch b[i] {
 		case '\\':
@@ -70,23 +86,23 @@ func stringEnd(b []byte, i int) int {
 			return i + 1
 		}
 	}
-	return i
+	return -1
 }
 
 // Object calls fn with each top-level member of the valid JSON object b:
 // the key (unescaped) and the value's span. fn returning false stops the
 // scan.
 func Object(b []byte, fn func(key, value []byte) bool) error {
-	i := skipSpace(b, 0)
+	i := SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return ErrNotObject
 	}
-	i = skipSpace(b, i+1)
+	i = SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return nil
 	}
 	for i < len(b) {
-		kEnd := stringEnd(b, i)
+		kEnd := StringEnd(b, i)
 		key := b[i+1 : kEnd-1]
 		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
 			// Escapes and invalid UTF-8 decode as encoding/json does.
@@ -95,40 +111,40 @@ func Object(b []byte, fn func(key, value []byte) bool) error {
 				key = []byte(s)
 			}
 		}
-		i = skipSpace(b, kEnd)
-		i = skipSpace(b, i+1) // ':'
-		vEnd := valueEnd(b, i)
+		i = SkipSpace(b, kEnd)
+		i = SkipSpace(b, i+1) // ':'
+		vEnd := ValueEnd(b, i)
 		if !fn(key, b[i:vEnd]) {
 			return nil
 		}
-		i = skipSpace(b, vEnd)
+		i = SkipSpace(b, vEnd)
 		if i >= len(b) || b[i] == '}' {
 			return nil
 		}
-		i = skipSpace(b, i+1) // ','
+		i = SkipSpace(b, i+1) // ','
 	}
 	return nil
 }
 
 // Array returns the spans of the elements of the valid JSON array b.
 func Array(b []byte) ([][]byte, error) {
-	i := skipSpace(b, 0)
+	i := SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '[' {
 		return nil, ErrNotArray
 	}
 	var out [][]byte
-	i = skipSpace(b, i+1)
+	i = SkipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return out, nil
 	}
 	for i < len(b) {
-		end := valueEnd(b, i)
+		end := ValueEnd(b, i)
 		out = append(out, b[i:end])
-		i = skipSpace(b, end)
+		i = SkipSpace(b, end)
 		if i >= len(b) || b[i] == ']' {
 			break
 		}
-		i = skipSpace(b, i+1)
+		i = SkipSpace(b, i+1)
 	}
 	return out, nil
 }
