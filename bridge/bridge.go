@@ -671,11 +671,12 @@ type Stats struct {
 	Rejected        uint64 // refused by MaxInFlight
 	// Latency of the calls that succeeded, and of those that failed.
 	Latency, FailureLatency window.Summary
-	// Subscriptions live at the backend (shared ones count once), consumers
-	// registered, notifications delivered to consumers, and subscriptions
-	// re-issued after a loss.
-	Subscriptions, Consumers int64
-	Delivered, Resubscribes  uint64
+	// Subscriptions live at the backend (shared ones count once), the
+	// clients' subscriptions (a shared one counts once per subscribe
+	// call, pending ones included), consumers registered, notifications
+	// delivered to consumers, and subscriptions re-issued after a loss.
+	Subscriptions, ClientSubscriptions, Consumers int64
+	Delivered, Resubscribes                       uint64
 	// Dropped counts notifications held for a subscribe reply past the
 	// hold limit, and lost.
 	Dropped uint64
@@ -689,7 +690,7 @@ type Stats struct {
 // Stats returns a snapshot of the counters.
 func (b *Bridge) Stats() Stats {
 	st := Stats{
-		URL:             b.redactedURL,
+		URL:             b.displayURL,
 		Connects:        b.counters.connects.Load(),
 		Reconnects:      b.counters.reconnects.Load(),
 		DialFailures:    b.counters.dialFailures.Load(),
@@ -710,7 +711,7 @@ func (b *Bridge) Stats() Stats {
 		Dropped:         b.hub.dropped.Load(),
 		Ready:           b.Ready(),
 	}
-	st.Subscriptions, st.Consumers = b.hub.stats()
+	st.Subscriptions, st.ClientSubscriptions, st.Consumers = b.hub.stats()
 	for _, s := range b.slots {
 		snap := s.snapshot()
 		st.State = max(st.State, snap.state)

@@ -89,7 +89,7 @@ func (c *conn) serve(ctx context.Context) error {
 		written := !o.state.CompareAndSwap(opQueued, opAbandoned)
 		switch {
 		case closing && written:
-			o.complete(result{err: newError(CodeReplyLost, "the gateway shut down before the backend replied (the backend may have run the call)", nil)})
+			o.complete(result{err: errShutDownWritten()})
 		case closing:
 			o.complete(result{err: newError(CodeDraining, "gateway is shutting down; the call was never sent", nil)})
 		case written && o.notify:
@@ -131,11 +131,21 @@ func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
 			r := <-o.resp
 			return r.value, r.err
 		}
-		if o.state.Load() == opWritten && !o.notify {
+		written := o.state.Load() == opWritten
+		if written && !o.notify {
 			c.sendCancel(o.id)
+		}
+		if written && c.b.closing.Load() {
+			return nil, errShutDownWritten()
 		}
 		return nil, c.b.ctxError(ctx)
 	}
+}
+
+// errShutDownWritten is the outcome of a call whose request was written
+// when the Bridge closed: the backend may have run it.
+func errShutDownWritten() *Error {
+	return newError(CodeReplyLost, "the gateway shut down before the backend replied (the backend may have run the call)", nil)
 }
 
 // sendCancel tells the backend, if configured, that the caller of id gave

@@ -827,10 +827,15 @@ func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 }
 
 // hubStats are the hub's figures for Stats.
-func (h *hub) stats() (subscriptions, consumers int64) {
+func (h *hub) stats() (subscriptions, owners, consumers int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return int64(len(h.byID)), int64(len(h.consumers))
+	for _, sub := range h.byKey {
+		for _, n := range sub.owners {
+			owners += int64(n)
+		}
+	}
+	return int64(len(h.byID)), owners, int64(len(h.consumers))
 }
 
 // IsSubscriptionMethod reports whether method creates or ends a

@@ -331,7 +331,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) run(ctx context.Context) error {
 	s.log.Info("wsbridge listening",
-		"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String(), "backend", s.bridge.URL())
+		"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String(), "backend", s.bridge.LogURL())
 
 	serveErr := make(chan error, 2)
 	var wg sync.WaitGroup

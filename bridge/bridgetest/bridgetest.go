@@ -470,3 +470,48 @@ type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "pipe" }
 func (pipeAddr) String() string  { return "pipe.invalid:80" }
+
+// Frame is one thing a scripted backend sends (see Respond): a text
+// message, a binary message, or, with Close set, a close frame with that
+// status and CloseReason. A text message need not be JSON, UTF-8 or
+// complete: the backend sends what it is told.
+type Frame struct {
+	Text        string
+	Binary      []byte
+	Close       websocket.StatusCode
+	CloseReason string
+}
+
+// Text returns a text frame.
+func Text(s string) Frame { return Frame{Text: s} }
+
+// Respond is a handler that sends, for each message the gateway sends
+// (requests and notifications alike, in order), the frames script returns
+// for it; nothing for an empty list. script runs on the connection's
+// reader, so it may keep state across messages to answer out of order:
+// return nothing for one request and its reply with a later one's. A
+// Close frame ends the connection.
+func Respond(script func(r *Request) []Frame) HandlerFunc {
+	return func(ctx context.Context, c *Conn) {
+		for {
+			r, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			for _, f := range script(r) {
+				switch {
+				case f.Close != 0:
+					_ = c.Close(f.Close, f.CloseReason)
+					return
+				case f.Binary != nil:
+					err = c.WriteBinary(ctx, f.Binary)
+				default:
+					err = c.WriteRaw(ctx, f.Text)
+				}
+				if err != nil {
+					return
+				}
+			}
+		}
+	}
+}
