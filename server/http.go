@@ -44,6 +44,7 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	mux.HandleFunc("GET /{$}", serveDashboard)
 	mux.HandleFunc("GET /dashboard.js", serveDashboard)
 	mux.HandleFunc("GET /dashboard.css", serveDashboard)
+	mux.HandleFunc("GET /dashboard-schema.json", serveDashboardSchema)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/", s.restHandler(gw))
 	return s.requireAuth(mux), nil

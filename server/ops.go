@@ -27,7 +27,7 @@ func (svc statsService) WatchStats(req *wsbridgev1.WatchStatsRequest, stream wsb
 	defer t.Stop()
 	ctx := stream.Context()
 	for {
-		if err := stream.Send(svc.s.counters.snapshot(svc.s.bridge)); err != nil {
+		if err := stream.Send(svc.s.snapshot()); err != nil {
 			return err
 		}
 		select {

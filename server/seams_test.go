@@ -24,6 +24,7 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/statsdecl"
 )
 
 // backendCode returns the backend JSON-RPC code carried by a gRPC error.
@@ -634,3 +635,78 @@ func TestSeamShutdownAnswersEveryCaller(t *testing.T) {
 }
 
 func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+// The stats explain failures: every error reason has a bucket (canceled
+// and unavailable included), the last dial error is there with its time
+// (and without the URL's path), and the latency of failures is kept apart
+// from that of successes.
+func TestSeamStatsExplainFailures(t *testing.T) {
+	srv := bridgetest.NewServer(t, nil)
+	srv.Stop()
+	h := start(t, "ws://"+srv.Addr()+"/secret/path", func(o *Options) {
+		o.Bridge.Backoff = bridge.Backoff{Base: time.Millisecond, Max: time.Millisecond}
+	})
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.Unavailable {
+		t.Fatal(err)
+	}
+	st, err := h.stats.GetStats(ctxT(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range errorReasons() {
+		if _, ok := st.GetErrorsByReason()[r]; !ok {
+			t.Errorf("no bucket for %s", r)
+		}
+	}
+	if st.GetErrorsByReason()["unavailable"] != 1 || st.GetErrors() != 1 {
+		t.Fatalf("errors %d, by reason %v", st.GetErrors(), st.GetErrorsByReason())
+	}
+	if e := st.GetLastDialError(); !strings.Contains(e, "connect") || strings.Contains(e, "secret") || st.GetLastDialErrorAt() == nil {
+		t.Fatalf("last dial error %q at %v", e, st.GetLastDialErrorAt())
+	}
+	if st.GetFailureLatency().GetCount() != 1 || st.GetLatency().GetCount() != 0 {
+		t.Fatalf("latency %v, failure latency %v", st.GetLatency(), st.GetFailureLatency())
+	}
+	// A caller that gives up is counted as canceled.
+	c := dialWS(t, h)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.send(`{"jsonrpc":"2.0","id":1,"method":"hold"}`)
+	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
+	c.conn.Close(websocket.StatusNormalClosure, "")
+	bridgetest.Eventually(t, "a canceled call", func() bool {
+		st, err := h.stats.GetStats(ctxT(t), nil)
+		return err == nil && st.GetErrorsByReason()["canceled"] == 1
+	})
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := h.stats.GetStats(ctxT(t), nil); st.GetLatency().GetCount() != 1 {
+		t.Fatalf("latency of successes: %v", st.GetLatency())
+	}
+}
+
+// Every declared stat reaches every output: GetStats over REST, /__stats
+// and /metrics.
+func TestSeamEveryStatReachesEveryOutput(t *testing.T) {
+	h := start(t, demoBackend(t), nil)
+	_, rest := get(t, h.base+"/v1/stats")
+	_, seed := get(t, h.base+"/__stats")
+	_, metrics := get(t, h.base+"/metrics")
+	_, schema := get(t, h.base+"/dashboard-schema.json")
+	for _, f := range statsdecl.Fields {
+		if !strings.Contains(rest, `"`+f.JSON+`":`) {
+			t.Errorf("/v1/stats lacks %s", f.JSON)
+		}
+		if !strings.Contains(seed, `"`+f.Seed+`":`) {
+			t.Errorf("/__stats lacks %s", f.Seed)
+		}
+		if f.Metric != "" && !strings.Contains(metrics, "# HELP "+f.Metric+" ") {
+			t.Errorf("/metrics lacks %s", f.Metric)
+		}
+		if !strings.Contains(schema, `"json":"`+f.JSON+`"`) {
+			t.Errorf("the dashboard schema lacks %s", f.JSON)
+		}
+	}
+}

@@ -128,7 +128,7 @@ type statsService struct {
 }
 
 func (svc statsService) GetStats(context.Context, *wsbridgev1.GetStatsRequest) (*wsbridgev1.Stats, error) {
-	return svc.s.counters.snapshot(svc.s.bridge), nil
+	return svc.s.snapshot(), nil
 }
 
 // resultValue turns a backend result into a Value: an error for the caller

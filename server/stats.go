@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"net/http"
 	"runtime"
 	"sync/atomic"
@@ -14,7 +14,9 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/statsdecl"
 	"github.com/wsbridge/wsbridge/internal/window"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // face names where a client request came in.
@@ -39,6 +41,8 @@ func faceOf(ctx context.Context) face {
 }
 
 // counters are the gateway's own totals; the Bridge keeps the backend's.
+// What each means is declared once, in stats.proto (see package
+// statsdecl); snapshot fills the Stats message from them.
 type counters struct {
 	instanceID string
 	startedAt  time.Time
@@ -47,18 +51,25 @@ type counters struct {
 	requests, grpcCalls, httpProxied, wsUpgrades atomic.Uint64
 	errors, backendErrors, slowConsumers         atomic.Uint64
 	unauthenticated, refusedClients              atomic.Uint64
-	metrics                                      *metrics // nil: no histograms
-	activeGRPC, activeHTTP, activeWS             atomic.Int64
+	// errorsByReason has a counter for every errorReason, made at start.
+	errorsByReason                   map[string]*atomic.Uint64
+	metrics                          *metrics // nil: no histograms
+	activeGRPC, activeHTTP, activeWS atomic.Int64
 }
 
 func newCounters() *counters {
 	var id [4]byte
 	_, _ = rand.Read(id[:])
-	return &counters{
-		instanceID: hex.EncodeToString(id[:]),
-		startedAt:  time.Now(),
-		recent:     window.NewRate(10, nil),
+	c := &counters{
+		instanceID:     hex.EncodeToString(id[:]),
+		startedAt:      time.Now(),
+		recent:         window.NewRate(10, nil),
+		errorsByReason: map[string]*atomic.Uint64{},
 	}
+	for _, r := range errorReasons() {
+		c.errorsByReason[r] = new(atomic.Uint64)
+	}
+	return c
 }
 
 // request counts one client request arriving on f, and returns when.
@@ -83,9 +94,34 @@ func (c *counters) finished(f face, method string, start time.Time, err error) {
 		return
 	}
 	c.errors.Add(1)
+	c.errorsByReason[errorReason(err)].Add(1)
 	if bridge.CodeOf(err) == bridge.CodeBackendError {
 		c.backendErrors.Add(1)
 	}
+}
+
+// errorReason names the kind of a failure for the stats: the bridge code's
+// name, "invalid_request" for a request no server could serve, "internal"
+// for anything else.
+func errorReason(err error) string {
+	var je *jsonrpc.Error
+	if errors.As(err, &je) {
+		return "invalid_request"
+	}
+	if code := bridge.CodeOf(err); code != 0 {
+		return code.String()
+	}
+	return "internal"
+}
+
+// errorReasons lists every value errorReason can take, so that the stats
+// show each one (0 until it happens).
+func errorReasons() []string {
+	var out []string
+	for _, c := range bridge.Codes() {
+		out = append(out, c.String())
+	}
+	return append(out, "invalid_request", "internal")
 }
 
 var stateToProto = map[bridge.State]wsbridgev1.BackendState{
@@ -95,16 +131,21 @@ var stateToProto = map[bridge.State]wsbridgev1.BackendState{
 	bridge.StateBackoff:      wsbridgev1.BackendState_BACKEND_STATE_BACKOFF,
 }
 
-// snapshot returns the gateway's stats.
-func (c *counters) snapshot(b *bridge.Bridge) *wsbridgev1.Stats {
-	bs := b.Stats()
+// snapshot returns the gateway's stats: each field of the declaration
+// (stats.proto), filled from the gateway's counters and the Bridge's.
+func (s *Server) snapshot() *wsbridgev1.Stats {
+	c, bs := s.counters, s.bridge.Stats()
 	uptime := time.Since(c.startedAt)
 	requests := c.requests.Load()
 	rps := 0.0
-	if s := uptime.Seconds(); s > 0 {
-		rps = float64(requests) / s
+	if sec := uptime.Seconds(); sec > 0 {
+		rps = float64(requests) / sec
 	}
-	return &wsbridgev1.Stats{
+	byReason := make(map[string]uint64, len(c.errorsByReason))
+	for r, n := range c.errorsByReason {
+		byReason[r] = n.Load()
+	}
+	st := &wsbridgev1.Stats{
 		InstanceId:              c.instanceID,
 		StartedAt:               timestamppb.New(c.startedAt),
 		UptimeMs:                uint64(uptime.Milliseconds()),
@@ -125,131 +166,41 @@ func (c *counters) snapshot(b *bridge.Bridge) *wsbridgev1.Stats {
 		LateResponses:           bs.Late,
 		BackendState:            stateToProto[bs.State],
 		BackendUrl:              bs.URL,
-		Latency: &wsbridgev1.Latency{
-			P50Ms:         bs.Latency.P50,
-			P90Ms:         bs.Latency.P90,
-			P99Ms:         bs.Latency.P99,
-			Count:         uint64(bs.Latency.Count),
-			WindowSeconds: uint32(bs.Latency.Window / time.Second),
-		},
-		UnknownResponses:       bs.Unknown,
-		BackendNotifications:   bs.Notifications,
-		MalformedFrames:        bs.Malformed,
-		DialFailures:           bs.DialFailures,
-		BackendErrors:          c.backendErrors.Load(),
-		BackendConnsOpen:       uint32(bs.ConnsOpen),
-		Rejected:               bs.Rejected,
-		WsClients:              c.activeWS.Load(),
-		Subscriptions:          bs.Subscriptions,
-		SlowConsumers:          c.slowConsumers.Load(),
-		NotificationsDelivered: bs.Delivered,
-		Resubscribes:           bs.Resubscribes,
-		Goroutines:             int64(runtime.NumGoroutine()),
-		GrpcClients:            c.activeGRPC.Load(),
-		HttpClients:            c.activeHTTP.Load(),
-		Unauthenticated:        c.unauthenticated.Load(),
+		Latency:                 latencyProto(bs.Latency),
+		UnknownResponses:        bs.Unknown,
+		BackendNotifications:    bs.Notifications,
+		MalformedFrames:         bs.Malformed,
+		DialFailures:            bs.DialFailures,
+		BackendErrors:           c.backendErrors.Load(),
+		BackendConnsOpen:        uint32(bs.ConnsOpen),
+		Rejected:                bs.Rejected,
+		WsClients:               c.activeWS.Load(),
+		Subscriptions:           bs.Subscriptions,
+		SlowConsumers:           c.slowConsumers.Load(),
+		NotificationsDelivered:  bs.Delivered,
+		Resubscribes:            bs.Resubscribes,
+		Goroutines:              int64(runtime.NumGoroutine()),
+		Unauthenticated:         c.unauthenticated.Load(),
+		GrpcClients:             c.activeGRPC.Load(),
+		HttpClients:             c.activeHTTP.Load(),
+		ErrorsByReason:          byReason,
+		LastDialError:           bs.LastDialError,
+		FailureLatency:          latencyProto(bs.FailureLatency),
+		NotificationsDropped:    bs.Dropped,
+		ClientSubscriptions:     bs.ClientSubscriptions,
+		BackendRequests:         bs.BackendRequests,
+		Ready:                   bs.Ready && !s.draining.Load(),
+		RefusedClients:          c.refusedClients.Load(),
+		Pending:                 bs.Pending,
 	}
-}
-
-// seedStats is GET /__stats: the original proxy's fields, in its JSON shape
-// (plain numbers and booleans), followed by wsbridge's extra fields.
-type seedStats struct {
-	IsolateID         string  `json:"isolateId"`
-	StartedAt         int64   `json:"startedAt"`
-	UptimeMs          uint64  `json:"uptimeMs"`
-	RequestsHandled   uint64  `json:"requestsHandled"`
-	WsUpgrades        uint64  `json:"wsUpgrades"`
-	HTTPProxied       uint64  `json:"httpProxied"`
-	MessagesProxied   uint64  `json:"messagesProxied"`
-	BackendConnects   uint64  `json:"backendConnects"`
-	BackendReconnects uint64  `json:"backendReconnects"`
-	Errors            uint64  `json:"errors"`
-	BackendConnected  bool    `json:"backendConnected"`
-	ActiveClients     int64   `json:"activeClients"`
-	RequestsPerSecond float64 `json:"requestsPerSecond"`
-
-	GRPCCalls               uint64      `json:"grpcCalls"`
-	RecentRequestsPerSecond float64     `json:"recentRequestsPerSecond"`
-	InFlight                int64       `json:"inFlight"`
-	Timeouts                uint64      `json:"timeouts"`
-	LateResponses           uint64      `json:"lateResponses"`
-	UnknownResponses        uint64      `json:"unknownResponses"`
-	BackendNotifications    uint64      `json:"backendNotifications"`
-	MalformedFrames         uint64      `json:"malformedFrames"`
-	DialFailures            uint64      `json:"dialFailures"`
-	BackendErrors           uint64      `json:"backendErrors"`
-	Rejected                uint64      `json:"rejected"`
-	BackendState            string      `json:"backendState"`
-	BackendURL              string      `json:"backendUrl"`
-	BackendConnsOpen        uint32      `json:"backendConnsOpen"`
-	WSClients               int64       `json:"wsClients"`
-	Subscriptions           int64       `json:"subscriptions"`
-	SlowConsumers           uint64      `json:"slowConsumers"`
-	NotificationsDelivered  uint64      `json:"notificationsDelivered"`
-	Resubscribes            uint64      `json:"resubscribes"`
-	Goroutines              int64       `json:"goroutines"`
-	Unauthenticated         uint64      `json:"unauthenticated"`
-	Latency                 seedLatency `json:"latency"`
-}
-
-type seedLatency struct {
-	P50Ms         float64 `json:"p50Ms"`
-	P90Ms         float64 `json:"p90Ms"`
-	P99Ms         float64 `json:"p99Ms"`
-	Count         uint64  `json:"count"`
-	WindowSeconds uint32  `json:"windowSeconds"`
-}
-
-func toSeed(s *wsbridgev1.Stats) seedStats {
-	return seedStats{
-		IsolateID:               s.InstanceId,
-		StartedAt:               s.StartedAt.AsTime().UnixMilli(),
-		UptimeMs:                s.UptimeMs,
-		RequestsHandled:         s.RequestsHandled,
-		WsUpgrades:              s.WsUpgrades,
-		HTTPProxied:             s.HttpProxied,
-		MessagesProxied:         s.MessagesProxied,
-		BackendConnects:         s.BackendConnects,
-		BackendReconnects:       s.BackendReconnects,
-		Errors:                  s.Errors,
-		BackendConnected:        s.BackendConnected,
-		ActiveClients:           s.ActiveClients,
-		RequestsPerSecond:       s.RequestsPerSecond,
-		GRPCCalls:               s.GrpcCalls,
-		RecentRequestsPerSecond: s.RecentRequestsPerSecond,
-		InFlight:                s.InFlight,
-		Timeouts:                s.Timeouts,
-		LateResponses:           s.LateResponses,
-		UnknownResponses:        s.UnknownResponses,
-		BackendNotifications:    s.BackendNotifications,
-		MalformedFrames:         s.MalformedFrames,
-		DialFailures:            s.DialFailures,
-		BackendErrors:           s.BackendErrors,
-		Rejected:                s.Rejected,
-		BackendState:            stateName(s.BackendState),
-		BackendURL:              s.BackendUrl,
-		BackendConnsOpen:        s.BackendConnsOpen,
-		WSClients:               s.WsClients,
-		Subscriptions:           s.Subscriptions,
-		SlowConsumers:           s.SlowConsumers,
-		NotificationsDelivered:  s.NotificationsDelivered,
-		Resubscribes:            s.Resubscribes,
-		Goroutines:              s.Goroutines,
-		Unauthenticated:         s.Unauthenticated,
-		Latency: seedLatency{
-			P50Ms: s.Latency.GetP50Ms(), P90Ms: s.Latency.GetP90Ms(), P99Ms: s.Latency.GetP99Ms(),
-			Count: s.Latency.GetCount(), WindowSeconds: s.Latency.GetWindowSeconds(),
-		},
+	if !bs.LastDialErrorAt.IsZero() {
+		st.LastDialErrorAt = timestamppb.New(bs.LastDialErrorAt)
 	}
+	return st
 }
 
-func stateName(s wsbridgev1.BackendState) string {
-	for bs, ps := range stateToProto {
-		if ps == s {
-			return bs.String()
-		}
-	}
-	return "unknown"
+func latencyProto(l window.Summary) *wsbridgev1.Latency {
+	return &wsbridgev1.Latency{P50Ms: l.P50, P90Ms: l.P90, P99Ms: l.P99, Count: uint64(l.Count), WindowSeconds: uint32(l.Window / time.Second)}
 }
 
 func (s *Server) serveSeedStats(w http.ResponseWriter, r *http.Request) {
@@ -258,12 +209,7 @@ func (s *Server) serveSeedStats(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	body, err := json.MarshalIndent(toSeed(s.counters.snapshot(s.bridge)), "", "  ")
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(statsdecl.Seed(s.snapshot()))
 }

@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +24,7 @@ import (
 
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/jsonpb"
+	"github.com/wsbridge/wsbridge/internal/statsdecl"
 )
 
 // clientFlags reach a running gateway over gRPC.
@@ -138,29 +138,7 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 }
 
 func printStats(w io.Writer, st *wsbridgev1.Stats) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	state := strings.ToLower(strings.TrimPrefix(st.GetBackendState().String(), "BACKEND_STATE_"))
-	rows := [][2]string{
-		{"instance", fmt.Sprintf("%s, up %v", st.GetInstanceId(), (time.Duration(st.GetUptimeMs()) * time.Millisecond).Round(time.Second))},
-		{"backend", fmt.Sprintf("%s (%s, %d open)", st.GetBackendUrl(), state, st.GetBackendConnsOpen())},
-		{"connects / reconnects", fmt.Sprintf("%d / %d (dial failures %d)", st.GetBackendConnects(), st.GetBackendReconnects(), st.GetDialFailures())},
-		{"requests", fmt.Sprintf("%d (gRPC %d, HTTP %d, WebSocket upgrades %d)", st.GetRequestsHandled(), st.GetGrpcCalls(), st.GetHttpProxied(), st.GetWsUpgrades())},
-		{"rate", fmt.Sprintf("%.1f/s last 10 s, %.1f/s since start", st.GetRecentRequestsPerSecond(), st.GetRequestsPerSecond())},
-		{"latency", fmt.Sprintf("p50 %.2f ms, p90 %.2f ms, p99 %.2f ms (%d calls, last %ds)", st.GetLatency().GetP50Ms(), st.GetLatency().GetP90Ms(),
-			st.GetLatency().GetP99Ms(), st.GetLatency().GetCount(), st.GetLatency().GetWindowSeconds())},
-		{"in flight", fmt.Sprint(st.GetInFlight())},
-		{"clients", fmt.Sprintf("%d (WebSocket %d)", st.GetActiveClients(), st.GetWsClients())},
-		{"errors", fmt.Sprintf("%d (backend errors %d, timeouts %d, rejected %d, unauthenticated %d)", st.GetErrors(), st.GetBackendErrors(),
-			st.GetTimeouts(), st.GetRejected(), st.GetUnauthenticated())},
-		{"backend replies", fmt.Sprintf("late %d, unknown %d, malformed frames %d", st.GetLateResponses(), st.GetUnknownResponses(), st.GetMalformedFrames())},
-		{"notifications", fmt.Sprintf("%d in, %d delivered; %d subscriptions, %d resubscribed, %d slow consumers ended", st.GetBackendNotifications(),
-			st.GetNotificationsDelivered(), st.GetSubscriptions(), st.GetResubscribes(), st.GetSlowConsumers())},
-		{"messages proxied", fmt.Sprint(st.GetMessagesProxied())},
-	}
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
-	}
-	_ = tw.Flush()
+	_ = statsdecl.Table(w, st)
 }
 
 // callCmd makes one call through the gateway and prints the result, or the

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -566,7 +567,8 @@ func TestCLI(t *testing.T) {
 	}
 
 	out, _, code = cli(t, "stats", "--grpc-addr", g.grpcAddr)
-	if code != 0 || !strings.Contains(out, "requests") || !strings.Contains(out, "(connected, 1 open)") || !strings.Contains(out, "4 (gRPC 4,") {
+	if code != 0 || !regexp.MustCompile(`(?m)^  backend state +connected$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^  grpc calls +4$`).MatchString(out) || !regexp.MustCompile(`(?m)^  backend conns open +1$`).MatchString(out) {
 		t.Fatalf("stats: %d\n%s", code, out)
 	}
 	out, _, code = cli(t, "stats", "--grpc-addr", g.grpcAddr, "--json")

@@ -108,9 +108,64 @@ function draw(id, series) {
   canvas.dataset.max = String(max);
 }
 
+// The table of every counter follows the stats declaration: a row per
+// field, grouped by section, with its help as the tooltip.
+let schema = null;
+
+async function fetchSchema() {
+  const resp = await fetch("/dashboard-schema.json", { cache: "no-store" });
+  if (!resp.ok) throw new Error("schema: HTTP " + resp.status);
+  schema = await resp.json();
+  const table = $("all-stats");
+  let section = "";
+  for (const f of schema) {
+    if (f.section !== section) {
+      section = f.section;
+      const head = table.insertRow();
+      head.className = "section";
+      const th = document.createElement("th");
+      th.colSpan = 2;
+      th.textContent = section;
+      head.appendChild(th);
+    }
+    const row = table.insertRow();
+    const name = row.insertCell();
+    name.textContent = f.title;
+    name.title = f.help;
+    const value = row.insertCell();
+    value.id = "stat-" + f.json;
+    value.className = "value";
+  }
+}
+
+function show(v) {
+  if (v === undefined || v === null || v === "") return "–";
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "object") {
+    if ("p50Ms" in v || "count" in v) return "p50 " + fmt(num(v.p50Ms), 2) + " ms · p99 " + fmt(num(v.p99Ms), 2) + " ms · " + fmt(num(v.count)) + " calls";
+    const parts = Object.entries(v).filter(([, n]) => num(n) !== 0).map(([k, n]) => k + " " + fmt(num(n)));
+    return parts.length ? parts.join(", ") : "none";
+  }
+  if (typeof v === "string" && /^-?\d+(\.\d+)?$/.test(v)) return fmt(Number(v));
+  if (typeof v === "number") return fmt(v, Number.isInteger(v) ? 0 : 1);
+  const str = String(v);
+  return str.startsWith("BACKEND_STATE_") ? str.slice("BACKEND_STATE_".length).toLowerCase() : str;
+}
+
+function updateAll(s) {
+  if (!schema) return;
+  for (const f of schema) {
+    const cell = $("stat-" + f.json);
+    if (cell) cell.textContent = show(s[f.json]);
+  }
+}
+
 async function tick() {
   try {
-    update(await fetchStats());
+    if (!schema) await fetchSchema();
+    const s = await fetchStats();
+    update(s);
+    updateAll(s);
     $("status").textContent = "live";
     $("status").className = "status live";
   } catch (e) {

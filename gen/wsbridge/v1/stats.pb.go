@@ -248,80 +248,119 @@ func (x *Latency) GetWindowSeconds() uint32 {
 }
 
 // Stats is a snapshot of the gateway's counters. Counters are totals since
-// start and never go down.
+// start and never go down. Each field's (wsbridge.v1.stat) option is its
+// one declaration: kind, help, seed name and metric name.
 type Stats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Random id of this gateway process.
-	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	UptimeMs   uint64                 `protobuf:"varint,3,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
+	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// When the process started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Milliseconds since start.
+	UptimeMs uint64 `protobuf:"varint,3,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
 	// Client requests (calls and notifications) on every face.
 	RequestsHandled uint64 `protobuf:"varint,4,opt,name=requests_handled,json=requestsHandled,proto3" json:"requests_handled,omitempty"`
 	// WebSocket upgrades accepted from clients.
 	WsUpgrades uint64 `protobuf:"varint,5,opt,name=ws_upgrades,json=wsUpgrades,proto3" json:"ws_upgrades,omitempty"`
-	// Client requests that arrived over HTTP (REST and JSON-RPC over HTTP).
+	// Client requests over HTTP (REST and /rpc).
 	HttpProxied uint64 `protobuf:"varint,6,opt,name=http_proxied,json=httpProxied,proto3" json:"http_proxied,omitempty"`
-	// Client requests that arrived over gRPC.
+	// Client requests over gRPC.
 	GrpcCalls uint64 `protobuf:"varint,7,opt,name=grpc_calls,json=grpcCalls,proto3" json:"grpc_calls,omitempty"`
 	// JSON-RPC messages written to or read from the backend.
 	MessagesProxied uint64 `protobuf:"varint,8,opt,name=messages_proxied,json=messagesProxied,proto3" json:"messages_proxied,omitempty"`
 	// Successful backend dials.
 	BackendConnects uint64 `protobuf:"varint,9,opt,name=backend_connects,json=backendConnects,proto3" json:"backend_connects,omitempty"`
-	// Successful backend dials that followed the loss of a connection.
+	// Successful backend dials after a lost connection.
 	BackendReconnects uint64 `protobuf:"varint,10,opt,name=backend_reconnects,json=backendReconnects,proto3" json:"backend_reconnects,omitempty"`
-	// Client requests that ended with an error, backend errors included.
-	Errors           uint64 `protobuf:"varint,11,opt,name=errors,proto3" json:"errors,omitempty"`
-	BackendConnected bool   `protobuf:"varint,12,opt,name=backend_connected,json=backendConnected,proto3" json:"backend_connected,omitempty"`
-	// Clients connected now (gRPC, WebSocket and in-progress HTTP requests).
+	// Client requests that ended with an error, backend errors included (by
+	// kind: errors_by_reason).
+	Errors uint64 `protobuf:"varint,11,opt,name=errors,proto3" json:"errors,omitempty"`
+	// 1 while a backend connection is open.
+	BackendConnected bool `protobuf:"varint,12,opt,name=backend_connected,json=backendConnected,proto3" json:"backend_connected,omitempty"`
+	// Clients connected now (gRPC, WebSocket and HTTP connections).
 	ActiveClients int64 `protobuf:"varint,13,opt,name=active_clients,json=activeClients,proto3" json:"active_clients,omitempty"`
 	// requests_handled divided by uptime.
 	RequestsPerSecond float64 `protobuf:"fixed64,14,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
 	// Requests per second over the last 10 seconds.
 	RecentRequestsPerSecond float64 `protobuf:"fixed64,15,opt,name=recent_requests_per_second,json=recentRequestsPerSecond,proto3" json:"recent_requests_per_second,omitempty"`
-	// Calls waiting for a backend reply now.
+	// Calls and notifications not yet ended.
 	InFlight int64 `protobuf:"varint,16,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	// Calls that hit their deadline.
 	Timeouts uint64 `protobuf:"varint,17,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
-	// Replies that arrived after their caller gave up.
-	LateResponses uint64       `protobuf:"varint,18,opt,name=late_responses,json=lateResponses,proto3" json:"late_responses,omitempty"`
-	BackendState  BackendState `protobuf:"varint,19,opt,name=backend_state,json=backendState,proto3,enum=wsbridge.v1.BackendState" json:"backend_state,omitempty"`
-	// The backend URL with userinfo and query redacted.
-	BackendUrl string   `protobuf:"bytes,20,opt,name=backend_url,json=backendUrl,proto3" json:"backend_url,omitempty"`
-	Latency    *Latency `protobuf:"bytes,21,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Backend replies that came after their caller gave up.
+	LateResponses uint64 `protobuf:"varint,18,opt,name=late_responses,json=lateResponses,proto3" json:"late_responses,omitempty"`
+	// The backend link's state (the best of its connections).
+	BackendState BackendState `protobuf:"varint,19,opt,name=backend_state,json=backendState,proto3,enum=wsbridge.v1.BackendState" json:"backend_state,omitempty"`
+	// The backend as scheme://host:port (its path and query may hold secrets
+	// and are not shown).
+	BackendUrl string `protobuf:"bytes,20,opt,name=backend_url,json=backendUrl,proto3" json:"backend_url,omitempty"`
+	// Latency of the calls that succeeded, over a recent window (/metrics has
+	// the histogram).
+	Latency *Latency `protobuf:"bytes,21,opt,name=latency,proto3" json:"latency,omitempty"`
 	// Backend replies whose id matched no call (not late, just unknown).
 	UnknownResponses uint64 `protobuf:"varint,22,opt,name=unknown_responses,json=unknownResponses,proto3" json:"unknown_responses,omitempty"`
-	// Notifications (messages without an id) received from the backend.
+	// Notifications received from the backend.
 	BackendNotifications uint64 `protobuf:"varint,23,opt,name=backend_notifications,json=backendNotifications,proto3" json:"backend_notifications,omitempty"`
-	// Frames from the backend that were not valid JSON-RPC.
+	// Backend frames or messages that were not valid JSON-RPC (binary, not
+	// UTF-8, cut off, neither reply nor notification).
 	MalformedFrames uint64 `protobuf:"varint,24,opt,name=malformed_frames,json=malformedFrames,proto3" json:"malformed_frames,omitempty"`
-	// Dials that failed.
+	// Backend dials that failed.
 	DialFailures uint64 `protobuf:"varint,25,opt,name=dial_failures,json=dialFailures,proto3" json:"dial_failures,omitempty"`
-	// Requests that ended with a JSON-RPC error reply from the backend.
+	// Client requests answered with a JSON-RPC error from the backend.
 	BackendErrors uint64 `protobuf:"varint,26,opt,name=backend_errors,json=backendErrors,proto3" json:"backend_errors,omitempty"`
 	// Open backend connections (at most --backend-conns).
 	BackendConnsOpen uint32 `protobuf:"varint,27,opt,name=backend_conns_open,json=backendConnsOpen,proto3" json:"backend_conns_open,omitempty"`
-	// Calls refused because --max-inflight was reached.
+	// Calls refused at the gateway's in-flight limit (--max-inflight).
 	Rejected uint64 `protobuf:"varint,28,opt,name=rejected,proto3" json:"rejected,omitempty"`
 	// Clients connected over /ws now.
 	WsClients int64 `protobuf:"varint,29,opt,name=ws_clients,json=wsClients,proto3" json:"ws_clients,omitempty"`
-	// Live backend subscriptions (shared ones count once).
+	// Live backend subscriptions (a shared one counts once).
 	Subscriptions int64 `protobuf:"varint,30,opt,name=subscriptions,proto3" json:"subscriptions,omitempty"`
-	// Consumers (WebSocket clients, Subscribe streams, Sessions) ended
-	// because they could not keep up.
+	// Clients and streams ended because they could not keep up (1008 or
+	// RESOURCE_EXHAUSTED).
 	SlowConsumers uint64 `protobuf:"varint,31,opt,name=slow_consumers,json=slowConsumers,proto3" json:"slow_consumers,omitempty"`
-	// Notifications delivered to consumers.
+	// Notifications delivered to clients.
 	NotificationsDelivered uint64 `protobuf:"varint,32,opt,name=notifications_delivered,json=notificationsDelivered,proto3" json:"notifications_delivered,omitempty"`
 	// Subscriptions re-issued on a new backend connection (--resubscribe).
 	Resubscribes uint64 `protobuf:"varint,33,opt,name=resubscribes,proto3" json:"resubscribes,omitempty"`
-	// Goroutines in the gateway process now (for soak runs and leak hunts).
+	// Goroutines in the gateway process now (for soak runs and leak hunts;
+	// /metrics has go_goroutines).
 	Goroutines int64 `protobuf:"varint,34,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	// Requests refused for a missing or invalid token.
 	Unauthenticated uint64 `protobuf:"varint,35,opt,name=unauthenticated,proto3" json:"unauthenticated,omitempty"`
 	// Open gRPC connections from clients now.
 	GrpcClients int64 `protobuf:"varint,36,opt,name=grpc_clients,json=grpcClients,proto3" json:"grpc_clients,omitempty"`
-	// Open HTTP connections from clients now (REST, /rpc, and /ws before
-	// the upgrade).
-	HttpClients   int64 `protobuf:"varint,37,opt,name=http_clients,json=httpClients,proto3" json:"http_clients,omitempty"`
+	// Open HTTP connections from clients now (REST, /rpc, and /ws before the
+	// upgrade).
+	HttpClients int64 `protobuf:"varint,37,opt,name=http_clients,json=httpClients,proto3" json:"http_clients,omitempty"`
+	// Client requests that ended with an error, by reason: the gateway's
+	// error code (unavailable, reply_lost, draining, deadline_exceeded,
+	// canceled, overloaded, ...), backend_error, invalid_request.
+	ErrorsByReason map[string]uint64 `protobuf:"bytes,38,rep,name=errors_by_reason,json=errorsByReason,proto3" json:"errors_by_reason,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The last failed backend dial's error (empty when none has failed).
+	LastDialError string `protobuf:"bytes,39,opt,name=last_dial_error,json=lastDialError,proto3" json:"last_dial_error,omitempty"`
+	// When the last backend dial failed.
+	LastDialErrorAt *timestamppb.Timestamp `protobuf:"bytes,40,opt,name=last_dial_error_at,json=lastDialErrorAt,proto3" json:"last_dial_error_at,omitempty"`
+	// Latency of the calls that failed, over a recent window (apart, so that
+	// fast failures do not flatter the latency).
+	FailureLatency *Latency `protobuf:"bytes,41,opt,name=failure_latency,json=failureLatency,proto3" json:"failure_latency,omitempty"`
+	// Notifications dropped because a client's subscribe reply was still held
+	// back after 4096 of them.
+	NotificationsDropped uint64 `protobuf:"varint,42,opt,name=notifications_dropped,json=notificationsDropped,proto3" json:"notifications_dropped,omitempty"`
+	// Subscriptions clients hold (a shared one counts once per client and
+	// call), pending ones included.
+	ClientSubscriptions int64 `protobuf:"varint,43,opt,name=client_subscriptions,json=clientSubscriptions,proto3" json:"client_subscriptions,omitempty"`
+	// Requests the backend sent to the gateway (dropped: the gateway serves
+	// none).
+	BackendRequests uint64 `protobuf:"varint,44,opt,name=backend_requests,json=backendRequests,proto3" json:"backend_requests,omitempty"`
+	// 1 while the gateway reports ready: not shutting down, and the last
+	// backend dial (if any) succeeded.
+	Ready bool `protobuf:"varint,45,opt,name=ready,proto3" json:"ready,omitempty"`
+	// /ws clients refused at the handshake by --max-clients.
+	RefusedClients uint64 `protobuf:"varint,46,opt,name=refused_clients,json=refusedClients,proto3" json:"refused_clients,omitempty"`
+	// Requests written or queued for the backend that wait for a reply (the
+	// pending table).
+	Pending       int64 `protobuf:"varint,47,opt,name=pending,proto3" json:"pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -615,11 +654,81 @@ func (x *Stats) GetHttpClients() int64 {
 	return 0
 }
 
+func (x *Stats) GetErrorsByReason() map[string]uint64 {
+	if x != nil {
+		return x.ErrorsByReason
+	}
+	return nil
+}
+
+func (x *Stats) GetLastDialError() string {
+	if x != nil {
+		return x.LastDialError
+	}
+	return ""
+}
+
+func (x *Stats) GetLastDialErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDialErrorAt
+	}
+	return nil
+}
+
+func (x *Stats) GetFailureLatency() *Latency {
+	if x != nil {
+		return x.FailureLatency
+	}
+	return nil
+}
+
+func (x *Stats) GetNotificationsDropped() uint64 {
+	if x != nil {
+		return x.NotificationsDropped
+	}
+	return 0
+}
+
+func (x *Stats) GetClientSubscriptions() int64 {
+	if x != nil {
+		return x.ClientSubscriptions
+	}
+	return 0
+}
+
+func (x *Stats) GetBackendRequests() uint64 {
+	if x != nil {
+		return x.BackendRequests
+	}
+	return 0
+}
+
+func (x *Stats) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *Stats) GetRefusedClients() uint64 {
+	if x != nil {
+		return x.RefusedClients
+	}
+	return 0
+}
+
+func (x *Stats) GetPending() int64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\n" +
-	"\x17wsbridge/v1/stats.proto\x12\vwsbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n" +
+	"\x17wsbridge/v1/stats.proto\x12\vwsbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19wsbridge/v1/options.proto\"J\n" +
 	"\x11WatchStatsRequest\x125\n" +
 	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\x11\n" +
 	"\x0fGetStatsRequest\"\x8b\x01\n" +
@@ -628,54 +737,68 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xd9\v\n" +
-	"\x05Stats\x12\x1f\n" +
-	"\vinstance_id\x18\x01 \x01(\tR\n" +
-	"instanceId\x129\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xc0-\n" +
+	"\x05Stats\x12X\n" +
+	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
+	"instanceId\x12i\n" +
 	"\n" +
-	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1b\n" +
-	"\tuptime_ms\x18\x03 \x01(\x04R\buptimeMs\x12)\n" +
-	"\x10requests_handled\x18\x04 \x01(\x04R\x0frequestsHandled\x12\x1f\n" +
-	"\vws_upgrades\x18\x05 \x01(\x04R\n" +
-	"wsUpgrades\x12!\n" +
-	"\fhttp_proxied\x18\x06 \x01(\x04R\vhttpProxied\x12\x1d\n" +
+	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB.\xea\xe0\x18*\b\x03\x12\x19When the process started.\x18\x01\"\tstartedAtR\tstartedAt\x12c\n" +
+	"\tuptime_ms\x18\x03 \x01(\x04BF\xea\xe0\x18B\b\x02\x12\x19Milliseconds since start.\x18\x01\"\buptimeMs*\x0euptime_seconds9\xfc\xa9\xf1\xd2MbP?R\buptimeMs\x12~\n" +
+	"\x10requests_handled\x18\x04 \x01(\x04BS\xea\xe0\x18O\b\x01\x128Client requests (calls and notifications) on every face.\x18\x03\"\x0frequestsHandledR\x0frequestsHandled\x12`\n" +
+	"\vws_upgrades\x18\x05 \x01(\x04B?\xea\xe0\x18;\b\x01\x12)WebSocket upgrades accepted from clients.\x18\x06\"\n" +
+	"wsUpgradesR\n" +
+	"wsUpgrades\x12d\n" +
+	"\fhttp_proxied\x18\x06 \x01(\x04BA\xea\xe0\x18=\b\x01\x12*Client requests over HTTP (REST and /rpc).\x18\x03\"\vhttpProxiedR\vhttpProxied\x12C\n" +
 	"\n" +
-	"grpc_calls\x18\a \x01(\x04R\tgrpcCalls\x12)\n" +
-	"\x10messages_proxied\x18\b \x01(\x04R\x0fmessagesProxied\x12)\n" +
-	"\x10backend_connects\x18\t \x01(\x04R\x0fbackendConnects\x12-\n" +
+	"grpc_calls\x18\a \x01(\x04B$\xea\xe0\x18 \b\x01\x12\x1aClient requests over gRPC.\x18\x03R\tgrpcCalls\x12|\n" +
+	"\x10messages_proxied\x18\b \x01(\x04BQ\xea\xe0\x18M\b\x01\x126JSON-RPC messages written to or read from the backend.\x18\x02\"\x0fmessagesProxiedR\x0fmessagesProxied\x12_\n" +
+	"\x10backend_connects\x18\t \x01(\x04B4\xea\xe0\x180\b\x01\x12\x19Successful backend dials.\x18\x02\"\x0fbackendConnectsR\x0fbackendConnects\x12}\n" +
 	"\x12backend_reconnects\x18\n" +
-	" \x01(\x04R\x11backendReconnects\x12\x16\n" +
-	"\x06errors\x18\v \x01(\x04R\x06errors\x12+\n" +
-	"\x11backend_connected\x18\f \x01(\bR\x10backendConnected\x12%\n" +
-	"\x0eactive_clients\x18\r \x01(\x03R\ractiveClients\x12.\n" +
-	"\x13requests_per_second\x18\x0e \x01(\x01R\x11requestsPerSecond\x12;\n" +
-	"\x1arecent_requests_per_second\x18\x0f \x01(\x01R\x17recentRequestsPerSecond\x12\x1b\n" +
-	"\tin_flight\x18\x10 \x01(\x03R\binFlight\x12\x1a\n" +
-	"\btimeouts\x18\x11 \x01(\x04R\btimeouts\x12%\n" +
-	"\x0elate_responses\x18\x12 \x01(\x04R\rlateResponses\x12>\n" +
-	"\rbackend_state\x18\x13 \x01(\x0e2\x19.wsbridge.v1.BackendStateR\fbackendState\x12\x1f\n" +
-	"\vbackend_url\x18\x14 \x01(\tR\n" +
-	"backendUrl\x12.\n" +
-	"\alatency\x18\x15 \x01(\v2\x14.wsbridge.v1.LatencyR\alatency\x12+\n" +
-	"\x11unknown_responses\x18\x16 \x01(\x04R\x10unknownResponses\x123\n" +
-	"\x15backend_notifications\x18\x17 \x01(\x04R\x14backendNotifications\x12)\n" +
-	"\x10malformed_frames\x18\x18 \x01(\x04R\x0fmalformedFrames\x12#\n" +
-	"\rdial_failures\x18\x19 \x01(\x04R\fdialFailures\x12%\n" +
-	"\x0ebackend_errors\x18\x1a \x01(\x04R\rbackendErrors\x12,\n" +
-	"\x12backend_conns_open\x18\x1b \x01(\rR\x10backendConnsOpen\x12\x1a\n" +
-	"\brejected\x18\x1c \x01(\x04R\brejected\x12\x1d\n" +
+	" \x01(\x04BN\xea\xe0\x18J\b\x01\x121Successful backend dials after a lost connection.\x18\x02\"\x11backendReconnectsR\x11backendReconnects\x12\x88\x01\n" +
+	"\x06errors\x18\v \x01(\x04Bp\xea\xe0\x18l\b\x01\x12^Client requests that ended with an error, backend errors included (by kind: errors_by_reason).\x18\x04\"\x06errorsR\x06errors\x12n\n" +
+	"\x11backend_connected\x18\f \x01(\bBA\xea\xe0\x18=\b\x02\x12%1 while a backend connection is open.\x18\x02\"\x10backendConnectedR\x10backendConnected\x12}\n" +
+	"\x0eactive_clients\x18\r \x01(\x03BV\xea\xe0\x18R\b\x02\x12=Clients connected now (gRPC, WebSocket and HTTP connections).\x18\x06\"\ractiveClientsR\ractiveClients\x12p\n" +
+	"\x13requests_per_second\x18\x0e \x01(\x01B@\xea\xe0\x18<\b\x03\x12#requests_handled divided by uptime.\x18\x03\"\x11requestsPerSecondR\x11requestsPerSecond\x12\x89\x01\n" +
+	"\x1arecent_requests_per_second\x18\x0f \x01(\x01BL\xea\xe0\x18H\b\x02\x12-Requests per second over the last 10 seconds.\x18\x03*\x13requests_per_secondR\x17recentRequestsPerSecond\x12M\n" +
+	"\tin_flight\x18\x10 \x01(\x03B0\xea\xe0\x18,\b\x02\x12&Calls and notifications not yet ended.\x18\x03R\binFlight\x12D\n" +
+	"\btimeouts\x18\x11 \x01(\x04B(\xea\xe0\x18$\b\x01\x12\x1eCalls that hit their deadline.\x18\x04R\btimeouts\x12f\n" +
+	"\x0elate_responses\x18\x12 \x01(\x04B?\xea\xe0\x18;\b\x01\x125Backend replies that came after their caller gave up.\x18\x02R\rlateResponses\x12\x88\x01\n" +
+	"\rbackend_state\x18\x13 \x01(\x0e2\x19.wsbridge.v1.BackendStateBH\xea\xe0\x18D\b\x02\x127The backend link's state (the best of its connections).\x18\x022\x05stateR\fbackendState\x12\x85\x01\n" +
+	"\vbackend_url\x18\x14 \x01(\tBd\xea\xe0\x18`\b\x03\x12ZThe backend as scheme://host:port (its path and query may hold secrets and are not shown).\x18\x02R\n" +
+	"backendUrl\x12\x91\x01\n" +
+	"\alatency\x18\x15 \x01(\v2\x14.wsbridge.v1.LatencyBa\xea\xe0\x18]\b\x03\x12WLatency of the calls that succeeded, over a recent window (/metrics has the histogram).\x18\x03R\alatency\x12y\n" +
+	"\x11unknown_responses\x18\x16 \x01(\x04BL\xea\xe0\x18H\b\x01\x12BBackend replies whose id matched no call (not late, just unknown).\x18\x02R\x10unknownResponses\x12g\n" +
+	"\x15backend_notifications\x18\x17 \x01(\x04B2\xea\xe0\x18.\b\x01\x12(Notifications received from the backend.\x18\x05R\x14backendNotifications\x12\xaa\x01\n" +
+	"\x10malformed_frames\x18\x18 \x01(\x04B\x7f\xea\xe0\x18{\b\x01\x12uBackend frames or messages that were not valid JSON-RPC (binary, not UTF-8, cut off, neither reply nor notification).\x18\x02R\x0fmalformedFrames\x12`\n" +
+	"\rdial_failures\x18\x19 \x01(\x04B;\xea\xe0\x187\b\x01\x12\x1aBackend dials that failed.\x18\x02*\x15backend_dial_failuresR\fdialFailures\x12q\n" +
+	"\x0ebackend_errors\x18\x1a \x01(\x04BJ\xea\xe0\x18F\b\x01\x12@Client requests answered with a JSON-RPC error from the backend.\x18\x04R\rbackendErrors\x12k\n" +
+	"\x12backend_conns_open\x18\x1b \x01(\rB=\xea\xe0\x189\b\x02\x123Open backend connections (at most --backend-conns).\x18\x02R\x10backendConnsOpen\x12f\n" +
+	"\brejected\x18\x1c \x01(\x04BJ\xea\xe0\x18F\b\x01\x12@Calls refused at the gateway's in-flight limit (--max-inflight).\x18\x04R\brejected\x12H\n" +
 	"\n" +
-	"ws_clients\x18\x1d \x01(\x03R\twsClients\x12$\n" +
-	"\rsubscriptions\x18\x1e \x01(\x03R\rsubscriptions\x12%\n" +
-	"\x0eslow_consumers\x18\x1f \x01(\x04R\rslowConsumers\x127\n" +
-	"\x17notifications_delivered\x18  \x01(\x04R\x16notificationsDelivered\x12\"\n" +
-	"\fresubscribes\x18! \x01(\x04R\fresubscribes\x12\x1e\n" +
+	"ws_clients\x18\x1d \x01(\x03B)\xea\xe0\x18%\b\x02\x12\x1fClients connected over /ws now.\x18\x06R\twsClients\x12f\n" +
+	"\rsubscriptions\x18\x1e \x01(\x03B@\xea\xe0\x18<\b\x02\x126Live backend subscriptions (a shared one counts once).\x18\x05R\rsubscriptions\x12\x87\x01\n" +
+	"\x0eslow_consumers\x18\x1f \x01(\x04B`\xea\xe0\x18\\\b\x01\x12VClients and streams ended because they could not keep up (1008 or RESOURCE_EXHAUSTED).\x18\x06R\rslowConsumers\x12f\n" +
+	"\x17notifications_delivered\x18  \x01(\x04B-\xea\xe0\x18)\b\x01\x12#Notifications delivered to clients.\x18\x05R\x16notificationsDelivered\x12r\n" +
+	"\fresubscribes\x18! \x01(\x04BN\xea\xe0\x18J\b\x01\x12DSubscriptions re-issued on a new backend connection (--resubscribe).\x18\x05R\fresubscribes\x12\x8b\x01\n" +
 	"\n" +
-	"goroutines\x18\" \x01(\x03R\n" +
-	"goroutines\x12(\n" +
-	"\x0funauthenticated\x18# \x01(\x04R\x0funauthenticated\x12!\n" +
-	"\fgrpc_clients\x18$ \x01(\x03R\vgrpcClients\x12!\n" +
-	"\fhttp_clients\x18% \x01(\x03R\vhttpClients*\xa3\x01\n" +
+	"goroutines\x18\" \x01(\x03Bk\xea\xe0\x18g\b\x03\x12aGoroutines in the gateway process now (for soak runs and leak hunts; /metrics has go_goroutines).\x18\x01R\n" +
+	"goroutines\x12d\n" +
+	"\x0funauthenticated\x18# \x01(\x04B:\xea\xe0\x186\b\x01\x120Requests refused for a missing or invalid token.\x18\x04R\x0funauthenticated\x12T\n" +
+	"\fgrpc_clients\x18$ \x01(\x03B1\xea\xe0\x18-\b\x02\x12'Open gRPC connections from clients now.\x18\x06R\vgrpcClients\x12}\n" +
+	"\fhttp_clients\x18% \x01(\x03BZ\xea\xe0\x18V\b\x02\x12POpen HTTP connections from clients now (REST, /rpc, and /ws before the upgrade).\x18\x06R\vhttpClients\x12\xb9\x02\n" +
+	"\x10errors_by_reason\x18& \x03(\v2&.wsbridge.v1.Stats.ErrorsByReasonEntryB\xe6\x01\xea\xe0\x18\xe1\x01\b\x01\x12\xc0\x01Client requests that ended with an error, by reason: the gateway's error code (unavailable, reply_lost, draining, deadline_exceeded, canceled, overloaded, ...), backend_error, invalid_request.\x18\x04*\x10errors_by_reason2\x06reasonR\x0eerrorsByReason\x12t\n" +
+	"\x0flast_dial_error\x18' \x01(\tBL\xea\xe0\x18H\b\x03\x12BThe last failed backend dial's error (empty when none has failed).\x18\x02R\rlastDialError\x12u\n" +
+	"\x12last_dial_error_at\x18( \x01(\v2\x1a.google.protobuf.TimestampB,\xea\xe0\x18(\b\x03\x12\"When the last backend dial failed.\x18\x02R\x0flastDialErrorAt\x12\xba\x01\n" +
+	"\x0ffailure_latency\x18) \x01(\v2\x14.wsbridge.v1.LatencyB{\xea\xe0\x18w\b\x03\x12qLatency of the calls that failed, over a recent window (apart, so that fast failures do not flatter the latency).\x18\x04R\x0efailureLatency\x12\x9f\x01\n" +
+	"\x15notifications_dropped\x18* \x01(\x04Bj\xea\xe0\x18f\b\x01\x12`Notifications dropped because a client's subscribe reply was still held back after 4096 of them.\x18\x05R\x14notificationsDropped\x12\x9e\x01\n" +
+	"\x14client_subscriptions\x18+ \x01(\x03Bk\xea\xe0\x18g\b\x02\x12aSubscriptions clients hold (a shared one counts once per client and call), pending ones included.\x18\x05R\x13clientSubscriptions\x12\x81\x01\n" +
+	"\x10backend_requests\x18, \x01(\x04BV\xea\xe0\x18R\b\x01\x12LRequests the backend sent to the gateway (dropped: the gateway serves none).\x18\x02R\x0fbackendRequests\x12\x83\x01\n" +
+	"\x05ready\x18- \x01(\bBm\xea\xe0\x18i\b\x02\x12c1 while the gateway reports ready: not shutting down, and the last backend dial (if any) succeeded.\x18\x01R\x05ready\x12i\n" +
+	"\x0frefused_clients\x18. \x01(\x04B@\xea\xe0\x18<\b\x01\x126/ws clients refused at the handshake by --max-clients.\x18\x06R\x0erefusedClients\x12\x88\x01\n" +
+	"\apending\x18/ \x01(\x03Bn\xea\xe0\x18j\b\x02\x12URequests written or queued for the backend that wait for a reply (the pending table).\x18\x02*\rpending_callsR\apending\x1aA\n" +
+	"\x13ErrorsByReasonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +
@@ -700,30 +823,34 @@ func file_wsbridge_v1_stats_proto_rawDescGZIP() []byte {
 }
 
 var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(BackendState)(0),             // 0: wsbridge.v1.BackendState
 	(*WatchStatsRequest)(nil),     // 1: wsbridge.v1.WatchStatsRequest
 	(*GetStatsRequest)(nil),       // 2: wsbridge.v1.GetStatsRequest
 	(*Latency)(nil),               // 3: wsbridge.v1.Latency
 	(*Stats)(nil),                 // 4: wsbridge.v1.Stats
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	nil,                           // 5: wsbridge.v1.Stats.ErrorsByReasonEntry
+	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_wsbridge_v1_stats_proto_depIdxs = []int32{
-	5, // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
-	6, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
+	6, // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	7, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
 	0, // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
 	3, // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
-	2, // 4: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
-	1, // 5: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
-	4, // 6: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
-	4, // 7: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	5, // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
+	7, // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
+	3, // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
+	2, // 7: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
+	1, // 8: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
+	4, // 9: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
+	4, // 10: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_stats_proto_init() }
@@ -731,13 +858,14 @@ func file_wsbridge_v1_stats_proto_init() {
 	if File_wsbridge_v1_stats_proto != nil {
 		return
 	}
+	file_wsbridge_v1_options_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_stats_proto_rawDesc), len(file_wsbridge_v1_stats_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
