@@ -4,7 +4,8 @@
 #                --build-arg COMMIT=$(git rev-parse HEAD) -t wsbridge .
 #   docker run --rm -p 8080:8080 -p 9090:9090 -e WSBRIDGE_BACKEND=ws://host:8546/ wsbridge
 #
-# Without WSBRIDGE_BACKEND (or --backend) the embedded demo backend starts.
+# Without WSBRIDGE_BACKEND (or --backend) it refuses to start and says so;
+# -e WSBRIDGE_DEMO=true runs the embedded demo backend instead.
 # deploy/kubernetes_test.go checks this file against the Kubernetes manifests.
 
 FROM golang:1.26-bookworm AS build

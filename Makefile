@@ -15,7 +15,7 @@ help: ## List the targets.
 
 .PHONY: run
 run: ## Start the gateway with the embedded demo backend (gRPC :9090, HTTP :8080).
-	$(GO) run ./cmd/wsbridge serve --demo-tick 1s $(RUN_ARGS)
+	$(GO) run ./cmd/wsbridge serve --demo --demo-tick 1s $(RUN_ARGS)
 
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,7 +273,14 @@ func CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme == "" && u.Host == "") || u.Opaque != "" {
 		// Not the parse error: url.Error quotes the URL, credentials and all.
-		return fmt.Errorf("backend URL %s is not a URL: write it as ws://host:port/path or wss://host:port/path", RedactURL(raw))
+		shown := raw
+		if i := strings.LastIndex(shown, "@"); i >= 0 {
+			shown = "REDACTED" + shown[i:]
+		}
+		if i := strings.Index(shown, "?"); i >= 0 {
+			shown = shown[:i] + "?REDACTED"
+		}
+		return fmt.Errorf("backend URL %s is not a URL: write it as ws://host:port/path or wss://host:port/path", shown)
 	}
 	if u.Scheme != "ws" && u.Scheme != "wss" {
 		return fmt.Errorf("backend URL %s: the scheme must be ws:// or wss://, not %q", RedactURL(raw), u.Scheme+"://")

@@ -1383,8 +1383,9 @@ func TestBinaryServesTheManifestsProbesAndMetrics(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// An empty WSBRIDGE_BACKEND starts the embedded demo backend.
-	g := startGateway(t, ctx, c, map[string]string{"WSBRIDGE_BACKEND": ""})
+	// WSBRIDGE_DEMO (with no WSBRIDGE_BACKEND) starts the embedded demo
+	// backend.
+	g := startGateway(t, ctx, c, map[string]string{"WSBRIDGE_BACKEND": "", "WSBRIDGE_DEMO": "true"})
 	if !strings.Contains(g.stderr.String(), "embedded demo backend") {
 		t.Fatalf("the embedded demo backend did not start:\n%s", g.stderr)
 	}

@@ -11,7 +11,7 @@ command -v grpcurl >/dev/null || { echo "grpcurl not found: run make tools"; exi
 bin=$(mktemp -d)/wsbridge
 go build -o "$bin" ./cmd/wsbridge
 log=$(mktemp)
-"$bin" serve --demo-tick 1s >"$log" 2>&1 &
+"$bin" serve --demo --demo-tick 1s >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

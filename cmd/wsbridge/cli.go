@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -68,26 +66,18 @@ func (c *clientFlags) dial(ctx context.Context) (*grpc.ClientConn, context.Conte
 	return conn, ctx, err
 }
 
-func parseOrUsage(fs *flagSet, args []string) (int, bool) {
-	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, false
-		}
-		return 2, false
-	}
-	return 0, true
-}
-
 // statsCmd prints a running gateway's counters: a table for people, JSON
 // for scripts, refreshed with --watch.
-func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	fs := newFlagSet("stats", stderr, getenv)
+func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("stats", stderr)
 	var cf clientFlags
 	cf.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON (one object per snapshot)")
-	watch := fs.Bool("watch", false, "keep printing a snapshot every --interval")
-	interval := fs.Duration("interval", 2*time.Second, "time between snapshots with --watch")
-	if code, ok := parseOrUsage(fs, args); !ok {
+	var asJSON, watch bool
+	var interval time.Duration
+	fs.bool(&asJSON, "json", false, "print JSON (one object per snapshot)")
+	fs.bool(&watch, "watch", false, "keep printing a snapshot every --interval")
+	fs.duration(&interval, "interval", 2*time.Second, "time between snapshots with --watch")
+	if code, ok := parseArgs(fs, args); !ok {
 		return code
 	}
 	conn, ctx, err := cf.dial(ctx)
@@ -98,17 +88,17 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	defer conn.Close()
 	client := wsbridgev1.NewStatsServiceClient(conn)
 	show := func(st *wsbridgev1.Stats) {
-		if *asJSON {
+		if asJSON {
 			b, _ := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(st)
 			fmt.Fprintln(stdout, string(b))
 			return
 		}
-		if *watch && isTerminal(stdout) {
+		if watch && isTerminal(stdout) {
 			fmt.Fprint(stdout, "\033[H\033[2J") // home and clear
 		}
 		printStats(stdout, st)
 	}
-	if !*watch {
+	if !watch {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		st, err := client.GetStats(cctx, &wsbridgev1.GetStatsRequest{})
@@ -119,7 +109,7 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		show(st)
 		return 0
 	}
-	stream, err := client.WatchStats(ctx, &wsbridgev1.WatchStatsRequest{Interval: durationpb.New(*interval)})
+	stream, err := client.WatchStats(ctx, &wsbridgev1.WatchStatsRequest{Interval: durationpb.New(interval)})
 	if err != nil {
 		fmt.Fprintln(stderr, "stats:", describe(err))
 		return 1
@@ -143,22 +133,21 @@ func printStats(w io.Writer, st *wsbridgev1.Stats) {
 
 // callCmd makes one call through the gateway and prints the result, or the
 // error with its code.
-func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	fs := newFlagSet("call", stderr, getenv)
+func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("call", stderr)
 	var cf clientFlags
 	cf.register(fs)
-	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
-	notify := fs.Bool("notify", false, "send a notification (no reply) instead of a call")
-	wait := fs.Bool("wait-for-ready", false, "wait for the backend while the gateway is reconnecting")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: wsbridge call [flags] METHOD [PARAMS_JSON]\n\n")
-		fs.usage()
-	}
-	if code, ok := parseOrUsage(fs, args); !ok {
+	var timeout time.Duration
+	var notify, wait bool
+	fs.duration(&timeout, "timeout", 30*time.Second, "give up after this long")
+	fs.bool(&notify, "notify", false, "send a notification (no reply) instead of a call")
+	fs.bool(&wait, "wait-for-ready", false, "wait for the backend while the gateway is reconnecting")
+	if code, ok := parseArgs(fs, args); !ok {
 		return code
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
-		fs.Usage()
+		fmt.Fprint(stderr, "Usage: wsbridge call [flags] METHOD [PARAMS_JSON]\n\n")
+		fs.usage()
 		return 2
 	}
 	method := fs.Arg(0)
@@ -177,15 +166,15 @@ func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return 1
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	stop := progress(stderr, "waiting for "+method)
 	client := wsbridgev1.NewBridgeServiceClient(conn)
 	var res *wsbridgev1.CallResponse
-	if *notify {
+	if notify {
 		_, err = client.Notify(ctx, &wsbridgev1.NotifyRequest{Method: method, Params: params})
 	} else {
-		res, err = client.Call(ctx, &wsbridgev1.CallRequest{Method: method, Params: params, WaitForReady: *wait})
+		res, err = client.Call(ctx, &wsbridgev1.CallRequest{Method: method, Params: params, WaitForReady: wait})
 	}
 	stop()
 	if err != nil {

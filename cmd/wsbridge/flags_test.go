@@ -10,62 +10,77 @@ import (
 	"time"
 )
 
-func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+// run with no environment of the test's own: every WSBRIDGE_* variable is
+// cleared for the test (and restored after).
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, envPrefix+"_") {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+}
 
 func TestFlagPrecedence(t *testing.T) {
+	clearEnv(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "c.yaml")
 	if err := os.WriteFile(file, []byte("grpc-addr: file:1\ncall-timeout: 7s\nbackend-header: [\"F: 1\"]\nsubscribe-methods: [a_sub, b_sub]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	define := func(getenv func(string) string) (*flagSet, *string, *time.Duration, *repeated, *commaList) {
-		fs := newFlagSet("serve", &out, getenv)
+	define := func() (*flagSet, *string, *time.Duration, *listValue, *listValue) {
+		fs := newFlagSet("serve", &out)
 		addr := fs.String("grpc-addr", "default:1", "")
-		d := fs.Duration("call-timeout", time.Second, "")
-		var h repeated
-		fs.Var(&h, "backend-header", "")
-		var l commaList
-		fs.Var(&l, "subscribe-methods", "")
+		var d time.Duration
+		fs.duration(&d, "call-timeout", time.Second, "")
+		h := fs.list("backend-header", "\n", nil, "")
+		l := fs.list("subscribe-methods", ",", []string{"x_sub"}, "")
 		fs.withConfig()
-		return fs, addr, d, &h, &l
+		return fs, addr, &d, h, l
 	}
-	fs, addr, d, h, l := define(env(nil))
-	if err := fs.parse(nil); err != nil || *addr != "default:1" || *d != time.Second || len(h.values) != 0 || len(*l) != 0 {
-		t.Fatalf("defaults: %v %q %v %v %v", err, *addr, *d, h.values, *l)
+	fs, addr, d, h, l := define()
+	if err := fs.parse(nil); err != nil || *addr != "default:1" || *d != time.Second || len(h.values) != 0 || strings.Join(l.values, "|") != "x_sub" {
+		t.Fatalf("defaults: %v %q %v %v %v", err, *addr, *d, h.values, l.values)
 	}
 	// The file over the defaults.
-	fs, addr, d, h, l = define(env(nil))
+	fs, addr, d, h, l = define()
 	if err := fs.parse([]string{"--config", file}); err != nil || *addr != "file:1" || *d != 7*time.Second ||
-		strings.Join(h.values, "|") != "F: 1" || strings.Join(*l, "|") != "a_sub|b_sub" {
-		t.Fatalf("file: %v %q %v %v %v", err, *addr, *d, h.values, *l)
+		strings.Join(h.values, "|") != "F: 1" || strings.Join(l.values, "|") != "a_sub|b_sub" {
+		t.Fatalf("file: %v %q %v %v %v", err, *addr, *d, h.values, l.values)
 	}
 	// The environment over the file (WSBRIDGE_CONFIG names it too).
-	e := env(map[string]string{"WSBRIDGE_CONFIG": file, "WSBRIDGE_GRPC_ADDR": "env:2", "WSBRIDGE_BACKEND_HEADER": "A: 1\nB: 2"})
-	fs, addr, d, h, _ = define(e)
+	t.Setenv("WSBRIDGE_CONFIG", file)
+	t.Setenv("WSBRIDGE_GRPC_ADDR", "env:2")
+	t.Setenv("WSBRIDGE_BACKEND_HEADER", "A: 1\nB: 2")
+	fs, addr, d, h, _ = define()
 	if err := fs.parse(nil); err != nil || *addr != "env:2" || *d != 7*time.Second || strings.Join(h.values, "|") != "A: 1|B: 2" {
 		t.Fatalf("environment: %v %q %v %v", err, *addr, *d, h.values)
 	}
 	// Flags over everything.
-	fs, addr, _, h, _ = define(e)
+	fs, addr, _, h, _ = define()
 	if err := fs.parse([]string{"--grpc-addr", "flag:3", "--backend-header", "C: 3", "--backend-header", "D: 4"}); err != nil ||
 		*addr != "flag:3" || strings.Join(h.values, "|") != "C: 3|D: 4" {
 		t.Fatalf("flags over environment: %v %q %v", err, *addr, h.values)
 	}
-	fs, _, _, _, _ = define(env(map[string]string{"WSBRIDGE_CALL_TIMEOUT": "soon"}))
-	if err := fs.parse(nil); err == nil || !strings.Contains(err.Error(), "WSBRIDGE_CALL_TIMEOUT") {
-		t.Fatalf("a bad environment value must name its variable: %v", err)
+	t.Setenv("WSBRIDGE_CALL_TIMEOUT", "soon")
+	fs, _, _, _, _ = define()
+	if err := fs.parse(nil); err == nil || !strings.Contains(out.String(), `WSBRIDGE_CALL_TIMEOUT: "soon" is not a duration`) {
+		t.Fatalf("a bad environment value must name its variable: %v\n%s", err, out.String())
 	}
 }
 
 func TestConfigFileErrors(t *testing.T) {
+	clearEnv(t)
 	dir := t.TempDir()
 	for content, want := range map[string]string{
 		"grpc-adr: x\n":            `unknown key "grpc-adr"`,
-		"call-timeout: soon\n":     `invalid value "soon" for call-timeout`,
-		"- a\n- b\n":               "mapping",
-		"grpc-addr: [a, b]\n":      "takes one value",
-		"backend-header: {a: 1}\n": "value or a list",
+		"call-timeout: soon\n":     `call-timeout in ` + dir + `/c.yaml: "soon" is not a duration`,
+		"call-timeout: 30\n":       `call-timeout in ` + dir + `/c.yaml: "30" has no unit`,
+		"- a\n- b\n":               "yaml",
+		"grpc-addr: [a, b]\n":      "grpc-addr takes one value, not a list",
+		"backend-header: {a: 1}\n": `unknown key "backend-header.a"`,
 		"grpc-addr: x\n  bad: [\n": "yaml",
 	} {
 		file := filepath.Join(dir, "c.yaml")
@@ -73,17 +88,88 @@ func TestConfigFileErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		var out bytes.Buffer
-		code := run(context.Background(), []string{"serve", "--config", file, "--print-config"}, &out, &out, env(nil))
+		code := run(context.Background(), []string{"serve", "--config", file, "--print-config"}, &out, &out)
 		if code != 2 || !strings.Contains(out.String(), want) {
 			t.Errorf("%q: exit %d, %q; want 2 and %q", content, code, out.String(), want)
 		}
 	}
 }
 
+// Every value that makes no sense is refused at start with one line that
+// names where it came from (flag, variable or key), the value, and what is
+// expected; nothing listens.
+func TestServeRefusesBadValues(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(file, []byte("max-inflight: -1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--max-inflight", "-5"}, nil, "--max-inflight -5: must be at least 1"},
+		{[]string{"--call-timeout", "0"}, nil, "--call-timeout 0s: must be a positive duration"},
+		{[]string{"--call-timeout", "30"}, nil, `--call-timeout: "30" has no unit: write a duration such as 30s or 30ms`},
+		{[]string{"--backoff-jitter", "2"}, nil, "--backoff-jitter 2: must be from 0 (no jitter) to 1"},
+		{[]string{"--backoff-max", "1s", "--backoff-base", "2s"}, nil, "--backoff-max 1s: must be at least --backoff-base (2s)"},
+		{[]string{"--max-clients", "-1"}, nil, "--max-clients -1: must be 0 (no limit) or more"},
+		{[]string{"--client-buffer", "x"}, nil, `--client-buffer: "x" is not a whole number`},
+		{nil, map[string]string{"WSBRIDGE_MAX_BATCH": "0"}, "WSBRIDGE_MAX_BATCH 0: must be at least 1"},
+		{[]string{"--config", file}, nil, "max-inflight in " + file + " -1: must be at least 1"},
+		{[]string{"--log-level", "loud"}, nil, "--log-level loud: must be debug, info, warn or error"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"serve", "--demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, tc.args...)
+			code := run(context.Background(), args, &stdout, &stderr)
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if code != 2 || !strings.Contains(lines[0], tc.want) || len(lines) > 2 {
+				t.Fatalf("exit %d:\n%s\nwant 2 and one line with %q", code, stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+// Without --backend or --demo, serve refuses to start (a misspelt setting
+// once served the demo backend, silently), and says how to give one; an
+// unknown WSBRIDGE_* variable is named, with the flag it may have meant.
+func TestServeNeedsABackend(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("WSBRIDGE_BAKEND", "ws://127.0.0.1:1/")
+	for _, args := range [][]string{{"serve"}, {"serve", "--backend", ""}} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), args, &stdout, &stderr)
+		if code != 2 || !strings.Contains(stderr.String(), "no backend: give its URL with --backend ws://HOST:PORT/PATH") ||
+			!strings.Contains(stderr.String(), "--demo") {
+			t.Fatalf("%q: exit %d: %s", args, code, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "WSBRIDGE_BAKEND (did you mean WSBRIDGE_BACKEND?)") {
+			t.Fatalf("the misspelt variable is not named: %s", stderr.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--backend", "127.0.0.1:8081"}, &stdout, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "--backend: backend URL 127.0.0.1:8081") || !strings.Contains(stderr.String(), "did you mean ws://127.0.0.1:8081/?") {
+		t.Fatalf("a URL without a scheme: %d %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run(context.Background(), []string{"serve", "--demo", "--backend", "ws://x/"}, &stdout, &stderr); code != 2 {
+		t.Fatalf("--demo with --backend: %d %s", code, stderr.String())
+	}
+}
+
 func TestPrintConfigRedactsSecrets(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("WSBRIDGE_CALL_TIMEOUT", "12s")
 	var out, errOut bytes.Buffer
 	code := run(context.Background(), []string{"serve", "--print-config", "--backend", "wss://user:pw@example.com/rpc?key=abc",
-		"--backend-header", "Authorization: Bearer s3cret"}, &out, &errOut, env(map[string]string{"WSBRIDGE_CALL_TIMEOUT": "12s"}))
+		"--backend-header", "Authorization: Bearer s3cret"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
@@ -103,8 +189,9 @@ func TestPrintConfigRedactsSecrets(t *testing.T) {
 // The example config in the repository loads, and --print-config's output
 // is itself a valid config giving the same configuration.
 func TestExampleConfig(t *testing.T) {
+	clearEnv(t)
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "--config", "../../examples/wsbridge.yaml", "--print-config"}, &out, &errOut, env(nil)); code != 0 {
+	if code := run(context.Background(), []string{"serve", "--config", "../../examples/wsbridge.yaml", "--print-config"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	for _, want := range []string{"backend: ws://127.0.0.1:8081/", "resubscribe: true", "metrics-methods: [eth_call, eth_getBalance]", "log-format: json"} {
@@ -117,20 +204,21 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out2 bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "--config", again, "--print-config"}, &out2, &errOut, env(nil)); code != 0 || out2.String() != out.String() {
-		t.Fatalf("round trip: exit %d\n%s\nvs\n%s", code, out2.String(), out.String())
+	if code := run(context.Background(), []string{"serve", "--config", again, "--print-config"}, &out2, &errOut); code != 0 || out2.String() != out.String() {
+		t.Fatalf("round trip: exit %d %s\n%s\nvs\n%s", code, errOut.String(), out2.String(), out.String())
 	}
 }
 
 func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	clearEnv(t)
 	var stderr bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "--help"}, &stderr, &stderr, env(nil)); code != 0 {
+	if code := run(context.Background(), []string{"serve", "--help"}, &stderr, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	help := stderr.String()
-	for _, name := range []string{"backend", "grpc-addr", "http-addr", "backend-eager", "backend-conns", "backend-header",
+	for _, name := range []string{"backend", "demo", "grpc-addr", "http-addr", "backend-eager", "backend-conns", "backend-header",
 		"backoff-base", "backoff-multiplier", "backoff-jitter", "backoff-max", "backend-ping-interval", "backend-ping-timeout",
-		"call-timeout", "max-inflight", "max-message-bytes", "shutdown-grace", "log-format", "log-level"} {
+		"call-timeout", "max-inflight", "max-message-bytes", "max-batch", "shutdown-grace", "log-format", "log-level"} {
 		if !strings.Contains(help, "--"+name+" ") && !strings.Contains(help, "--"+name+"\n") {
 			t.Errorf("help lacks --%s", name)
 		}
@@ -144,11 +232,15 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{nil, {"bogus"}, {"serve", "--no-such-flag"}, {"serve", "extra"}, {"serve", "--log-format", "xml"},
-		{"serve", "--backend-header", "no colon"}} {
+	clearEnv(t)
+	for _, args := range [][]string{nil, {"bogus"}, {"serve", "--no-such-flag"}, {"serve", "--demo", "extra"}, {"serve", "--demo", "--log-format", "xml"},
+		{"serve", "--demo", "--backend-header", "no colon"}} {
 		var out bytes.Buffer
-		if code := run(context.Background(), args, &out, &out, env(nil)); code != 2 {
+		if code := run(context.Background(), args, &out, &out); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (output %q)", args, code, out.String())
+		}
+		if strings.Count(out.String(), "\n") > 15 && len(args) > 1 {
+			t.Errorf("%q: a usage error printed the whole help:\n%s", args, out.String())
 		}
 	}
 }
@@ -167,12 +259,13 @@ func TestParseHeaders(t *testing.T) {
 
 // The README's flag table must name every flag of `wsbridge serve`.
 func TestREADMEListsEveryServeFlag(t *testing.T) {
+	clearEnv(t)
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	run(context.Background(), []string{"serve", "--help"}, &out, &out, env(nil))
+	run(context.Background(), []string{"serve", "--help"}, &out, &out)
 	for _, line := range strings.Split(out.String(), "\n") {
 		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "--"); ok {
 			name = strings.Fields(name)[0]

@@ -156,7 +156,9 @@ function updateAll(s) {
   if (!schema) return;
   for (const f of schema) {
     const cell = $("stat-" + f.json);
-    if (cell) cell.textContent = show(s[f.json]);
+    if (!cell) continue;
+    // A field in milliseconds (uptime) reads better as a duration.
+    cell.textContent = f.json.endsWith("Ms") ? fmt(num(s[f.json]) / 1000, 0) + " s" : show(s[f.json]);
   }
 }
 

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/internal/auth"
+	"github.com/wsbridge/wsbridge/server"
+)
+
+// serveFlags are the flags of `wsbridge serve`, as parsed.
+type serveFlags struct {
+	opts       server.Options // the flags that are options as they are
+	backendURL string
+	demo       bool
+	demoTick   time.Duration
+	pingEvery  time.Duration
+
+	headers, subMethods, unsubMethods     *listValue
+	allow, deny, origins, metricsMethods  *listValue
+	tokenFile, tlsCert, tlsKey, backendCA string
+	backendInsecure, errorData            bool
+	debugAddr                             string
+	printConfig                           bool
+	logs                                  logFlags
+}
+
+func (sf *serveFlags) register(fs *flagSet) {
+	o, bo := &sf.opts, &sf.opts.Bridge
+	fs.StringVar(&sf.backendURL, "backend", "", "backend WebSocket URL (ws:// or wss://); required unless --demo")
+	fs.bool(&sf.demo, "demo", false, "start the embedded demo backend in-process and use it as the backend (make run does)")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address")
+	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (REST, /ws, /rpc, /__stats)")
+	fs.bool(&bo.Eager, "backend-eager", false, "dial the backend at start and redial in the background after a loss")
+	fs.int(&bo.Conns, "backend-conns", 1, "backend connections, used round-robin")
+	sf.headers = fs.list("backend-header", "\n", nil, `a header for the backend handshake, as "Name: value" (repeatable; newline-separated in the environment)`)
+	fs.duration(&bo.DialTimeout, "backend-dial-timeout", 5*time.Second, "bound on one backend dial, handshake included")
+	fs.duration(&bo.Backoff.Base, "backoff-base", time.Second, "redial delay after the first failed dial")
+	fs.float(&bo.Backoff.Multiplier, "backoff-multiplier", 1.6, "redial delay growth per failed dial (at least 1)")
+	fs.float(&bo.Backoff.Jitter, "backoff-jitter", 0.2, "redial delay jitter, as a fraction from 0 to 1")
+	fs.duration(&bo.Backoff.Max, "backoff-max", 120*time.Second, "longest redial delay")
+	fs.duration(&sf.pingEvery, "backend-ping-interval", 15*time.Second, "WebSocket ping interval on the backend link (0 disables)")
+	fs.duration(&bo.PingTimeout, "backend-ping-timeout", 5*time.Second, "a pong later than this means the backend link is lost")
+	fs.duration(&bo.WriteTimeout, "backend-write-timeout", 10*time.Second, "bound on one write to the backend")
+	fs.duration(&bo.CallTimeout, "call-timeout", 30*time.Second, "longest any call may take")
+	fs.int(&bo.MaxInFlight, "max-inflight", 10000, "most calls in flight at once; more get RESOURCE_EXHAUSTED")
+	fs.int64(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message to or from the backend, and largest request body")
+	fs.duration(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long calls in flight may drain at shutdown")
+	fs.duration(&o.ShutdownDelay, "shutdown-delay", 0, "at shutdown, keep serving this long with readiness NOT_SERVING before refusing calls (time for load balancers to notice)")
+	fs.duration(&o.ClientPingInterval, "client-ping-interval", 30*time.Second, "WebSocket ping interval to /ws clients")
+	fs.duration(&o.ClientWriteTimeout, "client-write-timeout", 10*time.Second, "a /ws client that takes longer to accept a write is closed with 1008")
+	fs.int(&o.ClientBuffer, "client-buffer", 1024, "messages that may wait for one /ws client, Subscribe stream or Session before it is ended as too slow")
+	sf.subMethods = fs.list("subscribe-methods", ",", []string{"*_subscribe"}, "comma-separated patterns (* = any text) of methods that create a backend subscription")
+	sf.unsubMethods = fs.list("unsubscribe-methods", ",", []string{"*_unsubscribe"}, "comma-separated patterns of the methods that undo them, paired by position")
+	fs.bool(&bo.Batch, "backend-batch", false, "send requests queued together as one JSON-RPC batch (for backends that handle batches; a batch's replies wait for its slowest call)")
+	fs.bool(&bo.Resubscribe, "resubscribe", false, "re-issue live subscriptions after a backend reconnect (subscribers get a wsbridge_gap notification)")
+	fs.StringVar(&bo.CancelMethod, "cancel-method", "", "notification sent to the backend with {\"id\": <gateway id>} when a caller gives up (e.g. $/cancelRequest)")
+	fs.duration(&sf.demoTick, "demo-tick", 0, "with --demo: the demo backend sends a tick notification this often (0: never)")
+	fs.StringVar(&sf.tokenFile, "auth-token-file", "", "file of accepted bearer tokens, one per line (reread when it changes); enables authentication on every client face")
+	fs.bool(&o.AuthAll, "auth-all", false, "require the token for health checks and reflection too")
+	sf.allow = fs.list("allow-methods", ",", nil, "comma-separated method patterns clients may call (* = any text); empty allows all")
+	sf.deny = fs.list("deny-methods", ",", nil, "comma-separated method patterns clients may not call")
+	sf.origins = fs.list("ws-origins", ",", nil, "comma-separated host patterns of browser origins allowed on /ws; empty: same host only")
+	fs.StringVar(&sf.tlsCert, "tls-cert", "", "certificate (PEM) for the gateway's listeners; with --tls-key serves TLS 1.2+")
+	fs.StringVar(&sf.tlsKey, "tls-key", "", "private key (PEM) for --tls-cert")
+	fs.StringVar(&sf.backendCA, "backend-ca", "", "extra CA certificates (PEM) trusted for a wss:// backend, besides the system roots")
+	fs.bool(&sf.backendInsecure, "backend-insecure", false, "do not verify the wss:// backend's certificate (insecure; logged as a warning)")
+	fs.bool(&sf.errorData, "backend-error-data", true, "pass the data member of backend errors on to clients")
+	fs.int(&o.MaxClients, "max-clients", 0, "most concurrent /ws clients; more get 503 at the handshake (0: no limit)")
+	fs.int(&o.MaxInFlightPerClient, "max-inflight-per-client", 0, "most calls and notifications one client (a /ws connection, a /rpc request, a Session) may have in flight (0: no limit)")
+	fs.int(&o.MaxBatch, "max-batch", 1000, "most requests in one JSON-RPC batch (/ws, /rpc); a larger batch is refused whole")
+	sf.metricsMethods = fs.list("metrics-methods", ",", nil, "comma-separated method names that may appear as a label in /metrics (others are \"other\")")
+	fs.StringVar(&sf.debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
+	fs.bool(&sf.printConfig, "print-config", false, "print the effective configuration (secrets redacted) as a config file, and exit")
+	fs.withConfig()
+	sf.logs.register(fs)
+}
+
+// options checks every value and turns the flags into server options. An
+// error is one line: where the value came from, the value, and what is
+// expected.
+func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, error) {
+	o := sf.opts
+	bo := &o.Bridge
+	o.Logger = log
+	if err := sf.check(fs); err != nil {
+		return o, err
+	}
+	var err error
+	if bo.Header, err = parseHeaders(sf.headers.values); err != nil {
+		return o, fmt.Errorf("%s: %w", fs.source("backend-header"), err)
+	}
+	bo.URL = sf.backendURL
+	if bo.Backoff.Jitter == 0 {
+		bo.Backoff.Jitter = -1 // the bridge's zero value means its default
+	}
+	if sf.pingEvery <= 0 {
+		bo.PingInterval = -1
+	} else {
+		bo.PingInterval = sf.pingEvery
+	}
+	bo.SubscribeMethods, bo.UnsubscribeMethods = sf.subMethods.values, sf.unsubMethods.values
+	bo.AllowMethods, bo.DenyMethods, o.WSOrigins = sf.allow.values, sf.deny.values, sf.origins.values
+	o.MetricsMethods = sf.metricsMethods.values
+	bo.DropErrorData = !sf.errorData
+	if sf.tokenFile != "" {
+		tokens, err := auth.Load(sf.tokenFile)
+		if err != nil {
+			return o, fmt.Errorf("%s %s: %w", fs.source("auth-token-file"), sf.tokenFile, err)
+		}
+		o.Auth = tokens
+	}
+	if sf.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(sf.tlsCert, sf.tlsKey)
+		if err != nil {
+			return o, fmt.Errorf("%s %s: %w", fs.source("tls-cert"), sf.tlsCert, err)
+		}
+		o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if sf.backendCA != "" || sf.backendInsecure {
+		client, err := backendClient(sf.backendCA, sf.backendInsecure)
+		if err != nil {
+			return o, fmt.Errorf("%s: %w", fs.source("backend-ca"), err)
+		}
+		if sf.backendInsecure {
+			log.Warn("--backend-insecure: the backend's certificate is not verified; anyone on the path can impersonate it")
+		}
+		bo.HTTPClient = client
+	}
+	return o, nil
+}
+
+// check refuses every value that parses but makes no sense.
+func (sf *serveFlags) check(fs *flagSet) error {
+	o, bo := &sf.opts, &sf.opts.Bridge
+	switch {
+	case sf.demo && sf.backendURL != "":
+		return fmt.Errorf("--demo starts the embedded demo backend and %s names another: give one of them", fs.source("backend"))
+	case !sf.demo && sf.backendURL == "":
+		return fmt.Errorf("no backend: give its URL with --backend ws://HOST:PORT/PATH (or %s, or backend: in --config), or run the embedded demo backend with --demo", envName("backend"))
+	case sf.backendURL != "":
+		if err := bridge.CheckURL(sf.backendURL); err != nil {
+			hint := ""
+			if !strings.Contains(sf.backendURL, "://") {
+				hint = fmt.Sprintf(" (did you mean ws://%s/?)", strings.TrimSuffix(sf.backendURL, "/"))
+			}
+			return fmt.Errorf("%s: %v%s", fs.source("backend"), err, hint)
+		}
+	case sf.demoTick != 0 && !sf.demo:
+		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
+	}
+	positive := map[string]time.Duration{
+		"backend-dial-timeout": bo.DialTimeout, "backoff-base": bo.Backoff.Base, "backoff-max": bo.Backoff.Max,
+		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
+		"shutdown-grace": o.ShutdownGrace, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
+	}
+	for _, name := range sortedKeys(positive) {
+		if positive[name] <= 0 {
+			return fs.badValue(name, "must be a positive duration, such as 10s")
+		}
+	}
+	notNegative := map[string]time.Duration{"shutdown-delay": o.ShutdownDelay, "demo-tick": sf.demoTick}
+	for _, name := range sortedKeys(notNegative) {
+		if notNegative[name] < 0 {
+			return fs.badValue(name, "must not be negative")
+		}
+	}
+	if bo.Backoff.Max < bo.Backoff.Base {
+		return fs.badValue("backoff-max", "must be at least --backoff-base ("+bo.Backoff.Base.String()+")")
+	}
+	atLeastOne := map[string]int64{"backend-conns": int64(bo.Conns), "max-inflight": int64(bo.MaxInFlight),
+		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch)}
+	for _, name := range sortedKeys(atLeastOne) {
+		if atLeastOne[name] < 1 {
+			return fs.badValue(name, "must be at least 1")
+		}
+	}
+	noLimit := map[string]int{"max-clients": o.MaxClients, "max-inflight-per-client": o.MaxInFlightPerClient}
+	for _, name := range sortedKeys(noLimit) {
+		if noLimit[name] < 0 {
+			return fs.badValue(name, "must be 0 (no limit) or more")
+		}
+	}
+	if bo.Backoff.Multiplier < 1 {
+		return fs.badValue("backoff-multiplier", "must be at least 1")
+	}
+	if bo.Backoff.Jitter < 0 || bo.Backoff.Jitter > 1 {
+		return fs.badValue("backoff-jitter", "must be from 0 (no jitter) to 1")
+	}
+	if len(sf.subMethods.values) != len(sf.unsubMethods.values) {
+		return fmt.Errorf("%s has %d patterns and %s %d: they pair by position", fs.source("subscribe-methods"),
+			len(sf.subMethods.values), fs.source("unsubscribe-methods"), len(sf.unsubMethods.values))
+	}
+	if (sf.tlsCert == "") != (sf.tlsKey == "") {
+		return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither")
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
