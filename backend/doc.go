@@ -1,9 +1,14 @@
 // Package backend is wsbridge's demo JSON-RPC 2.0 backend, spoken over WebSocket.
 //
-// The gateway starts one in-process when no backend is configured, and
-// `wsbridge backend --listen ADDR` runs one on its own. It exists so that the
-// bridge always has something real to talk to, and so that tests can observe
-// what reached the backend.
+// `wsbridge serve --demo` starts one in-process, and `wsbridge backend
+// --listen ADDR` runs one on its own. It exists so that the bridge always
+// has something real to talk to, and so that tests can observe what reached
+// the backend.
+//
+// Its JSON-RPC handling is its own, written independently of package
+// jsonrpc on purpose: it is the oracle the gateway's tests check the
+// gateway's one implementation against, so a mistake shared by both would
+// have to be made twice.
 //
 // # Wire
 //

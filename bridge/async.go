@@ -12,12 +12,11 @@ import (
 
 // Go starts a call and returns at once, without a goroutine of its own: it
 // is registered and queued on an open connection, and done receives the
-// outcome exactly once, from the goroutine that settles it (the
-// connection's reader, its teardown, or the deadline's timer). done must
-// not block. cancel gives up on the call: done then gets CodeCanceled
-// unless the outcome came first. A call that cannot start on an open
-// connection at once (the Bridge is dialling) runs on a goroutine of the
-// Bridge instead.
+// outcome exactly once (see the package doc's Callbacks for which
+// goroutine runs it). done must not block. cancel gives up on the call:
+// done then gets CodeCanceled unless the outcome came first. A call that
+// cannot start on an open connection at once (the Bridge is dialling) runs
+// on a goroutine of the Bridge instead.
 //
 // Go suits faces that keep many calls in flight per client (/ws): a
 // pending call then costs a few hundred bytes, not a goroutine stack.

@@ -180,16 +180,7 @@ func (c *conn) writeLoop(ctx context.Context) error {
 		if len(batch) == 0 {
 			continue
 		}
-		// With the socket in hand, the write timeout is the socket's
-		// deadline: a context deadline would cost coder/websocket a timer
-		// per message.
-		wctx, cancel := context.Background(), context.CancelFunc(func() {})
-		if corked != nil {
-			_ = corked.SetWriteDeadline(time.Now().Add(c.b.opts.WriteTimeout))
-			corked.Cork()
-		} else {
-			wctx, cancel = context.WithTimeout(ctx, c.b.opts.WriteTimeout)
-		}
+		wctx, end := cork.Batch(corked, ctx, c.b.opts.WriteTimeout)
 		written = written[:0]
 		var err error
 		if c.b.opts.Batch && len(batch) > 1 {
@@ -206,13 +197,7 @@ func (c *conn) writeLoop(ctx context.Context) error {
 			}
 		}
 		clear(batch)
-		if corked != nil {
-			if uerr := corked.Uncork(time.Now().Add(c.b.opts.WriteTimeout)); err == nil && uerr != nil {
-				err = fmt.Errorf("write: %w", uerr)
-			}
-		}
-		cancel()
-		if err != nil {
+		if err := end(err); err != nil {
 			return err
 		}
 		for _, o := range written {

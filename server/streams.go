@@ -164,13 +164,17 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 		}
 	}()
 
+	// send sends one queued response; nil is the end of the stream.
+	send := func(resp *wsbridgev1.SessionResponse) (end bool, err error) {
+		if resp == nil {
+			return true, drainingStatus
+		}
+		return false, stream.Send(resp)
+	}
 	for {
 		select {
 		case resp := <-out.q.ch:
-			if resp == nil {
-				return drainingStatus
-			}
-			if err := stream.Send(resp); err != nil {
+			if end, err := send(resp); end || err != nil {
 				return err
 			}
 		case err := <-recvDone:
@@ -182,10 +186,7 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 			for {
 				select {
 				case resp := <-out.q.ch:
-					if resp == nil {
-						return drainingStatus
-					}
-					if err := stream.Send(resp); err != nil {
+					if end, err := send(resp); end || err != nil {
 						return err
 					}
 				case <-out.q.ended:

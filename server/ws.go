@@ -211,15 +211,7 @@ func (c *wsClient) writeLoop() {
 		if len(batch) == 0 {
 			continue
 		}
-		// With the socket in hand the write timeout is its deadline (a
-		// context deadline costs coder/websocket a timer per message).
-		ctx, cancel := context.Background(), context.CancelFunc(func() {})
-		if corked != nil {
-			_ = corked.SetWriteDeadline(time.Now().Add(c.s.opts.ClientWriteTimeout))
-			corked.Cork()
-		} else {
-			ctx, cancel = context.WithTimeout(ctx, c.s.opts.ClientWriteTimeout)
-		}
+		ctx, end := cork.Batch(corked, context.Background(), c.s.opts.ClientWriteTimeout)
 		var err error
 		leave := false
 		for _, frame := range batch {
@@ -232,13 +224,7 @@ func (c *wsClient) writeLoop() {
 			}
 		}
 		clear(batch)
-		if corked != nil {
-			if uerr := corked.Uncork(time.Now().Add(c.s.opts.ClientWriteTimeout)); err == nil {
-				err = uerr
-			}
-		}
-		cancel()
-		if err != nil {
+		if err = end(err); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 				c.ss.slow("write timeout: client too slow")
 			}

@@ -8,6 +8,7 @@
 package cork
 
 import (
+	"context"
 	"net"
 	"sync"
 	"time"
@@ -83,6 +84,28 @@ func (c *Conn) Uncork(deadline time.Time) error {
 	}
 	_ = c.Conn.SetWriteDeadline(deadline)
 	return c.flushLocked()
+}
+
+// Batch starts writing a batch of messages through c (nil: a connection
+// that cannot be corked) within timeout, for the socket writers of both
+// sides. With c it corks and times the batch by the socket's deadline (a
+// context deadline would cost coder/websocket a timer per message), and
+// the returned ctx has no deadline; without c the ctx carries the timeout.
+// Call end with the batch's write error: it uncorks (sending what was
+// held) and returns the first error.
+func Batch(c *Conn, parent context.Context, timeout time.Duration) (ctx context.Context, end func(error) error) {
+	if c == nil {
+		ctx, cancel := context.WithTimeout(parent, timeout)
+		return ctx, func(err error) error { cancel(); return err }
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	c.Cork()
+	return context.Background(), func(err error) error {
+		if uerr := c.Uncork(time.Now().Add(timeout)); err == nil {
+			err = uerr
+		}
+		return err
+	}
 }
 
 // Listener wraps every accepted connection in a Conn.
