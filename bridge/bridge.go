@@ -69,6 +69,12 @@ type Options struct {
 	// Default: ["*_subscribe"] and ["*_unsubscribe"].
 	SubscribeMethods   []string
 	UnsubscribeMethods []string
+	// MaxSubscriptionsPerConsumer caps the subscriptions one Consumer may
+	// hold (pending ones included; a shared one counts for each consumer
+	// and call); more fail with CodeOverloaded before anything is sent.
+	// MaxListensPerConsumer caps the methods one Consumer may listen to.
+	// 0: no limit.
+	MaxSubscriptionsPerConsumer, MaxListensPerConsumer int
 	// Resubscribe re-issues live subscriptions on a new connection after a
 	// loss, and tells their consumers with a "wsbridge_gap" notification.
 	// Otherwise a loss ends them with "wsbridge_subscriptionLost".

@@ -43,6 +43,10 @@ type hub struct {
 	consumers map[*Consumer]struct{}   // guarded by mu
 	byKey     map[string]*subscription // guarded by mu: method and params -> subscription
 	byID      map[subRef]*subscription // guarded by mu: live subscriptions by backend id
+	// ending holds the subscriptions being unsubscribed at the backend:
+	// notifications it still sends for them until it replies belong to no
+	// one, and must not fall through to method listeners. Guarded by mu.
+	ending map[subRef]int
 	// methodGap is set while slot 0 is down with --resubscribe: method
 	// listeners get a gap notification when it comes back. Guarded by mu.
 	methodGap bool
@@ -95,6 +99,7 @@ func newHub(b *Bridge, sub, unsub []string) *hub {
 		consumers: map[*Consumer]struct{}{},
 		byKey:     map[string]*subscription{},
 		byID:      map[subRef]*subscription{},
+		ending:    map[subRef]int{},
 	}
 }
 
@@ -151,6 +156,7 @@ type Consumer struct {
 	// Guarded by h.mu.
 	methods map[string]bool // listened methods; "*" means all
 	subs    map[*subscription]int
+	nsubs   int // the sum of subs' counts, for MaxSubscriptionsPerConsumer
 	// holding keeps the notifications of subscriptions whose subscribe
 	// reply the client has not been sent yet (see CallHeld).
 	holding map[*subscription][]heldNote
@@ -195,14 +201,27 @@ func (c *Consumer) send(method string, params json.RawMessage) bool {
 
 // Listen adds methods whose notifications the consumer receives ("*": all).
 // Notifications only flow over an open connection, so a lazy Bridge dials
-// now, and keeps redialling while anyone listens.
-func (c *Consumer) Listen(methods ...string) {
+// now, and keeps redialling while anyone listens. Past
+// Options.MaxListensPerConsumer it fails with CodeOverloaded and adds
+// none.
+func (c *Consumer) Listen(methods ...string) error {
 	c.h.mu.Lock()
+	n := len(c.methods)
+	for _, m := range methods {
+		if !c.methods[m] {
+			n++
+		}
+	}
+	if max := c.h.b.opts.MaxListensPerConsumer; max > 0 && n > max {
+		c.h.mu.Unlock()
+		return newError(CodeOverloaded, fmt.Sprintf("would listen to %d methods; the limit per client is %d", n, max), nil)
+	}
 	for _, m := range methods {
 		c.methods[m] = true
 	}
 	c.h.mu.Unlock()
 	c.h.b.slots[0].kickDial()
+	return nil
 }
 
 // Unlisten removes listened methods.
@@ -302,6 +321,10 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 		h.mu.Unlock()
 		return nil, noRelease, newError(CodeCanceled, "consumer closed", nil)
 	}
+	if max := h.b.opts.MaxSubscriptionsPerConsumer; max > 0 && c.nsubs >= max {
+		h.mu.Unlock()
+		return nil, noRelease, newError(CodeOverloaded, fmt.Sprintf("too many subscriptions for this client (limit %d)", max), nil)
+	}
 	sub := h.byKey[key]
 	if sub == nil {
 		callCtx, cancel := context.WithCancel(h.b.bgCtx)
@@ -317,6 +340,7 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 	}
 	sub.owners[c]++
 	c.subs[sub]++
+	c.nsubs++
 	if _, ok := c.holding[sub]; !ok {
 		c.holding[sub] = nil
 	}
@@ -401,6 +425,7 @@ func (h *hub) activate(sub *subscription, slot int, id json.RawMessage) {
 		if h.byKey[sub.key] == sub {
 			delete(h.byKey, sub.key)
 		}
+		h.ending[subRef{slot, jsonrpc.IDKey(id)}]++
 		h.mu.Unlock()
 		h.unsubscribeAtBackend(sub.unsubMethod, slot, id)
 		return
@@ -431,6 +456,7 @@ func (h *hub) removeLocked(sub *subscription) {
 		}
 	}
 	for o := range sub.owners {
+		o.nsubs -= o.subs[sub]
 		delete(o.subs, sub)
 	}
 	clear(sub.owners)
@@ -457,8 +483,11 @@ func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 	if sub.owners[c] -= n; sub.owners[c] <= 0 {
 		delete(sub.owners, c)
 	}
-	if c.subs[sub] -= n; c.subs[sub] <= 0 {
-		delete(c.subs, sub)
+	if held, ok := c.subs[sub]; ok {
+		c.nsubs -= min(n, held)
+		if c.subs[sub] -= n; c.subs[sub] <= 0 {
+			delete(c.subs, sub)
+		}
 	}
 	if len(sub.owners) > 0 {
 		return false
@@ -470,6 +499,7 @@ func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 		}
 		sub.cancel()
 	case subLive:
+		h.ending[subRef{sub.slot, jsonrpc.IDKey(sub.backendID)}]++
 		h.removeLocked(sub)
 		return true
 	case subResubscribing:
@@ -506,7 +536,19 @@ func (c *Consumer) unsubscribe(ctx context.Context, method string, params json.R
 	if !last {
 		return json.RawMessage("true"), nil // others still share it
 	}
+	defer h.ended(slot, backendID)
 	return h.b.do(ctx, method, rewrite(backendID), co, callSpec{slot: slot})
+}
+
+// ended forgets a subscription being unsubscribed once the backend has
+// answered the unsubscribe (see hub.ending).
+func (h *hub) ended(slot int, id json.RawMessage) {
+	ref := subRef{slot, jsonrpc.IDKey(id)}
+	h.mu.Lock()
+	if h.ending[ref]--; h.ending[ref] <= 0 {
+		delete(h.ending, ref)
+	}
+	h.mu.Unlock()
 }
 
 // unsubscribeTarget finds the subscription id in unsubscribe params ([id]
@@ -570,6 +612,7 @@ func (c *Consumer) Close() {
 func (h *hub) unsubscribeAtBackend(method string, slot int, id json.RawMessage) {
 	params := append(append([]byte{'['}, id...), ']')
 	h.b.goBackground(func(ctx context.Context) {
+		defer h.ended(slot, id)
 		_, err := h.b.do(ctx, method, params, CallOptions{}, callSpec{slot: slot})
 		if err != nil && CodeOf(err) != CodeDraining {
 			h.b.opts.Logger.Warn("unsubscribe at the backend failed", "method", method, "err", err)
@@ -602,10 +645,14 @@ func (h *hub) route(slot int, method string, params json.RawMessage) {
 			h.deliver(owners, method, params)
 			return
 		}
+		ending := h.ending[subRef{slot, jsonrpc.IDKey(id)}] > 0
 		h.mu.Unlock()
+		if ending {
+			return // its subscription is being ended: it is no one's
+		}
 	}
-	if slot != 0 {
-		return
+	if slot != 0 || !h.b.MethodAllowed(method) {
+		return // a listener sees only notifications of methods clients may call
 	}
 	h.mu.Lock()
 	var targets []*Consumer
@@ -735,6 +782,11 @@ func (h *hub) connLost(slot int, cause error) {
 	var losts []lost
 	var again []*subscription
 	h.mu.Lock()
+	for ref := range h.ending {
+		if ref.slot == slot {
+			delete(h.ending, ref) // the connection that knew those ids is gone
+		}
+	}
 	for ref, sub := range h.byID {
 		if ref.slot != slot {
 			continue
@@ -812,6 +864,7 @@ func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 	}
 	h.mu.Lock()
 	if sub.state != subResubscribing {
+		h.ending[subRef{slot, jsonrpc.IDKey(id)}]++
 		h.mu.Unlock()
 		h.unsubscribeAtBackend(sub.unsubMethod, slot, id) // its owners left meanwhile
 		return

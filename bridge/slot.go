@@ -298,6 +298,9 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 		HTTPClient: client,
 		HTTPHeader: b.opts.Header,
 	})
+	// A handshake that was refused (a redirect, a 401) may leave its
+	// connection idle in the transport, which this dial copied: close it.
+	client.CloseIdleConnections()
 	if err != nil {
 		// Clients see this error: it names the backend by DisplayURL only.
 		err = hideURL(err, b.opts.URL, b.displayURL)
@@ -315,6 +318,9 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 // that shutdown can cut a close handshake short with a silent backend. Clients with another kind of transport are
 // used as they are (raw then returns nil).
 func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
+	noRedirects := *client
+	noRedirects.CheckRedirect = refuseRedirect
+	client = &noRedirects
 	tr, ok := client.Transport.(*http.Transport)
 	if client.Transport == nil {
 		tr, ok = http.DefaultTransport.(*http.Transport)
@@ -347,6 +353,14 @@ func capturingClient(client *http.Client) (*http.Client, func() net.Conn) {
 		defer mu.Unlock()
 		return raw
 	}
+}
+
+// refuseRedirect fails a backend handshake that is redirected: a redirect
+// could take the handshake, and the headers configured for the backend
+// (--backend-header credentials), to another host or from wss:// to plain
+// http://. The error names where it pointed (scheme, host and port).
+func refuseRedirect(req *http.Request, _ []*http.Request) error {
+	return fmt.Errorf("the backend redirected the handshake to %s://%s; redirects are not followed (give the final URL as the backend)", req.URL.Scheme, req.URL.Host)
 }
 
 // scrubbedError hides the backend URL in an error's text (net/http quotes

@@ -476,6 +476,7 @@ func TestScenario10CallersThatGoAway(t *testing.T) {
 				go func() {
 					defer close(done)
 					req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/call/hold", strings.NewReader(`[]`))
+					req.Header.Set("Content-Type", "application/json")
 					if resp, err := http.DefaultClient.Do(req); err == nil {
 						resp.Body.Close()
 						t.Errorf("REST: got a reply %d", resp.StatusCode)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
@@ -50,12 +52,22 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	return s.requireAuth(mux), nil
 }
 
-// restHandler marks requests as REST for the counters and caps the body at
-// the message limit: 413 before decoding when Content-Length says so, and
-// 413 (not grpc-gateway's 400) when a streamed body runs over.
+// restHandler marks requests as REST for the counters, refuses a body
+// that does not say it is JSON (415), and caps the body at the message
+// limit: 413 before decoding when Content-Length says so, and 413 (not
+// grpc-gateway's 400) when a streamed body runs over. The content type
+// matters for more than parsing: a web page may send a text/plain (or
+// form) POST to any origin without asking first, never an
+// application/json one.
 func (s *Server) restHandler(gw http.Handler) http.Handler {
 	limit := s.bridge.MaxMessageBytes()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isJSON(r.Header.Get("Content-Type")) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnsupportedMediaType)
+			fmt.Fprintf(w, `{"code":%d,"message":"Content-Type must be application/json","details":[]}`+"\n", codes.InvalidArgument)
+			return
+		}
 		if r.ContentLength > limit {
 			writeBodyTooLarge(w, limit)
 			return
@@ -66,6 +78,13 @@ func (s *Server) restHandler(gw http.Handler) http.Handler {
 		ctx = context.WithValue(ctx, limitedBodyKey{}, body)
 		gw.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// isJSON reports whether a Content-Type names JSON: application/json or a
+// +json type, with any parameters.
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && (mt == "application/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 type limitedBodyKey struct{}

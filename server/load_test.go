@@ -144,6 +144,7 @@ func TestManyClientsAllFacesNoMisdelivery(t *testing.T) {
 			for j := range callsPerClient {
 				nonce := fmt.Sprintf("rest-%d-%d", i, j)
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/call/echo", strings.NewReader(fmt.Sprintf(`[%q]`, nonce)))
+				req.Header.Set("Content-Type", "application/json")
 				got, err := doBody(req)
 				if err != nil {
 					fail(err)

@@ -144,6 +144,7 @@ func TestOpenAPI(t *testing.T) {
 		}
 		// And the route is served.
 		req, _ := http.NewRequest(strings.ToUpper(verb), h.base+strings.Replace(path, "{method}", "echo", 1), strings.NewReader(`{"method":"echo"}`))
+		req.Header.Set("Content-Type", "application/json")
 		if strings.Contains(path, "watch") || strings.Contains(path, "subscribe") {
 			continue // streams; covered elsewhere
 		}

@@ -672,6 +672,8 @@ func TestSeamStatsExplainFailures(t *testing.T) {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// A call fails fast while a backoff runs: wait until it is over.
+	bridgetest.Eventually(t, "the backoff to end", func() bool { return h.srv.Bridge().State() != bridge.StateBackoff })
 	c.send(`{"jsonrpc":"2.0","id":1,"method":"hold"}`)
 	bridgetest.Eventually(t, "the call in flight", func() bool { return h.srv.Bridge().Stats().Pending == 1 })
 	c.conn.Close(websocket.StatusNormalClosure, "")

@@ -2,71 +2,46 @@ package server
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/wsbridge/wsbridge/internal/auth"
+	"github.com/wsbridge/wsbridge/internal/glob"
 )
-
-// openGRPC reports whether a gRPC method needs no token: health and
-// reflection, unless AuthAll.
-func (s *Server) openGRPC(fullMethod string) bool {
-	if s.opts.Auth == nil {
-		return true
-	}
-	if s.opts.AuthAll {
-		return false
-	}
-	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
-		strings.HasPrefix(fullMethod, "/grpc.reflection.")
-}
-
-func (s *Server) checkGRPC(ctx context.Context, fullMethod string) error {
-	if s.openGRPC(fullMethod) {
-		return nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		if tok, ok := auth.BearerToken(v); ok && s.opts.Auth.Check(tok) {
-			return nil
-		}
-	}
-	s.counters.unauthenticated.Add(1)
-	return status.Error(codes.Unauthenticated, "missing or invalid bearer token")
-}
-
-func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := s.checkGRPC(ctx, info.FullMethod); err != nil {
-		return nil, err
-	}
-	return handler(ctx, req)
-}
-
-func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := s.checkGRPC(ss.Context(), info.FullMethod); err != nil {
-		return err
-	}
-	return handler(srv, ss)
-}
 
 // queryTokenParams are query parameters that look like credentials: a
 // request carrying one is refused, because URLs end up in logs and
 // histories.
 var queryTokenParams = []string{"access_token", "token", "auth", "authorization", "api_key", "apikey"}
 
-// requireAuth wraps the HTTP faces: without a valid bearer token nothing
-// reaches the handler (and so nothing reaches the backend). Health, metrics
-// and the API description stay open unless AuthAll (see openHTTP). A /ws client may send the token as the subprotocol
-// "bearer.<token>" (browsers cannot set headers); the token then selects
-// that subprotocol in the handshake.
+// wsSubprotocol is the subprotocol a /ws handshake selects when the client
+// offers it. A browser, which cannot set headers, sends its token as a
+// second offered subprotocol "bearer.<token>"; selecting the fixed name
+// keeps the token out of the response (RFC 6455 requires the selected
+// subprotocol to be one the client offered, so a browser must offer both).
+const wsSubprotocol = "wsbridge"
+
+// maxProtocolHeader bounds the Sec-WebSocket-Protocol header of a /ws
+// handshake: a client does not get to try many tokens in one request.
+const maxProtocolHeader = 4096
+
+// requireAuth wraps the HTTP faces: a request for a host the gateway does
+// not serve (DNS rebinding) is refused first, then one without a valid
+// bearer token: nothing reaches the handler (and so nothing reaches the
+// backend). Health, metrics, the API description and the dashboard's page
+// stay open unless AuthAll (see openHTTP). One token is checked per
+// request: the Authorization header's, or for /ws the first subprotocol
+// "bearer.<token>".
 func (s *Server) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.hostAllowed(r.Host) {
+			s.counters.hostRefused.Add(1)
+			http.Error(w, "host not served here (see --allowed-hosts)", http.StatusMisdirectedRequest)
+			return
+		}
 		q := r.URL.Query()
 		for _, p := range queryTokenParams {
 			if q.Has(p) {
@@ -79,17 +54,18 @@ func (s *Server) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if tok, ok := auth.BearerToken(r.Header.Get("Authorization")); ok && s.opts.Auth.Check(tok) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		if r.URL.Path == "/ws" {
-			for _, p := range websocketProtocols(r) {
-				if tok, ok := strings.CutPrefix(p, "bearer."); ok && s.opts.Auth.Check(tok) {
-					next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), subprotocolKey{}, p)))
-					return
-				}
+		tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
+		if !ok && r.URL.Path == "/ws" {
+			if size := len(strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ",")); size > maxProtocolHeader {
+				s.counters.unauthenticated.Add(1)
+				http.Error(w, "Sec-WebSocket-Protocol header too large", http.StatusRequestHeaderFieldsTooLarge)
+				return
 			}
+			tok, ok = firstBearerProtocol(r)
+		}
+		if ok && s.opts.Auth.Check(tok) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, &identity{token: tok})))
+			return
 		}
 		s.counters.unauthenticated.Add(1)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge"`)
@@ -97,18 +73,38 @@ func (s *Server) requireAuth(next http.Handler) http.Handler {
 	})
 }
 
-type subprotocolKey struct{}
-
-func websocketProtocols(r *http.Request) []string {
-	var out []string
+// firstBearerProtocol returns the token of the first offered subprotocol
+// "bearer.<token>".
+func firstBearerProtocol(r *http.Request) (string, bool) {
 	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
 		for _, p := range strings.Split(v, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, p)
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), "bearer."); ok && tok != "" {
+				return tok, true
 			}
 		}
 	}
-	return out
+	return "", false
+}
+
+// hostAllowed reports whether the Host header names this gateway:
+// AllowedHosts (patterns, * any text) when set; otherwise, on a loopback
+// listener, loopback names only, so that a web page on a DNS name that
+// resolves to 127.0.0.1 (DNS rebinding) cannot reach the gateway; on any
+// other listener, every name.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if len(s.opts.AllowedHosts) > 0 {
+		return glob.Any(s.opts.AllowedHosts, host)
+	}
+	if !s.loopbackOnly {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return (ip != nil && ip.IsLoopback()) || host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
 // serveHealthz is GET /healthz: 200 while the gateway is ready (backend

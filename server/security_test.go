@@ -129,13 +129,14 @@ func TestAuthOnEveryFace(t *testing.T) {
 		t.Fatalf("/ws with header: %v", err)
 	}
 	conn.CloseNow()
-	// Browsers cannot set headers: the token as a subprotocol.
-	conn, _, err = websocket.Dial(ctxT(t), strings.Replace(h.base, "http", "ws", 1)+"/ws", &websocket.DialOptions{Subprotocols: []string{"bearer.s3cret"}})
+	// Browsers cannot set headers: the token as a second subprotocol; the
+	// handshake selects the fixed one, never the token.
+	conn, resp, err := websocket.Dial(ctxT(t), strings.Replace(h.base, "http", "ws", 1)+"/ws", &websocket.DialOptions{Subprotocols: []string{"wsbridge", "bearer.s3cret"}})
 	if err != nil {
 		t.Fatalf("/ws with subprotocol: %v", err)
 	}
-	if conn.Subprotocol() != "bearer.s3cret" {
-		t.Errorf("subprotocol %q not selected", conn.Subprotocol())
+	if conn.Subprotocol() != "wsbridge" || strings.Contains(strings.Join(resp.Header.Values("Sec-WebSocket-Protocol"), ","), "s3cret") {
+		t.Errorf("subprotocol %q selected, response header %q", conn.Subprotocol(), resp.Header.Values("Sec-WebSocket-Protocol"))
 	}
 	conn.CloseNow()
 	if be.Requests() != 3 {

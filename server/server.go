@@ -15,13 +15,14 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/wsbridge/wsbridge/bridge"
@@ -59,9 +60,11 @@ type Options struct {
 	// client that stops reading is closed with 1008. Default 10 s.
 	ClientWriteTimeout time.Duration
 	// ClientBuffer is how many messages may wait for each /ws client,
-	// Subscribe stream or Session; past it the consumer is ended as too
-	// slow. Default 1024.
-	ClientBuffer int
+	// Subscribe stream or Session, and ClientBufferBytes how many bytes of
+	// them; past either the consumer is ended as too slow. Defaults 1024
+	// and 16 MiB.
+	ClientBuffer      int
+	ClientBufferBytes int64
 	// Auth, if set, checks bearer tokens: every client face then requires
 	// "Authorization: Bearer <token>" (gRPC metadata, REST, /rpc; /ws also
 	// takes the subprotocol "bearer.<token>"). Health (gRPC health,
@@ -69,6 +72,11 @@ type Options struct {
 	Auth Authenticator
 	// AuthAll extends Auth to health and reflection.
 	AuthAll bool
+	// AllowedHosts are the host names (patterns, * any text) that HTTP
+	// requests may name in their Host header; others get 421. Empty: on a
+	// loopback listener loopback names only (localhost, 127.0.0.1, ::1),
+	// which DNS rebinding cannot forge; on any other listener every name.
+	AllowedHosts []string
 	// WSOrigins are the host patterns of browser origins allowed on /ws
 	// (as coder/websocket's AcceptOptions.OriginPatterns). Empty: the same
 	// host only.
@@ -89,6 +97,18 @@ type Options struct {
 	// MaxBatch caps the elements of one JSON-RPC batch (/ws, /rpc); a
 	// larger batch is refused whole with -32600. Default 1000.
 	MaxBatch int
+	// MaxOpenRPCs caps the RPCs to open services (health, reflection)
+	// served at once without a token when Auth is set, whatever the number
+	// of connections; more get RESOURCE_EXHAUSTED. Default 16.
+	MaxOpenRPCs int
+	// MaxStreamsPerConn caps the concurrent streams of one gRPC connection
+	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client queues the rest).
+	// Default 1024.
+	MaxStreamsPerConn int
+	// RevocationCheck is how often the tokens of open /ws clients and gRPC
+	// streams are checked again (Auth set): one whose token is no longer
+	// accepted is ended. Default 1 s.
+	RevocationCheck time.Duration
 	// MetricsMethods are the method names that may appear as a label in
 	// /metrics; calls to any other method are labelled "other", so that no
 	// client-supplied string becomes a label.
@@ -123,6 +143,18 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ClientBuffer <= 0 {
 		o.ClientBuffer = 1024
+	}
+	if o.ClientBufferBytes <= 0 {
+		o.ClientBufferBytes = 16 << 20
+	}
+	if o.MaxOpenRPCs <= 0 {
+		o.MaxOpenRPCs = 16
+	}
+	if o.MaxStreamsPerConn <= 0 {
+		o.MaxStreamsPerConn = 1024
+	}
+	if o.RevocationCheck <= 0 {
+		o.RevocationCheck = time.Second
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1000
@@ -182,6 +214,19 @@ type Server struct {
 	stopping atomic.Bool // set when shutdown stops taking connections (after ShutdownDelay)
 	refusing atomic.Bool // set when shutdown starts refusing calls
 
+	// loopbackOnly is set when the HTTP listener is on a loopback
+	// address (see hostAllowed).
+	loopbackOnly bool
+	// grpcConns is grpcLn, which remembers its connections (see
+	// client.refuse).
+	grpcConns *connTracker
+	// openRPCs counts the RPCs served without a token (see tapAuth).
+	openRPCs atomic.Int64
+	// held are the conversations opened with a token, for revocation;
+	// guarded by heldMu.
+	heldMu sync.Mutex
+	held   map[*held]struct{}
+
 	runOnce sync.Once
 }
 
@@ -213,7 +258,7 @@ func (s *Server) setReadiness() {
 // which releases everything when it returns.
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}}
+	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
 	s.counters.metrics = newMetrics(s, opts.MetricsMethods)
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
@@ -233,16 +278,25 @@ func New(opts Options) (*Server, error) {
 	}
 	s.bridge = b
 
-	s.grpcLn, err = net.Listen("tcp", opts.GRPCAddr)
+	grpcLn, err := net.Listen("tcp", opts.GRPCAddr)
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("gRPC listener: %w", err)
 	}
+	s.grpcConns = &connTracker{Listener: grpcLn}
+	s.grpcLn = s.grpcConns
 	s.httpLn, err = net.Listen("tcp", opts.HTTPAddr)
 	if err != nil {
 		b.Close()
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("HTTP listener: %w", err)
+	}
+	if tcp, ok := s.httpLn.Addr().(*net.TCPAddr); ok {
+		s.loopbackOnly = tcp.IP.IsLoopback()
+	}
+	if opts.Auth != nil && opts.TLS == nil && !(isLoopback(s.grpcLn.Addr()) && s.loopbackOnly) {
+		s.log.Warn("bearer tokens are accepted without TLS on a non-loopback address: they cross the network in the clear (give --tls-cert and --tls-key, or terminate TLS in front)",
+			"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String())
 	}
 	// /ws writers cork their connections to batch writes.
 	s.httpLn = cork.Listener{Listener: s.httpLn}
@@ -252,6 +306,9 @@ func New(opts Options) (*Server, error) {
 		if cfg.MinVersion < tls.VersionTLS12 {
 			cfg.MinVersion = tls.VersionTLS12
 		}
+		if cfg.CipherSuites == nil {
+			cfg.CipherSuites = AEADCipherSuites // TLS 1.3 suites are not configurable, and all AEAD
+		}
 		grpcTLS = append(grpcTLS, grpc.Creds(credentials.NewTLS(cfg)))
 		httpCfg := cfg.Clone()
 		httpCfg.NextProtos = []string{"h2", "http/1.1"}
@@ -259,10 +316,13 @@ func New(opts Options) (*Server, error) {
 	}
 
 	s.grpc = grpc.NewServer(append(grpcTLS,
-		grpc.StatsHandler(connCounter{s.counters}),
-		grpc.ChainUnaryInterceptor(s.authUnary),
-		grpc.ChainStreamInterceptor(s.authStream, s.streamInterceptor),
+		// Credentials are checked as an RPC's headers arrive, before its
+		// message is read (see tapAuth).
+		grpc.InTapHandle(s.tapAuth),
+		grpc.StatsHandler(grpcStats{s}),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
+		grpc.MaxConcurrentStreams(uint32(opts.MaxStreamsPerConn)),
 		// Reused workers keep their grown stacks: a goroutine per call would
 		// grow a fresh stack through the bridge's call path every time.
 		grpc.NumStreamWorkers(256),
@@ -303,9 +363,24 @@ func New(opts Options) (*Server, error) {
 		ReadTimeout: time.Minute,
 		IdleTimeout: 2 * time.Minute,
 		ConnState:   s.trackHTTPConn,
+		ConnContext: s.httpConnContext,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// AEADCipherSuites are the TLS 1.2 cipher suites the listeners offer:
+// ECDHE with an AEAD only (no CBC, no RSA key exchange). TLS 1.3 suites
+// are all AEAD and not configurable.
+var AEADCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+func isLoopback(a net.Addr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // GRPCAddr returns the gRPC listener's address.
@@ -341,6 +416,10 @@ func (s *Server) run(ctx context.Context) error {
 		}
 	})
 	wg.Go(func() { _ = s.grpc.Serve(s.inproc) })
+	revCtx, stopRevocation := context.WithCancel(context.Background())
+	if s.opts.Auth != nil {
+		wg.Go(func() { s.watchRevocation(revCtx) })
+	}
 	wg.Go(func() {
 		err := s.http.Serve(s.httpLn)
 		if err != nil && !errors.Is(err, http.ErrServerClosed) && !(s.stopping.Load() && errors.Is(err, net.ErrClosed)) {
@@ -356,6 +435,7 @@ func (s *Server) run(ctx context.Context) error {
 		s.log.Error("server failed; shutting down", "err", runErr)
 	}
 	s.shutdown()
+	stopRevocation()
 	wg.Wait()
 	return runErr
 }
@@ -462,20 +542,30 @@ func (s *Server) waitHTTPConns(ctx context.Context, limit time.Duration) {
 	}
 }
 
-// streamInterceptor ties the streaming RPCs that carry no calls (Subscribe,
-// WatchStats, health Watch) to the server's lifetime: shutdown ends them at
-// the start of its drain, with UNAVAILABLE (reason draining). A Session
-// carries calls: it goes away once they are answered (see session.goAway).
+// streamInterceptor ties every stream to its token and the streams that
+// carry no calls (Subscribe, WatchStats, health Watch) to the server's
+// lifetime. A stream opened with a token that is then revoked ends with
+// UNAUTHENTICATED (see watchRevocation). Shutdown ends the streams without
+// calls at the start of its drain, with UNAVAILABLE (reason draining); a
+// Session carries calls: it goes away once they are answered (see
+// session.goAway).
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if info.FullMethod == wsbridgev1.BridgeService_Session_FullMethodName {
-		return handler(srv, ss)
+	ctx, cancel := context.WithCancelCause(ss.Context())
+	defer cancel(nil)
+	if id := identityOf(ctx); id != nil {
+		unhold := s.holdToken(id.token, func() { cancel(errRevoked) })
+		defer unhold()
 	}
-	ctx, cancel := context.WithCancel(ss.Context())
-	defer cancel()
-	stop := context.AfterFunc(s.streamsCtx, cancel)
-	defer stop()
+	draining := info.FullMethod != wsbridgev1.BridgeService_Session_FullMethodName
+	if draining {
+		stop := context.AfterFunc(s.streamsCtx, func() { cancel(context.Canceled) })
+		defer stop()
+	}
 	err := handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
-	if s.streamsCtx.Err() != nil && ss.Context().Err() == nil {
+	switch {
+	case context.Cause(ctx) == errRevoked:
+		return status.Error(codes.Unauthenticated, errRevoked.Error())
+	case draining && s.streamsCtx.Err() != nil && ss.Context().Err() == nil:
 		return drainingStatus // ended by the drain, not by the client
 	}
 	return err
@@ -487,35 +577,6 @@ type serverStream struct {
 }
 
 func (ss *serverStream) Context() context.Context { return ss.ctx }
-
-// connCounter counts open gRPC connections for Stats.active_clients.
-type connCounter struct{ c *counters }
-
-func (connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (connCounter) HandleRPC(context.Context, stats.RPCStats)                       {}
-
-type inprocKey struct{}
-
-// TagConn marks the gateway's own in-memory connection, which is not a
-// client.
-func (connCounter) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
-	if info.LocalAddr != nil && info.LocalAddr.Network() == "bufconn" {
-		return context.WithValue(ctx, inprocKey{}, true)
-	}
-	return ctx
-}
-
-func (cc connCounter) HandleConn(ctx context.Context, st stats.ConnStats) {
-	if ctx.Value(inprocKey{}) != nil {
-		return
-	}
-	switch st.(type) {
-	case *stats.ConnBegin:
-		cc.c.activeGRPC.Add(1)
-	case *stats.ConnEnd:
-		cc.c.activeGRPC.Add(-1)
-	}
-}
 
 // trackHTTPConn counts open HTTP connections for Stats.active_clients.
 func (s *Server) trackHTTPConn(_ net.Conn, state http.ConnState) {

@@ -420,6 +420,7 @@ func TestRESTBodyLimit(t *testing.T) {
 	}
 	// Chunked: no Content-Length, the limit trips while decoding.
 	req, _ := http.NewRequest(http.MethodPost, h.base+"/v1/call", io.MultiReader(strings.NewReader(big)))
+	req.Header.Set("Content-Type", "application/json")
 	req.ContentLength = -1
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

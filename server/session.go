@@ -33,6 +33,7 @@ type session struct {
 	face     face
 	out      sessionOut
 	consumer *bridge.Consumer // nil when the face cannot push notifications
+	client   *client          // the connection whose per-client limits apply
 	// ctx ends when the client has gone (close): notifications being
 	// forwarded are abandoned.
 	ctx    context.Context
@@ -81,7 +82,7 @@ type reply struct {
 // subscribe; out.notify then receives them. ctx is the client's lifetime
 // (the session's own ends at close).
 func (s *Server) newSession(ctx context.Context, f face, out sessionOut, push bool) *session {
-	ss := &session{s: s, face: f, out: out, inflight: map[string]func(){}}
+	ss := &session{s: s, face: f, out: out, inflight: map[string]func(){}, client: clientOf(ctx)}
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	if push {
 		ss.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
@@ -260,10 +261,17 @@ func (ss *session) listen(method string, params json.RawMessage) (json.RawMessag
 	if !ok {
 		return nil, invalid("%s takes a list of notification methods", method)
 	}
-	if method == methodListen {
-		ss.consumer.Listen(methods...)
-	} else {
+	if method == methodUnlisten {
 		ss.consumer.Unlisten(methods...)
+		return json.RawMessage("true"), nil
+	}
+	for _, m := range methods {
+		if m != "*" && !ss.s.bridge.MethodAllowed(m) {
+			return nil, &bridge.Error{Code: bridge.CodePermissionDenied, Message: fmt.Sprintf("notifications of %s are not allowed (--allow-methods, --deny-methods)", m)}
+		}
+	}
+	if err := ss.consumer.Listen(methods...); err != nil {
+		return nil, err
 	}
 	return json.RawMessage("true"), nil
 }
@@ -283,7 +291,8 @@ func listenParams(params json.RawMessage) ([]string, bool) {
 }
 
 // checkMethod applies the rules every face shares before a method goes
-// anywhere: the gateway's own methods (wsbridge_*) and the methods that
+// anywhere: the gateway's own methods follow the allow and deny lists like
+// any other; they (wsbridge_*) and the methods that
 // make or end a backend subscription are served only to a client that can
 // receive notifications (push), and never as notifications, since a
 // subscription made that way could not be routed and an unsubscribe could
@@ -291,6 +300,8 @@ func listenParams(params json.RawMessage) ([]string, bool) {
 func (s *Server) checkMethod(method string, push, notification bool) error {
 	local := method == methodListen || method == methodUnlisten
 	switch {
+	case local && !s.bridge.MethodAllowed(method):
+		return &bridge.Error{Code: bridge.CodePermissionDenied, Message: "method not allowed"}
 	case strings.HasPrefix(method, gatewayPrefix) && !local:
 		return &bridge.Error{Code: bridge.CodeUnsupported, Message: fmt.Sprintf("%s: no such gateway method (the gateway's own are %s and %s)", method, methodListen, methodUnlisten)}
 	case !local && !s.bridge.IsSubscriptionMethod(method):
@@ -329,6 +340,7 @@ func (ss *session) forward(r jsonrpc.Request) {
 		ss.mu.Lock()
 		ss.notifies--
 		ss.mu.Unlock()
+		s.release(ss.client)
 	}()
 }
 
@@ -350,7 +362,7 @@ func (ss *session) refusal(r jsonrpc.Request, err error) reply {
 
 // claim registers a call id as in flight, or returns why it cannot be: the
 // client is leaving, the id is already in flight, or the client is at its
-// in-flight cap.
+// in-flight limit.
 func (ss *session) claim(key string) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -360,7 +372,7 @@ func (ss *session) claim(key string) error {
 	if _, dup := ss.inflight[key]; dup {
 		return errDuplicateID
 	}
-	if err := ss.overCapLocked(); err != nil {
+	if err := ss.s.acquire(ss.client); err != nil {
 		return err
 	}
 	ss.inflight[key] = nil
@@ -376,18 +388,11 @@ func (ss *session) claimNotify() error {
 	if ss.leaving || ss.closed {
 		return errGoingAway
 	}
-	if err := ss.overCapLocked(); err != nil {
+	if err := ss.s.acquire(ss.client); err != nil {
 		return err
 	}
 	ss.notifies++
 	ss.notifying.Add(1)
-	return nil
-}
-
-func (ss *session) overCapLocked() error {
-	if max := ss.s.opts.MaxInFlightPerClient; max > 0 && len(ss.inflight)+ss.notifies >= max {
-		return &bridge.Error{Code: bridge.CodeOverloaded, Message: fmt.Sprintf("too many calls in flight from this client (limit %d)", max)}
-	}
 	return nil
 }
 
@@ -404,6 +409,7 @@ func (ss *session) unclaim(key string) {
 	ss.mu.Lock()
 	delete(ss.inflight, key)
 	ss.mu.Unlock()
+	ss.s.release(ss.client)
 }
 
 // hold counts a reply that is due (a call's or a batch's).
@@ -528,7 +534,11 @@ func (s *Server) unary(ctx context.Context, f face, method string, params json.R
 	err := s.checkMethod(method, false, false)
 	var res json.RawMessage
 	if err == nil {
+		err = s.acquire(clientOf(ctx))
+	}
+	if err == nil {
 		res, err = s.bridge.Call(ctx, method, params, co)
+		s.release(clientOf(ctx))
 	}
 	s.counters.finished(f, method, start, err)
 	return res, err
@@ -539,7 +549,11 @@ func (s *Server) unaryNotify(ctx context.Context, f face, method string, params 
 	start := s.counters.request(f)
 	err := s.checkMethod(method, false, true)
 	if err == nil {
+		err = s.acquire(clientOf(ctx))
+	}
+	if err == nil {
 		err = s.bridge.Notify(ctx, method, params, co)
+		s.release(clientOf(ctx))
 	}
 	s.counters.finished(f, method, start, err)
 	return err

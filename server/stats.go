@@ -51,6 +51,7 @@ type counters struct {
 	requests, grpcCalls, httpProxied, wsUpgrades atomic.Uint64
 	errors, backendErrors, slowConsumers         atomic.Uint64
 	unauthenticated, refusedClients              atomic.Uint64
+	clientLimited, revoked, hostRefused          atomic.Uint64
 	// errorsByReason has a counter for every errorReason, made at start.
 	errorsByReason                   map[string]*atomic.Uint64
 	metrics                          *metrics // nil: no histograms
@@ -192,6 +193,9 @@ func (s *Server) snapshot() *wsbridgev1.Stats {
 		Ready:                   bs.Ready && !s.draining.Load(),
 		RefusedClients:          c.refusedClients.Load(),
 		Pending:                 bs.Pending,
+		ClientLimited:           c.clientLimited.Load(),
+		Revoked:                 c.revoked.Load(),
+		HostRefused:             c.hostRefused.Load(),
 	}
 	if !bs.LastDialErrorAt.IsZero() {
 		st.LastDialErrorAt = timestamppb.New(bs.LastDialErrorAt)

@@ -9,26 +9,46 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/jsonpb"
+	"github.com/wsbridge/wsbridge/internal/queue"
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // streamOut is the bounded queue between the producers of one gRPC
-// stream's messages (the bridge's goroutines) and the stream's sender. A
-// nil message is the end of the stream, behind what was queued before it
-// (see push). end stops the stream at once.
-type streamOut[T any] struct {
-	ch      chan T
+// stream's messages (the bridge's goroutines) and the stream's sender:
+// ClientBuffer messages and ClientBufferBytes bytes at most. A nil message
+// is the end of the stream, behind what was queued before it (see push).
+// end stops the stream at once.
+type streamOut[T proto.Message] struct {
+	q       *queue.Queue[T]
 	endOnce sync.Once
 	ended   chan struct{}
 	err     error // written once before ended is closed
 }
 
-func newStreamOut[T any](size int) *streamOut[T] {
-	return &streamOut[T]{ch: make(chan T, size), ended: make(chan struct{})}
+func newStreamOut[T proto.Message](s *Server) *streamOut[T] {
+	size := func(m T) int { return proto.Size(m) }
+	return &streamOut[T]{q: queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, size), ended: make(chan struct{})}
+}
+
+// sendAll sends what is queued (after the queue's Ready fired) until nil,
+// the end of the stream: then it reports end.
+func (o *streamOut[T]) sendAll(send func(T) error, buf []T) (rest []T, end bool, err error) {
+	buf = o.q.Take(buf)
+	defer clear(buf)
+	for _, v := range buf {
+		if !v.ProtoReflect().IsValid() { // nil: the end of the stream
+			return buf[:0], true, nil
+		}
+		if err := send(v); err != nil {
+			return buf[:0], false, err
+		}
+	}
+	return buf[:0], false, nil
 }
 
 func (o *streamOut[T]) end(err error) {
@@ -46,12 +66,7 @@ func (o *streamOut[T]) push(v T) bool {
 		return true
 	default:
 	}
-	select {
-	case o.ch <- v:
-		return true
-	default:
-		return false
-	}
+	return o.q.Push(v)
 }
 
 var errTooSlow = status.Error(codes.ResourceExhausted, "stream buffer full: the client does not keep up with its notifications")
@@ -73,7 +88,7 @@ var drainingStatus = grpcError(errGoingAway)
 // of a shutdown's drain (UNAVAILABLE, reason draining).
 func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbridgev1.BridgeService_SubscribeServer) error {
 	s := svc.s
-	out := newStreamOut[*wsbridgev1.Notification](s.opts.ClientBuffer)
+	out := newStreamOut[*wsbridgev1.Notification](s)
 	var slowOnce sync.Once
 	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
 		if method == bridge.NotifySubscriptionLost {
@@ -90,12 +105,21 @@ func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbr
 	if len(methods) == 0 {
 		methods = []string{"*"}
 	}
-	consumer.Listen(methods...)
+	for _, m := range methods {
+		if m != "*" && !s.bridge.MethodAllowed(m) {
+			return status.Errorf(codes.PermissionDenied, "notifications of %s are not allowed (--allow-methods, --deny-methods)", m)
+		}
+	}
+	if err := consumer.Listen(methods...); err != nil {
+		return grpcError(err)
+	}
 	ctx := stream.Context()
+	var buf []*wsbridgev1.Notification
 	for {
 		select {
-		case n := <-out.ch:
-			if err := stream.Send(n); err != nil {
+		case <-out.q.Ready():
+			var err error
+			if buf, _, err = out.sendAll(stream.Send, buf); err != nil {
 				return err
 			}
 		case <-out.ended:
@@ -145,7 +169,7 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 	s := svc.s
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	out := sessionStream{q: newStreamOut[*wsbridgev1.SessionResponse](s.opts.ClientBuffer)}
+	out := sessionStream{q: newStreamOut[*wsbridgev1.SessionResponse](s)}
 	ss := s.newSession(ctx, faceGRPC, out, true)
 	s.trackSession(ss, cancel)
 	defer s.untrackSession(ss)
@@ -164,17 +188,21 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 		}
 	}()
 
-	// send sends one queued response; nil is the end of the stream.
-	send := func(resp *wsbridgev1.SessionResponse) (end bool, err error) {
-		if resp == nil {
+	// flush sends what is queued; nil (the end of the stream) ends it
+	// with UNAVAILABLE, reason draining.
+	var buf []*wsbridgev1.SessionResponse
+	flush := func() (done bool, err error) {
+		var end bool
+		buf, end, err = out.q.sendAll(stream.Send, buf)
+		if end {
 			return true, drainingStatus
 		}
-		return false, stream.Send(resp)
+		return err != nil, err
 	}
 	for {
 		select {
-		case resp := <-out.q.ch:
-			if end, err := send(resp); end || err != nil {
+		case <-out.q.q.Ready():
+			if done, err := flush(); done {
 				return err
 			}
 		case err := <-recvDone:
@@ -183,18 +211,13 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 			}
 			// The client is done sending: finish its calls, flush, end.
 			ss.wait(ctx)
-			for {
-				select {
-				case resp := <-out.q.ch:
-					if end, err := send(resp); end || err != nil {
-						return err
-					}
-				case <-out.q.ended:
-					return out.q.err
-				default:
-					return nil
-				}
+			select {
+			case <-out.q.ended:
+				return out.q.err
+			default:
 			}
+			_, err = flush()
+			return err
 		case <-out.q.ended:
 			return out.q.err
 		case <-ctx.Done():

@@ -54,10 +54,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many WebSocket clients", http.StatusServiceUnavailable)
 		return
 	}
-	accept := &websocket.AcceptOptions{OriginPatterns: s.opts.WSOrigins}
-	if p, ok := r.Context().Value(subprotocolKey{}).(string); ok {
-		accept.Subprotocols = []string{p}
-	}
+	accept := &websocket.AcceptOptions{OriginPatterns: s.opts.WSOrigins, Subprotocols: []string{wsSubprotocol}}
 	hj := &hijackRecorder{ResponseWriter: w}
 	conn, err := websocket.Accept(hj, r, accept)
 	if err != nil {
@@ -74,13 +71,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	c := &wsClient{
 		s: s, conn: conn, raw: hj.conn,
-		out:   queue.New[[]byte](s.opts.ClientBuffer),
+		out:   queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, func(b []byte) int { return len(b) }),
 		ended: make(chan struct{}),
 	}
-	ss := s.newSession(context.Background(), faceWS, c, true)
+	// The session outlives the handshake's request: its context carries
+	// only the connection's client.
+	ss := s.newSession(context.WithValue(context.Background(), clientKey{}, clientOf(r.Context())), faceWS, c, true)
 	c.ss = ss
 	s.trackSession(ss, func() { c.end(websocket.StatusGoingAway, "gateway shutting down") })
 	defer s.untrackSession(ss)
+
+	if id := identityOf(r.Context()); id != nil {
+		unhold := s.holdToken(id.token, func() { c.end(websocket.StatusPolicyViolation, "token revoked") })
+		defer unhold()
+	}
 
 	c.tasks.Go(c.writeLoop)
 	err = c.readLoop(ss)

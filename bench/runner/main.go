@@ -297,7 +297,7 @@ func (o options) startAll() (*env, []*proc, error) {
 	backendHost := strings.TrimSuffix(strings.TrimPrefix(e.backendURL, "ws://"), "/")
 	startGW := func(name, backend string) (*proc, error) {
 		return start(name, wsb, []string{"serve", "--backend", backend, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-			"--max-inflight", "1000000", "--log-format", "json"}, "grpc", "http")
+			"--max-inflight", "1000000", "--max-inflight-per-client", "0", "--log-format", "json"}, "grpc", "http")
 	}
 	if e.gateway, err = startGW("wsbridge", e.backendURL); err != nil {
 		return nil, all, err
@@ -393,7 +393,7 @@ func settleRSS(pid int) int64 {
 // link open, and returns it with its settled RSS.
 func (o options) memGateway(e *env) (*proc, string, int64, error) {
 	gw, err := start("wsbridge-mem", filepath.Join(o.bin, "wsbridge"), []string{"serve", "--backend", e.backendURL,
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--max-inflight", "1000000", "--call-timeout", "2m",
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--max-inflight", "1000000", "--max-inflight-per-client", "0", "--call-timeout", "2m",
 		"--log-format", "json"}, "grpc", "http")
 	if err != nil {
 		return nil, "", 0, err

@@ -290,7 +290,7 @@ func (d *driver) worker(ctx context.Context, face string, id int) {
 		case "grpc":
 			r = d.callGRPC(callCtx, ms)
 		case "rest":
-			r = d.callHTTP(callCtx, "/v1/call/sleep", fmt.Sprintf("[%d]", ms), "text/plain")
+			r = d.callHTTP(callCtx, "/v1/call/sleep", fmt.Sprintf("[%d]", ms), "application/json")
 		case "rpc":
 			r = d.callHTTP(callCtx, "/rpc", fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"sleep","params":[%d]}`, n, ms), "application/json")
 		case "ws":

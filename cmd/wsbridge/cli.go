@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -28,7 +29,7 @@ import (
 // clientFlags reach a running gateway over gRPC.
 type clientFlags struct {
 	addr, tokenFile, ca string
-	tls                 bool
+	tls, insecure       bool
 }
 
 func (c *clientFlags) register(fs *flagSet) {
@@ -36,6 +37,20 @@ func (c *clientFlags) register(fs *flagSet) {
 	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token (first line), when the gateway requires one")
 	fs.BoolVar(&c.tls, "tls", false, "connect with TLS")
 	fs.StringVar(&c.ca, "ca", "", "CA certificate (PEM) to verify the gateway with, for --tls (default: the system roots)")
+	fs.bool(&c.insecure, "insecure", false, "allow --token-file over plaintext to an address that is not loopback")
+}
+
+// loopbackAddr reports whether host:port names this machine.
+func loopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *clientFlags) dial(ctx context.Context) (*grpc.ClientConn, context.Context, error) {
@@ -55,6 +70,9 @@ func (c *clientFlags) dial(ctx context.Context) (*grpc.ClientConn, context.Conte
 		creds = credentials.NewTLS(cfg)
 	}
 	if c.tokenFile != "" {
+		if !c.tls && !c.insecure && !loopbackAddr(c.addr) {
+			return nil, ctx, fmt.Errorf("--token-file without --tls would send the token in the clear to %s; use --tls, or --insecure if the network is private", c.addr)
+		}
 		b, err := os.ReadFile(c.tokenFile)
 		if err != nil {
 			return nil, ctx, err

@@ -275,3 +275,16 @@ func TestREADMEListsEveryServeFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactArgs(t *testing.T) {
+	got := strings.Join(redactArgs([]string{"wsbridge", "serve", "--backend", "wss://u:p@h:1/v3/KEY?k=Q", "-backend-header=Authorization: Bearer S",
+		"--backend-header", "X-Api-Key: K2", "--backend=ws://h/KEY3", "--grpc-addr", "1.2.3.4:5"}), " ")
+	for _, secret := range []string{"KEY", "Q", "Bearer S", "K2", "KEY3", "u:p"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("%q shows %q", got, secret)
+		}
+	}
+	if !strings.Contains(got, "wss://h:1/REDACTED") || !strings.Contains(got, "X-Api-Key: REDACTED") || !strings.Contains(got, "--grpc-addr 1.2.3.4:5") {
+		t.Errorf("redacted too much or wrongly: %q", got)
+	}
+}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/backend"
 	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/internal/auth"
 	"github.com/wsbridge/wsbridge/server"
 )
 
@@ -196,7 +197,11 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		log.Info("--demo: started the embedded demo backend", "url", demo.url)
 	}
 	if sf.debugAddr != "" {
-		stopDebug, addr, err := serveDebug(sf.debugAddr)
+		var tokens interface{ Check(string) bool }
+		if opts.Auth != nil {
+			tokens = opts.Auth
+		}
+		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens)
 		if err != nil {
 			log.Error("cannot listen on --debug-addr", "err", err)
 			return 1
@@ -290,7 +295,7 @@ func runBackend(ctx context.Context, args []string, stderr io.Writer) int {
 // backendClient returns the HTTP client for dialling a wss:// backend: the
 // system roots plus caFile, or no verification at all when insecure.
 func backendClient(caFile string, insecure bool) (*http.Client, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure} //nolint:gosec // opt-in, warned about
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure, CipherSuites: server.AEADCipherSuites} //nolint:gosec // opt-in, warned about
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
@@ -311,22 +316,71 @@ func backendClient(caFile string, insecure bool) (*http.Client, error) {
 }
 
 // serveDebug serves net/http/pprof on addr until the returned func is
-// called; it returns the address it listens on.
-func serveDebug(addr string) (func(), string, error) {
+// called; it returns the address it listens on. With tokens (auth not nil)
+// every path requires one, as the gateway's own faces do. The command line
+// it shows (/debug/pprof/cmdline) has its secrets redacted, as
+// --print-config has.
+func serveDebug(addr string, tokens interface{ Check(string) bool }) (func(), string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, "", err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, strings.Join(redactArgs(os.Args), "\x00"))
+	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var handler http.Handler = mux
+	if tokens != nil {
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tok, ok := auth.BearerToken(r.Header.Get("Authorization")); !ok || !tokens.Check(tok) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge"`)
+				http.Error(w, "missing or invalid bearer token", http.StatusUnauthorized)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		})
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	return func() { hs.Close(); <-done }, ln.Addr().String(), nil
+}
+
+// redactArgs returns a command line with the values of the flags that may
+// hold secrets redacted, in any of the flag package's spellings
+// (--backend=V, -backend V, ...): the backend URL keeps only its scheme,
+// host and port, a handshake header only its name.
+func redactArgs(args []string) []string {
+	redact := map[string]func(string) string{
+		"backend": func(v string) string { return bridge.DisplayURL(v) + "/REDACTED" },
+		"backend-header": func(v string) string {
+			name, _, _ := strings.Cut(v, ":")
+			return name + ": REDACTED"
+		},
+	}
+	out := append([]string(nil), args...)
+	for i := 0; i < len(out); i++ {
+		a := out[i]
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := redact[name]
+		if !strings.HasPrefix(a, "-") || f == nil {
+			continue
+		}
+		switch {
+		case hasValue:
+			out[i] = a[:len(a)-len(value)] + f(value)
+		case i+1 < len(out):
+			out[i+1] = f(out[i+1])
+			i++
+		}
+	}
+	return out
 }
 
 // redactSetting hides secrets in --print-config: the backend URL's

@@ -24,6 +24,7 @@ type serveFlags struct {
 
 	headers, subMethods, unsubMethods     *listValue
 	allow, deny, origins, metricsMethods  *listValue
+	hosts                                 *listValue
 	tokenFile, tlsCert, tlsKey, backendCA string
 	backendInsecure, errorData            bool
 	debugAddr                             string
@@ -56,6 +57,7 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.duration(&o.ClientPingInterval, "client-ping-interval", 30*time.Second, "WebSocket ping interval to /ws clients")
 	fs.duration(&o.ClientWriteTimeout, "client-write-timeout", 10*time.Second, "a /ws client that takes longer to accept a write is closed with 1008")
 	fs.int(&o.ClientBuffer, "client-buffer", 1024, "messages that may wait for one /ws client, Subscribe stream or Session before it is ended as too slow")
+	fs.int64(&o.ClientBufferBytes, "client-buffer-bytes", 16<<20, "bytes of messages that may wait for one /ws client, Subscribe stream or Session before it is ended as too slow")
 	sf.subMethods = fs.list("subscribe-methods", ",", []string{"*_subscribe"}, "comma-separated patterns (* = any text) of methods that create a backend subscription")
 	sf.unsubMethods = fs.list("unsubscribe-methods", ",", []string{"*_unsubscribe"}, "comma-separated patterns of the methods that undo them, paired by position")
 	fs.bool(&bo.Batch, "backend-batch", false, "send requests queued together as one JSON-RPC batch (for backends that handle batches; a batch's replies wait for its slowest call)")
@@ -67,13 +69,18 @@ func (sf *serveFlags) register(fs *flagSet) {
 	sf.allow = fs.list("allow-methods", ",", nil, "comma-separated method patterns clients may call (* = any text); empty allows all")
 	sf.deny = fs.list("deny-methods", ",", nil, "comma-separated method patterns clients may not call")
 	sf.origins = fs.list("ws-origins", ",", nil, "comma-separated host patterns of browser origins allowed on /ws; empty: same host only")
+	sf.hosts = fs.list("allowed-hosts", ",", nil, "comma-separated host names (* = any text) HTTP requests may name in their Host header; empty: loopback names when listening on loopback, else any")
 	fs.StringVar(&sf.tlsCert, "tls-cert", "", "certificate (PEM) for the gateway's listeners; with --tls-key serves TLS 1.2+")
 	fs.StringVar(&sf.tlsKey, "tls-key", "", "private key (PEM) for --tls-cert")
 	fs.StringVar(&sf.backendCA, "backend-ca", "", "extra CA certificates (PEM) trusted for a wss:// backend, besides the system roots")
 	fs.bool(&sf.backendInsecure, "backend-insecure", false, "do not verify the wss:// backend's certificate (insecure; logged as a warning)")
 	fs.bool(&sf.errorData, "backend-error-data", true, "pass the data member of backend errors on to clients")
 	fs.int(&o.MaxClients, "max-clients", 0, "most concurrent /ws clients; more get 503 at the handshake (0: no limit)")
-	fs.int(&o.MaxInFlightPerClient, "max-inflight-per-client", 0, "most calls and notifications one client (a /ws connection, a /rpc request, a Session) may have in flight (0: no limit)")
+	fs.int(&o.MaxInFlightPerClient, "max-inflight-per-client", 1000, "most calls and notifications one client connection (gRPC, HTTP or /ws) may have in flight, so that one client leaves the rest of --max-inflight to others (0: no limit)")
+	fs.int(&bo.MaxSubscriptionsPerConsumer, "max-subscriptions-per-client", 256, "most backend subscriptions one /ws client or Session may hold (0: no limit)")
+	fs.int(&bo.MaxListensPerConsumer, "max-listeners-per-client", 64, "most notification methods one /ws client, Session or Subscribe stream may listen to (0: no limit)")
+	fs.int(&o.MaxOpenRPCs, "max-unauthenticated-rpcs", 16, "with --auth-token-file: most RPCs to health and reflection served at once without a token")
+	fs.int(&o.MaxStreamsPerConn, "max-streams-per-conn", 1024, "most concurrent streams on one gRPC connection (the client queues the rest)")
 	fs.int(&o.MaxBatch, "max-batch", 1000, "most requests in one JSON-RPC batch (/ws, /rpc); a larger batch is refused whole")
 	sf.metricsMethods = fs.list("metrics-methods", ",", nil, "comma-separated method names that may appear as a label in /metrics (others are \"other\")")
 	fs.StringVar(&sf.debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
@@ -107,10 +114,11 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	}
 	bo.SubscribeMethods, bo.UnsubscribeMethods = sf.subMethods.values, sf.unsubMethods.values
 	bo.AllowMethods, bo.DenyMethods, o.WSOrigins = sf.allow.values, sf.deny.values, sf.origins.values
+	o.AllowedHosts = sf.hosts.values
 	o.MetricsMethods = sf.metricsMethods.values
 	bo.DropErrorData = !sf.errorData
 	if sf.tokenFile != "" {
-		tokens, err := auth.Load(sf.tokenFile)
+		tokens, err := auth.Load(sf.tokenFile, log.With("component", "auth"))
 		if err != nil {
 			return o, fmt.Errorf("%s %s: %w", fs.source("auth-token-file"), sf.tokenFile, err)
 		}
@@ -175,13 +183,15 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		return fs.badValue("backoff-max", "must be at least --backoff-base ("+bo.Backoff.Base.String()+")")
 	}
 	atLeastOne := map[string]int64{"backend-conns": int64(bo.Conns), "max-inflight": int64(bo.MaxInFlight),
-		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch)}
+		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch),
+		"client-buffer-bytes": o.ClientBufferBytes, "max-unauthenticated-rpcs": int64(o.MaxOpenRPCs), "max-streams-per-conn": int64(o.MaxStreamsPerConn)}
 	for _, name := range sortedKeys(atLeastOne) {
 		if atLeastOne[name] < 1 {
 			return fs.badValue(name, "must be at least 1")
 		}
 	}
-	noLimit := map[string]int{"max-clients": o.MaxClients, "max-inflight-per-client": o.MaxInFlightPerClient}
+	noLimit := map[string]int{"max-clients": o.MaxClients, "max-inflight-per-client": o.MaxInFlightPerClient,
+		"max-subscriptions-per-client": bo.MaxSubscriptionsPerConsumer, "max-listeners-per-client": bo.MaxListensPerConsumer}
 	for _, name := range sortedKeys(noLimit) {
 		if noLimit[name] < 0 {
 			return fs.badValue(name, "must be 0 (no limit) or more")

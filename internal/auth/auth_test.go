@@ -12,7 +12,7 @@ func TestTokenFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("# comment\nalpha\n\n  beta  \n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := Load(path)
+	f, err := Load(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,16 +33,39 @@ func TestTokenFile(t *testing.T) {
 	if !f.Check("gamma") || f.Check("alpha") {
 		t.Fatal("the new token file was not picked up")
 	}
-	// An emptied file keeps the last good tokens.
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
+	// Revocation bites: an emptied file, one with only comments, and a
+	// deleted one accept no token; a file that comes back is read again.
+	for _, content := range []string{"", "# gamma\n"} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		later = later.Add(time.Second)
+		_ = os.Chtimes(path, later, later)
+		if f.Check("gamma") || f.Tokens() != 0 {
+			t.Fatalf("file %q still accepts a token", content)
+		}
+	}
+	if err := os.WriteFile(path, []byte("delta\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	later = later.Add(time.Second)
 	_ = os.Chtimes(path, later, later)
-	if !f.Check("gamma") {
-		t.Fatal("an empty token file locked everyone out")
+	if !f.Check("delta") {
+		t.Fatal("the refilled file was not read")
 	}
-	if _, err := Load(filepath.Join(t.TempDir(), "missing")); err == nil {
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if f.Check("delta") {
+		t.Fatal("a deleted token file still accepts its last token")
+	}
+	if err := os.WriteFile(path, []byte("delta\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !f.Check("delta") {
+		t.Fatal("the token file came back but is not read")
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing"), nil); err == nil {
 		t.Fatal("a missing file loaded")
 	}
 }

@@ -10,11 +10,15 @@ import "sync"
 // Queue is a FIFO of T, safe for concurrent use: many producers, one
 // consumer.
 type Queue[T any] struct {
-	ready chan struct{}
-	limit int
+	// Static after New.
+	ready    chan struct{}
+	limit    int
+	maxBytes int64
+	size     func(T) int
 
 	mu    sync.Mutex
-	items []T // guarded by mu
+	items []T   // guarded by mu
+	bytes int64 // guarded by mu: the sizes of items, when sized
 }
 
 // New returns a Queue holding at most limit items (0: no limit).
@@ -22,14 +26,28 @@ func New[T any](limit int) *Queue[T] {
 	return &Queue[T]{ready: make(chan struct{}, 1), limit: limit}
 }
 
+// NewSized returns a Queue holding at most limit items and maxBytes bytes
+// of them, as size counts them (0: no limit). An item larger than
+// maxBytes still fits an empty queue: a limit is no reason to refuse a
+// client every message.
+func NewSized[T any](limit int, maxBytes int64, size func(T) int) *Queue[T] {
+	return &Queue[T]{ready: make(chan struct{}, 1), limit: limit, maxBytes: maxBytes, size: size}
+}
+
 // Push appends v; false when the queue is full.
 func (q *Queue[T]) Push(v T) bool {
+	var n int64
+	if q.size != nil {
+		n = int64(q.size(v))
+	}
 	q.mu.Lock()
-	if q.limit > 0 && len(q.items) >= q.limit {
+	if q.limit > 0 && len(q.items) >= q.limit ||
+		q.maxBytes > 0 && len(q.items) > 0 && q.bytes+n > q.maxBytes {
 		q.mu.Unlock()
 		return false
 	}
 	q.items = append(q.items, v)
+	q.bytes += n
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
@@ -46,6 +64,7 @@ func (q *Queue[T]) Take(dst []T) []T {
 	q.mu.Lock()
 	dst = append(dst[:0], q.items...)
 	clear(q.items)
+	q.bytes = 0
 	if cap(q.items) > 256 {
 		q.items = nil // a burst is over: give its memory back
 	} else {

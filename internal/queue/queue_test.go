@@ -57,3 +57,25 @@ func TestQueueConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestSizedQueue(t *testing.T) {
+	q := NewSized(0, 10, func(b []byte) int { return len(b) })
+	if !q.Push(make([]byte, 25)) {
+		t.Fatal("an item over the byte limit refused by an empty queue")
+	}
+	if q.Push([]byte("x")) {
+		t.Fatal("push past the byte limit accepted")
+	}
+	q.Take(nil)
+	for range 2 {
+		if !q.Push(make([]byte, 5)) {
+			t.Fatal("push within the byte limit refused")
+		}
+	}
+	if q.Push([]byte("x")) {
+		t.Fatal("push past the byte limit accepted")
+	}
+	if got := q.Take(nil); len(got) != 2 || !q.Push(make([]byte, 10)) {
+		t.Fatalf("took %d; the bytes were not given back", len(got))
+	}
+}

@@ -360,7 +360,16 @@ type Stats struct {
 	RefusedClients uint64 `protobuf:"varint,46,opt,name=refused_clients,json=refusedClients,proto3" json:"refused_clients,omitempty"`
 	// Requests written or queued for the backend that wait for a reply (the
 	// pending table).
-	Pending       int64 `protobuf:"varint,47,opt,name=pending,proto3" json:"pending,omitempty"`
+	Pending int64 `protobuf:"varint,47,opt,name=pending,proto3" json:"pending,omitempty"`
+	// Calls refused because their client connection was at
+	// --max-inflight-per-client (its share of --max-inflight).
+	ClientLimited uint64 `protobuf:"varint,48,opt,name=client_limited,json=clientLimited,proto3" json:"client_limited,omitempty"`
+	// /ws clients and gRPC streams ended because the token they were opened
+	// with is no longer accepted.
+	Revoked uint64 `protobuf:"varint,49,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// HTTP requests refused for naming a host the gateway does not serve
+	// (--allowed-hosts; DNS rebinding).
+	HostRefused   uint64 `protobuf:"varint,50,opt,name=host_refused,json=hostRefused,proto3" json:"host_refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -724,6 +733,27 @@ func (x *Stats) GetPending() int64 {
 	return 0
 }
 
+func (x *Stats) GetClientLimited() uint64 {
+	if x != nil {
+		return x.ClientLimited
+	}
+	return 0
+}
+
+func (x *Stats) GetRevoked() uint64 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+func (x *Stats) GetHostRefused() uint64 {
+	if x != nil {
+		return x.HostRefused
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -737,7 +767,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xc0-\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xfd0\n" +
 	"\x05Stats\x12X\n" +
 	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
 	"instanceId\x12i\n" +
@@ -795,7 +825,10 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x10backend_requests\x18, \x01(\x04BV\xea\xe0\x18R\b\x01\x12LRequests the backend sent to the gateway (dropped: the gateway serves none).\x18\x02R\x0fbackendRequests\x12\x83\x01\n" +
 	"\x05ready\x18- \x01(\bBm\xea\xe0\x18i\b\x02\x12c1 while the gateway reports ready: not shutting down, and the last backend dial (if any) succeeded.\x18\x01R\x05ready\x12i\n" +
 	"\x0frefused_clients\x18. \x01(\x04B@\xea\xe0\x18<\b\x01\x126/ws clients refused at the handshake by --max-clients.\x18\x06R\x0erefusedClients\x12\x88\x01\n" +
-	"\apending\x18/ \x01(\x03Bn\xea\xe0\x18j\b\x02\x12URequests written or queued for the backend that wait for a reply (the pending table).\x18\x02*\rpending_callsR\apending\x1aA\n" +
+	"\apending\x18/ \x01(\x03Bn\xea\xe0\x18j\b\x02\x12URequests written or queued for the backend that wait for a reply (the pending table).\x18\x02*\rpending_callsR\apending\x12\x9e\x01\n" +
+	"\x0eclient_limited\x180 \x01(\x04Bw\xea\xe0\x18s\b\x01\x12mCalls refused because their client connection was at --max-inflight-per-client (its share of --max-inflight).\x18\x04R\rclientLimited\x12\x85\x01\n" +
+	"\arevoked\x181 \x01(\x04Bk\xea\xe0\x18g\b\x01\x12a/ws clients and gRPC streams ended because the token they were opened with is no longer accepted.\x18\x06R\arevoked\x12\x91\x01\n" +
+	"\fhost_refused\x182 \x01(\x04Bn\xea\xe0\x18j\b\x01\x12dHTTP requests refused for naming a host the gateway does not serve (--allowed-hosts; DNS rebinding).\x18\x04R\vhostRefused\x1aA\n" +
 	"\x13ErrorsByReasonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01*\xa3\x01\n" +
