@@ -25,6 +25,13 @@ func (b *Bridge) Go(method string, params json.RawMessage, co CallOptions, done 
 		done(nil, err)
 		return func() {}
 	}
+	if p := b.policies.of(method); !p.plain() {
+		// Retries, hedges, deduplication and the cache run the
+		// synchronous way, on a goroutine of the Bridge.
+		return b.goCall(func(ctx context.Context) (json.RawMessage, error) {
+			return b.policies.call(ctx, method, params, co, p)
+		}, done)
+	}
 	quoted, err := b.begin(method, params)
 	if err != nil {
 		done(nil, err)
@@ -59,7 +66,7 @@ type asyncCall struct {
 // back to a goroutine.
 func (a *asyncCall) startOn() {
 	b := a.b
-	c := b.pickSlot(-1).openConn()
+	c := b.pickSlot(-1, nil).openConn()
 	if c == nil {
 		a.fallback()
 		return
@@ -154,4 +161,19 @@ func (a *asyncCall) finish(res json.RawMessage, err error) {
 	a.b.recordLatency(time.Since(a.start), err)
 	a.b.done()
 	a.done(res, err)
+}
+
+// goCall runs call on a goroutine of the Bridge and hands its outcome to
+// done; cancel ends call's context.
+func (b *Bridge) goCall(call func(context.Context) (json.RawMessage, error), done func(json.RawMessage, error)) (cancel func()) {
+	ctx, stop := context.WithCancel(b.bgCtx)
+	started := b.goBackground(func(context.Context) {
+		defer stop()
+		done(call(ctx))
+	})
+	if !started {
+		stop()
+		done(nil, newError(CodeDraining, "gateway is shutting down", nil))
+	}
+	return stop
 }

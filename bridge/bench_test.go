@@ -23,9 +23,7 @@ func BenchmarkEncodeRequest(b *testing.B) {
 
 // BenchmarkRouteReply: one reply frame, from bytes to its caller.
 func BenchmarkRouteReply(b *testing.B) {
-	br := &Bridge{opts: Options{}.withDefaults()}
-	br.hub = newHub(br, nil, nil)
-	c := &conn{b: br, slot: newSlot(br, 0)}
+	_, c := bareConn()
 	frame := []byte(`{"jsonrpc":"2.0","id":12345,"result":{"k":"0123456789abcd"}}`)
 	o := newOp(12345, false, nil)
 	b.ReportAllocs()

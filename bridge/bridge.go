@@ -15,23 +15,53 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wsbridge/wsbridge/internal/defaults"
 	"github.com/wsbridge/wsbridge/internal/glob"
 	"github.com/wsbridge/wsbridge/internal/window"
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// Options configure a Bridge. Only URL is required; every zero value means
-// the default given.
+// Options configure a Bridge. A backend is required (URL, or Backends);
+// every zero value means the default given.
 type Options struct {
-	// URL is the backend's ws:// or wss:// URL.
+	// URL is the backend's ws:// or wss:// URL, when there is one backend
+	// (Backends empty).
 	URL string
+	// Backends are the backends, when there are several: each gets its
+	// own lazily dialled, shared connections, and each call goes to one of
+	// them by Balance. Their zero fields take Header, HTTPClient and Conns.
+	Backends []BackendOptions
+	// Balance picks the backend of each call. Default BalancePriority.
+	Balance Balance
+	// BreakerFailures transport failures in a row (failed dials, lost
+	// connections) open a backend's circuit breaker: it gets no calls for
+	// BreakerCooldown, then one call probes it. Defaults 5 and 10 s.
+	BreakerFailures int
+	BreakerCooldown time.Duration
+	// HealthMethod, if set, is called on each backend that has an open
+	// connection every HealthInterval (default 10 s), with HealthTimeout
+	// (default 2 s); a backend whose health call fails (a JSON-RPC error is
+	// an answer, not a failure) gets no calls until it passes again.
+	HealthMethod                  string
+	HealthInterval, HealthTimeout time.Duration
+	// IdleTimeout, if positive, closes a lazily dialled backend connection
+	// that has had no call, subscription or listener for that long; the
+	// next call dials again.
+	IdleTimeout time.Duration
+	// Methods are per-method policies (retry, hedging, deduplication, a
+	// cache), by pattern; see MethodPolicy.
+	Methods []MethodPolicy
+	// CacheMaxEntries and CacheMaxBytes bound the reply cache of
+	// MethodPolicy.CacheTTL. Defaults 10000 and 64 MiB.
+	CacheMaxEntries int
+	CacheMaxBytes   int64
 	// Header is sent with every WebSocket handshake.
 	Header http.Header
 	// HTTPClient dials the backend (TLS settings live in its Transport).
 	// Default: http.DefaultClient.
 	HTTPClient *http.Client
-	// Conns is the number of backend connections, used round-robin.
-	// Default 1.
+	// Conns is the number of connections to each backend, used
+	// round-robin. Default 1.
 	Conns int
 	// Eager dials at New and keeps redialling in the background after every
 	// loss. Otherwise the first call dials, and after a loss the next call
@@ -115,34 +145,44 @@ func (o Options) withDefaults() Options {
 	if o.HTTPClient == nil {
 		o.HTTPClient = http.DefaultClient
 	}
-	if o.Conns <= 0 {
-		o.Conns = 1
+	defaults.Positive(&o.Conns, 1)
+	if len(o.Backends) == 0 {
+		o.Backends = []BackendOptions{{URL: o.URL}}
+	} else {
+		o.Backends = append([]BackendOptions(nil), o.Backends...)
 	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = 5 * time.Second
+	for i := range o.Backends {
+		be := &o.Backends[i]
+		if be.Header == nil {
+			be.Header = o.Header
+		}
+		if be.HTTPClient == nil {
+			be.HTTPClient = o.HTTPClient
+		}
+		if be.Conns <= 0 {
+			be.Conns = o.Conns
+		}
+		if be.Weight <= 0 {
+			be.Weight = 1
+		}
 	}
+	defaults.Positive(&o.BreakerFailures, 5)
+	defaults.Positive(&o.BreakerCooldown, 10*time.Second)
+	defaults.Positive(&o.HealthInterval, 10*time.Second)
+	defaults.Positive(&o.HealthTimeout, 2*time.Second)
+	defaults.Positive(&o.CacheMaxEntries, 10000)
+	defaults.Positive(&o.CacheMaxBytes, 64<<20)
+	defaults.Positive(&o.DialTimeout, 5*time.Second)
 	o.Backoff = o.Backoff.withDefaults()
 	if o.PingInterval == 0 {
 		o.PingInterval = 15 * time.Second
 	}
-	if o.PingTimeout <= 0 {
-		o.PingTimeout = 5 * time.Second
-	}
-	if o.WriteTimeout <= 0 {
-		o.WriteTimeout = 10 * time.Second
-	}
-	if o.CallTimeout <= 0 {
-		o.CallTimeout = 30 * time.Second
-	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 10000
-	}
-	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = 4 << 20
-	}
-	if o.MaxMethodLength <= 0 {
-		o.MaxMethodLength = 1024
-	}
+	defaults.Positive(&o.PingTimeout, 5*time.Second)
+	defaults.Positive(&o.WriteTimeout, 10*time.Second)
+	defaults.Positive(&o.CallTimeout, 30*time.Second)
+	defaults.Positive(&o.MaxInFlight, 10000)
+	defaults.Positive(&o.MaxMessageBytes, 4<<20)
+	defaults.Positive(&o.MaxMethodLength, 1024)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -164,11 +204,16 @@ type CallOptions struct {
 type Bridge struct {
 	// Static after New.
 	opts        Options
-	redactedURL string // for the gateway's own logs: userinfo and query redacted
-	displayURL  string // for clients and stats: scheme, host and port only
-	slots       []*slot
+	redactedURL string          // for the gateway's own logs: userinfo and query redacted
+	displayURL  string          // for clients and stats: scheme, host and port only
+	backends    []*backend      // in the order configured
+	slots       []*slot         // every backend's, indexed by slot.idx
 	lat         *window.Latency // calls that succeeded
 	failLat     *window.Latency // calls that failed
+	policies    *policies       // per-method retry, hedging, dedup, cache
+
+	nextBackend atomic.Uint64 // ties among backends taken in turn
+	rrMu        sync.Mutex    // guards every backend's current (BalanceRoundRobin)
 
 	// Lifetime: cancel stops every slot's run loop and the state notifier;
 	// wg waits for them.
@@ -197,7 +242,6 @@ type Bridge struct {
 	idleOnce  sync.Once
 	idle      chan struct{} // closed when draining and nothing is in flight
 	nextID    atomic.Uint64 // request ids: unique for the life of the Bridge
-	nextSlot  atomic.Uint64 // round-robin cursor
 	inFlight  atomic.Int64
 	counters  counters
 	closeOnce sync.Once
@@ -206,7 +250,8 @@ type Bridge struct {
 // counters are the Bridge's monotonic totals.
 type counters struct {
 	connects, reconnects, dialFailures atomic.Uint64
-	messagesOut, messagesIn            atomic.Uint64
+	messagesOut, messagesIn, framesOut atomic.Uint64
+	retries, hedges                    atomic.Uint64
 	timeouts, late, unknown            atomic.Uint64
 	notifications, malformed, rejected atomic.Uint64
 	backendRequests                    atomic.Uint64
@@ -216,8 +261,13 @@ type counters struct {
 // dialling at once; otherwise nothing is dialled before the first call.
 func New(opts Options) (*Bridge, error) {
 	opts = opts.withDefaults()
-	if err := CheckURL(opts.URL); err != nil {
-		return nil, err
+	var logURLs, displayURLs []string
+	for _, be := range opts.Backends {
+		if err := CheckURL(be.URL); err != nil {
+			return nil, err
+		}
+		logURLs = append(logURLs, RedactURL(be.URL))
+		displayURLs = append(displayURLs, DisplayURL(be.URL))
 	}
 	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
 		return nil, fmt.Errorf("subscription methods: %w", err)
@@ -225,13 +275,14 @@ func New(opts Options) (*Bridge, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
 		opts:        opts,
-		redactedURL: RedactURL(opts.URL),
-		displayURL:  DisplayURL(opts.URL),
+		redactedURL: strings.Join(logURLs, ", "),
+		displayURL:  strings.Join(displayURLs, ", "),
 		lat:         window.NewLatency(6, 10*time.Second, nil),
 		failLat:     window.NewLatency(6, 10*time.Second, nil),
 		cancel:      cancel,
 		idle:        make(chan struct{}),
 	}
+	b.policies = newPolicies(b)
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
 	if opts.CancelMethod != "" {
 		b.cancelMethod = jsonrpc.AppendString(nil, opts.CancelMethod)
@@ -241,10 +292,23 @@ func New(opts Options) (*Bridge, error) {
 		b.stateChanged = make(chan struct{}, 1)
 		b.wg.Go(func() { b.notifyStates(ctx, f) })
 	}
-	for i := range opts.Conns {
-		s := newSlot(b, i)
-		b.slots = append(b.slots, s)
+	for i, bo := range opts.Backends {
+		be := newBackend(b, i, bo)
+		b.backends = append(b.backends, be)
+		for range bo.Conns {
+			s := newSlot(b, be, len(b.slots))
+			be.slots = append(be.slots, s)
+			b.slots = append(b.slots, s)
+		}
+	}
+	b.hub.listen = lowestPriority(b.backends)[0].slots[0].idx
+	for _, s := range b.slots {
 		b.wg.Go(func() { s.run(ctx) })
+	}
+	if opts.HealthMethod != "" {
+		for _, be := range b.backends {
+			b.wg.Go(func() { be.healthLoop(ctx) })
+		}
 	}
 	return b, nil
 }
@@ -349,9 +413,16 @@ func (b *Bridge) LogURL() string { return b.redactedURL }
 //
 // Methods that create or end a subscription (IsSubscriptionMethod) are
 // refused with CodeUnsupported: only a Consumer can own a subscription.
+//
+// The method's policy (Options.Methods) applies: the call may be answered
+// from the cache, joined to an identical call under way, retried on
+// another backend, or hedged.
 func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
 	if err := b.plainMethod(method); err != nil {
 		return nil, err
+	}
+	if p := b.policies.of(method); !p.plain() {
+		return b.policies.call(ctx, method, params, co, p)
 	}
 	return b.do(ctx, method, params, co, callSpec{slot: -1})
 }
@@ -379,8 +450,15 @@ func (b *Bridge) plainMethod(method string) error {
 // callSpec is what the package's own callers (subscriptions) add to a call.
 type callSpec struct {
 	notify bool
-	// slot pins the call to one connection slot; -1 means round-robin.
+	// slot pins the call to one connection slot; -1 lets the balancer pick
+	// the backend, and a call whose request could not be written moves to
+	// another.
 	slot int
+	// retryable: a call whose request was written when its connection
+	// broke is sent once more, to another backend (MethodPolicy.Retry).
+	retryable bool
+	// hedgeAfter, if positive, hedges the call (see hedged).
+	hedgeAfter time.Duration
 	// onResult runs on the connection's reader when a successful reply
 	// arrives, before the reader handles the next message (also for a reply
 	// that comes after the caller gave up). Subscriptions use it to route
@@ -407,7 +485,12 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 		defer cancel()
 	}
 	start := time.Now()
-	res, err := b.attempt(ctx, quoted, params, co, spec)
+	var res json.RawMessage
+	if spec.hedgeAfter > 0 && spec.slot < 0 && len(b.backends) > 1 && !spec.notify {
+		res, err = b.hedged(ctx, quoted, params, co, spec)
+	} else {
+		res, err = b.attempt(ctx, quoted, params, co, spec)
+	}
 	if !spec.notify {
 		b.recordLatency(time.Since(start), err)
 	}
@@ -488,14 +571,23 @@ func (b *Bridge) timeout(co CallOptions) time.Duration {
 	return b.opts.CallTimeout
 }
 
-// attempt sends the request on a connection and waits for its outcome. When
-// a connection breaks before the request was written, it tries again on the
-// next connection with a new id.
+// attempt sends the request on a connection and waits for its outcome. A
+// request that could not be written (its connection broke first, or its
+// backend could not be dialled) goes, with a new id, to another connection
+// (of another backend, unless the call is pinned to a slot); one that was
+// written when its connection broke is sent again only when retryable, and
+// once.
 func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
-	s := b.pickSlot(spec.slot)
+	s := b.pickSlot(spec.slot, nil)
+	retried, moved := false, 0
 	for {
 		c, err := s.conn(ctx, co.WaitForReady)
 		if err != nil {
+			if spec.slot < 0 && CodeOf(err) == CodeUnavailable && moved < len(b.backends)-1 && ctx.Err() == nil {
+				moved++ // never written: another backend may take it
+				s = b.pickSlot(-1, s.be)
+				continue
+			}
 			return nil, err
 		}
 		id := b.nextID.Add(1)
@@ -503,33 +595,32 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 		o := newOp(id, spec.notify, frame)
 		o.onResult = spec.onResult
 		res, err := c.roundTrip(ctx, o)
-		if errors.Is(err, errNotSent) {
+		switch {
+		case errors.Is(err, errNotSent):
+			if spec.slot < 0 {
+				s = b.pickSlot(-1, nil)
+			}
+			continue
+		case spec.retryable && !retried && spec.slot < 0 && CodeOf(err) == CodeReplyLost && ctx.Err() == nil && !b.closing.Load():
+			retried = true
+			b.counters.retries.Add(1)
+			s = b.pickSlot(-1, c.slot.be)
 			continue
 		}
 		return res, err
 	}
 }
 
-// pickSlot returns slot idx, or with idx < 0 the next slot round-robin. A
-// slot backing off after failures is passed over for a connected one, so
-// that one bad connection of a pool does not fail calls the others can
-// carry.
-func (b *Bridge) pickSlot(idx int) *slot {
+// pickSlot returns slot idx, or with idx < 0 a slot of the backend the
+// balancer picks (other than avoid, when another is available). Within a
+// backend a slot backing off after failures is passed over for a connected
+// one, so that one bad connection of a pool does not fail calls the others
+// can carry.
+func (b *Bridge) pickSlot(idx int, avoid *backend) *slot {
 	if idx >= 0 {
 		return b.slots[idx]
 	}
-	n := uint64(len(b.slots))
-	start := b.nextSlot.Add(1) - 1
-	s := b.slots[start%n]
-	if n == 1 || s.currentState() != StateBackoff {
-		return s
-	}
-	for i := uint64(1); i < n; i++ {
-		if other := b.slots[(start+i)%n]; other.currentState() == StateConnected {
-			return other
-		}
-	}
-	return s
+	return b.pickBackend(avoid).pickSlot()
 }
 
 func (b *Bridge) tooLarge() *Error {
@@ -699,6 +790,32 @@ type Stats struct {
 	// when no dial has failed.
 	LastDialError   string
 	LastDialErrorAt time.Time
+	// FramesOut counts the WebSocket frames written to backends (a batch
+	// is one frame); Retries the calls sent again after their connection
+	// broke (MethodPolicy.Retry), Hedges the copies sent to a second
+	// backend, Coalesced the calls that joined an identical one under way,
+	// CacheHits the calls answered from the cache.
+	FramesOut, Retries, Hedges, Coalesced, CacheHits uint64
+	// Backends has a row per backend, in the order configured.
+	Backends []BackendStats
+}
+
+// BackendStats are one backend's figures.
+type BackendStats struct {
+	URL       string // see DisplayURL
+	State     State  // the best of its connections
+	Available bool   // it takes calls (see Balance)
+	Breaker   BreakerState
+	// HealthError is the last failed health call's error ("" when it
+	// passes, or when there is no health method).
+	HealthError string
+	// Waiting counts the requests waiting for its reply now.
+	Waiting                                        int64
+	Connects, Reconnects, DialFailures, IdleCloses uint64
+	FramesOut, RequestsOut, TransportErrors        uint64
+	BreakerOpens                                   uint64
+	// Latency is the time from writing a request to its reply.
+	Latency window.Summary
 }
 
 // Stats returns a snapshot of the counters.
@@ -726,6 +843,25 @@ func (b *Bridge) Stats() Stats {
 		Ready:           b.Ready(),
 	}
 	st.Subscriptions, st.ClientSubscriptions, st.Consumers = b.hub.stats()
+	st.FramesOut, st.Retries, st.Hedges = b.counters.framesOut.Load(), b.counters.retries.Load(), b.counters.hedges.Load()
+	st.Coalesced, st.CacheHits = b.policies.coalesced.Load(), b.policies.cacheHits.Load()
+	for _, be := range b.backends {
+		bs := BackendStats{URL: be.displayURL, Available: be.available(), Breaker: be.breaker(), Waiting: be.waiting(),
+			Connects: be.counters.connects.Load(), Reconnects: be.counters.reconnects.Load(),
+			DialFailures: be.counters.dialFailures.Load(), IdleCloses: be.counters.idleCloses.Load(),
+			FramesOut: be.counters.framesOut.Load(), RequestsOut: be.counters.requestsOut.Load(),
+			TransportErrors: be.counters.transportErrors.Load(), BreakerOpens: be.counters.breakerOpens.Load(),
+			Latency: be.lat.Summary()}
+		be.mu.Lock()
+		if be.healthErr != nil {
+			bs.HealthError = be.healthErr.Error()
+		}
+		be.mu.Unlock()
+		for _, s := range be.slots {
+			bs.State = max(bs.State, s.currentState())
+		}
+		st.Backends = append(st.Backends, bs)
+	}
 	for _, s := range b.slots {
 		snap := s.snapshot()
 		st.State = max(st.State, snap.state)

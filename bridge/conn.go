@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -32,10 +33,16 @@ type conn struct {
 	lost  chan struct{}     // closed by fail: the connection is out of service
 
 	pending pendingTable
+	// lastUse is when a request was last written (unix nanoseconds), for
+	// the idle close (Options.IdleTimeout).
+	lastUse atomic.Int64
 
 	failOnce sync.Once
 	cause    error // written once by fail before lost is closed
 }
+
+// errIdle ends a connection that nothing used for Options.IdleTimeout.
+var errIdle = errors.New("closed after being idle")
 
 func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
 	return &conn{
@@ -71,11 +78,23 @@ func (c *conn) serve(ctx context.Context) error {
 	if c.b.opts.PingInterval > 0 {
 		wg.Go(func() { c.fail(c.pingLoop(ioCtx)) })
 	}
+	if c.b.opts.IdleTimeout > 0 && !c.b.opts.Eager {
+		c.lastUse.Store(time.Now().UnixNano())
+		wg.Go(func() {
+			if err := c.idleLoop(ioCtx); err != nil {
+				c.fail(err)
+			}
+		})
+	}
 
 	closing := false
 	select {
 	case <-c.lost:
-		c.ws.CloseNow()
+		if errors.Is(c.cause, errIdle) {
+			wsutil.Bounded(c.ws, c.raw, websocket.StatusNormalClosure, "idle", closeTimeout)
+		} else {
+			c.ws.CloseNow()
+		}
 	case <-ctx.Done():
 		closing = true
 		c.fail(errors.New("gateway is shutting down"))
@@ -101,6 +120,26 @@ func (c *conn) serve(ctx context.Context) error {
 		}
 	}
 	return c.cause
+}
+
+// idleLoop ends the connection with errIdle once it has had no request,
+// no call waiting for a reply, no subscription and no listener for
+// Options.IdleTimeout. It returns nil when ctx ends.
+func (c *conn) idleLoop(ctx context.Context) error {
+	every := c.b.opts.IdleTimeout / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil
+		}
+		idleFor := time.Since(time.Unix(0, c.lastUse.Load()))
+		if idleFor >= c.b.opts.IdleTimeout && c.pending.size.Load() == 0 && c.sendq.Len() == 0 && !c.b.hub.usesSlot(c.slot.idx) {
+			return errIdle
+		}
+	}
 }
 
 // closeTimeout bounds the 1001 close handshake at shutdown.
@@ -180,6 +219,9 @@ func (c *conn) writeLoop(ctx context.Context) error {
 		if len(batch) == 0 {
 			continue
 		}
+		if c.b.opts.IdleTimeout > 0 {
+			c.lastUse.Store(time.Now().UnixNano())
+		}
 		wctx, end := cork.Batch(corked, ctx, c.b.opts.WriteTimeout)
 		written = written[:0]
 		var err error
@@ -219,10 +261,17 @@ func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, err
 			return nil
 		}
 		frame = append(frame, ']')
+		now := time.Now().UnixNano()
+		for _, o := range inFrame {
+			o.sentAt.Store(now)
+		}
 		if err := c.ws.Write(ctx, websocket.MessageText, frame); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		c.b.counters.messagesOut.Add(uint64(len(inFrame)))
+		c.b.counters.framesOut.Add(1)
+		c.slot.be.counters.framesOut.Add(1)
+		c.slot.be.counters.requestsOut.Add(uint64(len(inFrame)))
 		for _, o := range inFrame {
 			if o.notify {
 				written = append(written, o)
@@ -272,10 +321,14 @@ func (c *conn) writeOne(ctx context.Context, o *op) (sent bool, err error) {
 	if !o.state.CompareAndSwap(opQueued, opWritten) {
 		return false, nil // the caller gave up before it was sent
 	}
+	o.sentAt.Store(time.Now().UnixNano())
 	if err := c.ws.Write(ctx, websocket.MessageText, o.frame); err != nil {
 		return true, fmt.Errorf("write: %w", err)
 	}
 	c.b.counters.messagesOut.Add(1)
+	c.b.counters.framesOut.Add(1)
+	c.slot.be.counters.framesOut.Add(1)
+	c.slot.be.counters.requestsOut.Add(1)
 	return true, nil
 }
 
@@ -416,6 +469,9 @@ func (c *conn) handleMessage(raw []byte) {
 			o.onResult(c.slot.idx, value)
 		}
 		o.complete(result{value: value})
+	}
+	if at := o.sentAt.Load(); at != 0 {
+		c.slot.be.lat.Record(time.Duration(time.Now().UnixNano() - at))
 	}
 }
 

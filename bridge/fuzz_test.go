@@ -23,9 +23,7 @@ func FuzzBackendFrame(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		b := &Bridge{opts: Options{}.withDefaults()}
-		b.hub = newHub(b, nil, nil)
-		c := &conn{b: b, slot: newSlot(b, 0)}
+		_, c := bareConn()
 		var ops []*op
 		for id := uint64(1); id <= 3; id++ {
 			o := newOp(id, false, nil)
@@ -60,4 +58,17 @@ func FuzzBackendFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// bareConn is a connection of a Bridge that runs nothing, for feeding the
+// reply router frames by hand.
+func bareConn() (*Bridge, *conn) {
+	b := &Bridge{opts: Options{URL: "ws://x/"}.withDefaults()}
+	b.hub = newHub(b, nil, nil)
+	b.policies = newPolicies(b)
+	be := newBackend(b, 0, b.opts.Backends[0])
+	s := newSlot(b, be, 0)
+	be.slots = []*slot{s}
+	b.backends, b.slots = []*backend{be}, []*slot{s}
+	return b, &conn{b: b, slot: s}
 }

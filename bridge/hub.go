@@ -31,9 +31,12 @@ const (
 //
 // A notification whose params.subscription names a live subscription goes
 // to that subscription's owners only. Any other notification goes to the
-// consumers listening to its method, and only when it comes from the first
-// connection slot: a backend that broadcasts to every connection would
-// otherwise deliver it once per pooled connection.
+// consumers listening to its method, and only when it comes from the
+// listen slot (the first connection of one backend): a backend that
+// broadcasts to every connection would otherwise deliver it once per
+// pooled connection, and several backends once each. When the listen
+// slot's backend is lost, listeners move with Resubscribe to another
+// available backend (after wsbridge_gap), or end.
 type hub struct {
 	b *Bridge
 	// Static: paired glob patterns.
@@ -47,9 +50,11 @@ type hub struct {
 	// notifications it still sends for them until it replies belong to no
 	// one, and must not fall through to method listeners. Guarded by mu.
 	ending map[subRef]int
-	// methodGap is set while slot 0 is down with --resubscribe: method
-	// listeners get a gap notification when it comes back. Guarded by mu.
+	// methodGap is set while the listen slot is down with --resubscribe:
+	// method listeners get a gap notification when it is up. Guarded by mu.
 	methodGap bool
+	// listen is the listen slot's index. Guarded by mu.
+	listen int
 
 	delivered    atomic.Uint64
 	resubscribes atomic.Uint64
@@ -220,7 +225,7 @@ func (c *Consumer) Listen(methods ...string) error {
 		c.methods[m] = true
 	}
 	c.h.mu.Unlock()
-	c.h.b.slots[0].kickDial()
+	c.h.b.slots[c.h.listenSlot()].kickDial()
 	return nil
 }
 
@@ -651,7 +656,7 @@ func (h *hub) route(slot int, method string, params json.RawMessage) {
 			return // its subscription is being ended: it is no one's
 		}
 	}
-	if slot != 0 || !h.b.MethodAllowed(method) {
+	if slot != h.listenSlot() || !h.b.MethodAllowed(method) {
 		return // a listener sees only notifications of methods clients may call
 	}
 	h.mu.Lock()
@@ -718,17 +723,14 @@ func gatewayParams(fields map[string]any) json.RawMessage {
 }
 
 // wantsConn reports whether anyone waits for notifications over slot: a
-// listener (slot 0 carries method notifications) or a subscription being
-// re-issued. A lazy slot keeps redialling while this holds.
+// listener (the listen slot carries method notifications) or a
+// subscription being re-issued. A lazy slot keeps redialling while this
+// holds.
 func (h *hub) wantsConn(slot int) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if slot == 0 {
-		for c := range h.consumers {
-			if len(c.methods) > 0 {
-				return true
-			}
-		}
+	if slot == h.listen && h.listenersLocked() {
+		return true
 	}
 	for _, sub := range h.byKey {
 		if sub.slot == slot && sub.state == subResubscribing {
@@ -740,11 +742,8 @@ func (h *hub) wantsConn(slot int) bool {
 
 // connUp runs when a slot's connection opens, before its reader starts.
 func (h *hub) connUp(slot int) {
-	if slot != 0 {
-		return
-	}
 	h.mu.Lock()
-	if !h.methodGap {
+	if slot != h.listen || !h.methodGap {
 		h.mu.Unlock()
 		return
 	}
@@ -800,7 +799,8 @@ func (h *hub) connLost(slot int, cause error) {
 		losts = append(losts, lost{ownersOf(sub), gatewayParams(map[string]any{"subscription": sub.clientID, "reason": reason})})
 		h.removeLocked(sub)
 	}
-	if slot == 0 {
+	moveTo := -1
+	if slot == h.listen {
 		for c := range h.consumers {
 			ms := listening(c)
 			if len(ms) == 0 {
@@ -813,8 +813,19 @@ func (h *hub) connLost(slot int, cause error) {
 			clear(c.methods)
 			losts = append(losts, lost{[]*Consumer{c}, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
 		}
+		// Listening moves to another available backend, if any (with
+		// Resubscribe the listeners follow; later listeners go there too).
+		if lostBe := h.b.slots[slot].be; len(h.b.backends) > 1 {
+			if be := h.b.pickBackend(lostBe); be != lostBe && be.available() {
+				h.listen = be.slots[0].idx
+				moveTo = h.listen
+			}
+		}
 	}
 	h.mu.Unlock()
+	if moveTo >= 0 {
+		h.b.slots[moveTo].kickDial()
+	}
 	for _, l := range losts {
 		h.deliver(l.owners, NotifySubscriptionLost, l.params)
 	}
@@ -833,6 +844,13 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 		h.mu.Unlock()
 		if !alive || ctx.Err() != nil {
 			return
+		}
+		// It stays on its backend, unless that one is not available and
+		// another is: then it moves.
+		if be := h.b.slots[slot].be; len(h.b.backends) > 1 && !be.available() {
+			if other := h.b.pickBackend(be); other != be && other.available() {
+				slot = other.pickSlot().idx
+			}
 		}
 		_, err := h.b.do(ctx, sub.method, sub.params, CallOptions{WaitForReady: true}, callSpec{slot: slot,
 			onResult: func(slot int, id json.RawMessage) { h.reactivate(sub, slot, id) }})
@@ -877,6 +895,45 @@ func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 	h.mu.Unlock()
 	h.resubscribes.Add(1)
 	h.deliver(owners, NotifyGap, gatewayParams(map[string]any{"subscription": sub.clientID}))
+}
+
+// listenersLocked reports whether any consumer listens to methods. h.mu
+// must be held.
+func (h *hub) listenersLocked() bool {
+	for c := range h.consumers {
+		if len(c.methods) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// listenSlot returns the slot whose method notifications reach listeners.
+func (h *hub) listenSlot() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.listen
+}
+
+// usesSlot reports whether a subscription or a listener needs slot's
+// connection (so it is not closed for being idle).
+func (h *hub) usesSlot(slot int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slot == h.listen && h.listenersLocked() {
+		return true
+	}
+	for ref := range h.byID {
+		if ref.slot == slot {
+			return true
+		}
+	}
+	for _, sub := range h.byKey {
+		if sub.slot == slot && sub.state == subResubscribing {
+			return true
+		}
+	}
+	return false
 }
 
 // hubStats are the hub's figures for Stats.

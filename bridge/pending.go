@@ -28,6 +28,10 @@ type op struct {
 	// callerDone is the caller's ctx.Done(): the writer skips an op whose
 	// caller has given up.
 	callerDone <-chan struct{}
+	// sentAt is when the writer wrote o (unix nanoseconds), for the
+	// backend's latency: set by the writer, read by the reader after the
+	// reply (atomic: the network orders them, the memory model does not).
+	sentAt atomic.Int64
 }
 
 const (

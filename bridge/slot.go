@@ -25,7 +25,8 @@ import (
 type slot struct {
 	// Static after newSlot.
 	b   *Bridge
-	idx int
+	be  *backend // the backend this slot connects to
+	idx int      // the slot's index among all the Bridge's slots
 	// kick asks the run loop to dial (lazy mode). Buffered: a kick is never
 	// lost and never blocks the caller.
 	kick chan struct{}
@@ -45,8 +46,8 @@ type slot struct {
 	published atomic.Int32
 }
 
-func newSlot(b *Bridge, idx int) *slot {
-	return &slot{b: b, idx: idx, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+func newSlot(b *Bridge, be *backend, idx int) *slot {
+	return &slot{b: b, be: be, idx: idx, kick: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // setState changes the state and wakes every waiter. s.mu must be held.
@@ -160,16 +161,17 @@ func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
 // Backoff.Base, so a backend that accepts and at once drops the connection
 // is not redialled in a tight loop.
 func (s *slot) run(ctx context.Context) {
-	b := s.b
+	b, be := s.b, s.be
 	log := b.opts.Logger.With("conn", s.idx)
 	failures := 0
-	lost := false // a connection of this slot has been open and was lost
+	lost := false      // a connection of this slot has been open and was lost
+	redialNow := false // the backend went away on purpose: dial its replacement at once
 	defer s.close()
 	for {
 		// A lazy slot dials when a caller asks (kick), or at once while a
 		// listener or subscription waits for notifications on it: such
 		// demand makes no call that would kick.
-		if !b.opts.Eager && !b.hub.wantsConn(s.idx) {
+		if !b.opts.Eager && !redialNow && !b.hub.wantsConn(s.idx) {
 			select {
 			case <-s.kick:
 			case <-ctx.Done():
@@ -186,6 +188,7 @@ func (s *slot) run(ctx context.Context) {
 		}
 		s.mu.Unlock()
 
+		redialNow = false
 		c, err := s.dial(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -193,6 +196,8 @@ func (s *slot) run(ctx context.Context) {
 			}
 			failures++
 			b.counters.dialFailures.Add(1)
+			be.counters.dialFailures.Add(1)
+			be.transportFailure(err)
 			if !s.backoff(ctx, failures, err, true, log) {
 				return
 			}
@@ -200,10 +205,13 @@ func (s *slot) run(ctx context.Context) {
 		}
 
 		b.counters.connects.Add(1)
+		be.counters.connects.Add(1)
 		if lost {
 			b.counters.reconnects.Add(1)
+			be.counters.reconnects.Add(1)
 		}
-		log.Info("backend connected", "url", b.redactedURL)
+		be.transportSuccess()
+		log.Info("backend connected", "url", be.redactedURL)
 		b.hub.connUp(s.idx)
 		s.mu.Lock()
 		s.current = c
@@ -213,11 +221,27 @@ func (s *slot) run(ctx context.Context) {
 
 		up := time.Now()
 		cause := c.serve(ctx)
-		lost = true
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("backend connection lost", "url", b.redactedURL, "err", cause)
+		if errors.Is(cause, errIdle) {
+			// Nothing used it: it reopens on the next call.
+			be.counters.idleCloses.Add(1)
+			log.Info("backend connection closed after being idle", "url", be.redactedURL, "idle", b.opts.IdleTimeout)
+			continue
+		}
+		lost = true
+		switch websocket.CloseStatus(cause) {
+		case websocket.StatusGoingAway, websocket.StatusServiceRestart:
+			// The backend is going away on purpose (shutdown, restart):
+			// dial its replacement at once, and do not hold it against it.
+			log.Info("backend is going away; dialling its replacement", "url", be.redactedURL, "err", cause)
+			b.hub.connLost(s.idx, cause)
+			failures, redialNow = 0, true
+			continue
+		}
+		be.transportFailure(cause)
+		log.Warn("backend connection lost", "url", be.redactedURL, "err", cause)
 		b.hub.connLost(s.idx, cause)
 		if time.Since(up) >= b.opts.Backoff.Base {
 			failures = 0
@@ -238,7 +262,7 @@ func (s *slot) run(ctx context.Context) {
 func (s *slot) backoff(ctx context.Context, failures int, cause error, dialFailed bool, log *slog.Logger) bool {
 	b := s.b
 	delay := b.opts.Backoff.Delay(failures, jitterRand)
-	log.Warn("backend unavailable; backing off", "url", b.redactedURL, "err", cause, "failures", failures, "retry_in", delay)
+	log.Warn("backend unavailable; backing off", "url", s.be.redactedURL, "err", cause, "failures", failures, "retry_in", delay)
 	s.mu.Lock()
 	s.lastErr = cause
 	s.lastErrAt = time.Now()
@@ -293,21 +317,22 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 	b := s.b
 	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
 	defer cancel()
-	client, raw := capturingClient(b.opts.HTTPClient)
-	ws, resp, err := websocket.Dial(ctx, b.opts.URL, &websocket.DialOptions{
+	be := s.be
+	client, raw := capturingClient(be.opts.HTTPClient)
+	ws, resp, err := websocket.Dial(ctx, be.opts.URL, &websocket.DialOptions{
 		HTTPClient: client,
-		HTTPHeader: b.opts.Header,
+		HTTPHeader: be.opts.Header,
 	})
 	// A handshake that was refused (a redirect, a 401) may leave its
 	// connection idle in the transport, which this dial copied: close it.
 	client.CloseIdleConnections()
 	if err != nil {
 		// Clients see this error: it names the backend by DisplayURL only.
-		err = hideURL(err, b.opts.URL, b.displayURL)
+		err = hideURL(err, be.opts.URL, be.displayURL)
 		if resp != nil {
-			return nil, fmt.Errorf("dial %s: handshake refused with HTTP %d: %w", b.displayURL, resp.StatusCode, err)
+			return nil, fmt.Errorf("dial %s: handshake refused with HTTP %d: %w", be.displayURL, resp.StatusCode, err)
 		}
-		return nil, fmt.Errorf("dial %s: %w", b.displayURL, err)
+		return nil, fmt.Errorf("dial %s: %w", be.displayURL, err)
 	}
 	ws.SetReadLimit(b.opts.MaxMessageBytes)
 	return newConn(s, ws, raw()), nil

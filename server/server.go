@@ -28,6 +28,7 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/cork"
+	"github.com/wsbridge/wsbridge/internal/defaults"
 )
 
 // Options configure a Server. Zero values mean the defaults given.
@@ -129,39 +130,17 @@ func (o Options) withDefaults() Options {
 	if o.HTTPAddr == "" {
 		o.HTTPAddr = "127.0.0.1:8080"
 	}
-	if o.ShutdownGrace <= 0 {
-		o.ShutdownGrace = 10 * time.Second
-	}
-	if o.ConnDrain <= 0 {
-		o.ConnDrain = time.Second
-	}
-	if o.ClientPingInterval <= 0 {
-		o.ClientPingInterval = 30 * time.Second
-	}
-	if o.ClientWriteTimeout <= 0 {
-		o.ClientWriteTimeout = 10 * time.Second
-	}
-	if o.ClientBuffer <= 0 {
-		o.ClientBuffer = 1024
-	}
-	if o.ClientBufferBytes <= 0 {
-		o.ClientBufferBytes = 16 << 20
-	}
-	if o.MaxOpenRPCs <= 0 {
-		o.MaxOpenRPCs = 16
-	}
-	if o.MaxStreamsPerConn <= 0 {
-		o.MaxStreamsPerConn = 1024
-	}
-	if o.RevocationCheck <= 0 {
-		o.RevocationCheck = time.Second
-	}
-	if o.MaxBatch <= 0 {
-		o.MaxBatch = 1000
-	}
-	if o.ReadHeaderTimeout <= 0 {
-		o.ReadHeaderTimeout = 10 * time.Second
-	}
+	defaults.Positive(&o.ShutdownGrace, 10*time.Second)
+	defaults.Positive(&o.ConnDrain, time.Second)
+	defaults.Positive(&o.ClientPingInterval, 30*time.Second)
+	defaults.Positive(&o.ClientWriteTimeout, 10*time.Second)
+	defaults.Positive(&o.ClientBuffer, 1024)
+	defaults.Positive(&o.ClientBufferBytes, 16<<20)
+	defaults.Positive(&o.MaxOpenRPCs, 16)
+	defaults.Positive(&o.MaxStreamsPerConn, 1024)
+	defaults.Positive(&o.RevocationCheck, time.Second)
+	defaults.Positive(&o.MaxBatch, 1000)
+	defaults.Positive(&o.ReadHeaderTimeout, 10*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
