@@ -196,6 +196,19 @@ func (s *Server) snapshot() *wsbridgev1.Stats {
 		ClientLimited:           c.clientLimited.Load(),
 		Revoked:                 c.revoked.Load(),
 		HostRefused:             c.hostRefused.Load(),
+		BackendFramesSent:       bs.FramesOut,
+		Retries:                 bs.Retries,
+		Hedges:                  bs.Hedges,
+		Coalesced:               bs.Coalesced,
+		CacheHits:               bs.CacheHits,
+	}
+	for _, be := range bs.Backends {
+		st.Backends = append(st.Backends, &wsbridgev1.BackendStats{
+			Url: be.URL, State: stateToProto[be.State], Available: be.Available, Breaker: be.Breaker.String(),
+			HealthError: be.HealthError, Waiting: be.Waiting, Connects: be.Connects, Reconnects: be.Reconnects,
+			DialFailures: be.DialFailures, IdleCloses: be.IdleCloses, FramesSent: be.FramesOut, RequestsSent: be.RequestsOut,
+			TransportErrors: be.TransportErrors, BreakerOpens: be.BreakerOpens, Latency: latencyProto(be.Latency),
+		})
 	}
 	if !bs.LastDialErrorAt.IsZero() {
 		st.LastDialErrorAt = timestamppb.New(bs.LastDialErrorAt)

@@ -98,6 +98,9 @@ func tidy(err error) string {
 func (f *flagSet) yamlFile(r io.Reader, set func(name, value string) error) error {
 	seen := map[string]bool{}
 	return ffyaml.Parser(r, func(name, value string) error {
+		if isSectionKey(name) {
+			return nil // read by readSections
+		}
 		fl := f.Lookup(name)
 		if fl == nil || name == "config" {
 			return fmt.Errorf("unknown key %q in %s (the keys are the flags of `wsbridge %s --help`)", name, f.config, f.Name())
@@ -354,13 +357,23 @@ func (f *flagSet) list(name, sep string, def []string, usage string) *listValue 
 	return l
 }
 
-func (l *listValue) String() string { return strings.Join(l.values, l.sep) }
+func (l *listValue) String() string {
+	if l.sep == "" {
+		return strings.Join(l.values, " ")
+	}
+	return strings.Join(l.values, l.sep)
+}
 
+// Set adds the values of v: split at sep, or (sep "") at white space.
 func (l *listValue) Set(v string) error {
 	if !l.set {
 		l.values, l.set = nil, true
 	}
-	for _, item := range strings.Split(v, l.sep) {
+	items := strings.Fields(v)
+	if l.sep != "" {
+		items = strings.Split(v, l.sep)
+	}
+	for _, item := range items {
 		if item = strings.TrimSpace(item); item != "" {
 			l.values = append(l.values, item)
 		}

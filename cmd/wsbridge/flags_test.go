@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,33 +180,48 @@ func TestPrintConfigRedactsSecrets(t *testing.T) {
 			t.Errorf("--print-config shows %q:\n%s", secret, got)
 		}
 	}
-	for _, want := range []string{"backend: wss://REDACTED@example.com/rpc?REDACTED", "Authorization: REDACTED", "call-timeout: 12s", "grpc-addr: 127.0.0.1:9090"} {
+	for _, want := range []string{"backend: ['wss://REDACTED@example.com/rpc?REDACTED']", "Authorization: REDACTED", "call-timeout: 12s", "grpc-addr: 127.0.0.1:9090"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("--print-config lacks %q:\n%s", want, got)
 		}
 	}
 }
 
-// The example config in the repository loads, and --print-config's output
+// The example configs in the repository load, and --print-config's output
 // is itself a valid config giving the same configuration.
 func TestExampleConfig(t *testing.T) {
 	clearEnv(t)
-	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "--config", "../../examples/wsbridge.yaml", "--print-config"}, &out, &errOut); code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
-	for _, want := range []string{"backend: ws://127.0.0.1:8081/", "resubscribe: true", "metrics-methods: [eth_call, eth_getBalance]", "log-format: json"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("effective config lacks %q:\n%s", want, out.String())
+	for file, wants := range map[string][]string{
+		"../../examples/wsbridge.yaml": {"backend: ['ws://127.0.0.1:8081/']", "resubscribe: true", "metrics-methods: [eth_call, eth_getBalance]", "log-format: json"},
+		"../../examples/backends.yaml": {"url: ws://127.0.0.1:8082/", "priority: 1", "pattern: eth_call", "hedge_after: 50ms", "cache_ttl: 10s"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), []string{"serve", "--config", file, "--print-config"}, &out, &errOut); code != 0 {
+			t.Fatalf("%s: exit %d: %s", file, code, errOut.String())
 		}
-	}
-	again := filepath.Join(t.TempDir(), "again.yaml")
-	if err := os.WriteFile(again, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out2 bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "--config", again, "--print-config"}, &out2, &errOut); code != 0 || out2.String() != out.String() {
-		t.Fatalf("round trip: exit %d %s\n%s\nvs\n%s", code, errOut.String(), out2.String(), out.String())
+		for _, want := range wants {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s: effective config lacks %q:\n%s", file, want, out.String())
+			}
+		}
+		again := filepath.Join(t.TempDir(), "again.yaml")
+		if err := os.WriteFile(again, out.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out2 bytes.Buffer
+		if code := run(context.Background(), []string{"serve", "--config", again, "--print-config"}, &out2, &errOut); code != 0 || out2.String() != out.String() {
+			t.Fatalf("%s: round trip: exit %d %s\n%s\nvs\n%s", file, code, errOut.String(), out2.String(), out.String())
+		}
+		// It also passes every check serve makes before it starts.
+		fs := newFlagSet("serve", &errOut)
+		var sf serveFlags
+		sf.register(fs)
+		if code, ok := parseArgs(fs, []string{"--config", file}); !ok {
+			t.Fatalf("%s: parse: %d %s", file, code, errOut.String())
+		}
+		if _, err := sf.options(fs, slog.New(slog.DiscardHandler)); err != nil {
+			t.Errorf("%s: %v", file, err)
+		}
 	}
 }
 
@@ -286,5 +302,75 @@ func TestRedactArgs(t *testing.T) {
 	}
 	if !strings.Contains(got, "wss://h:1/REDACTED") || !strings.Contains(got, "X-Api-Key: REDACTED") || !strings.Contains(got, "--grpc-addr 1.2.3.4:5") {
 		t.Errorf("redacted too much or wrongly: %q", got)
+	}
+}
+
+// The backends: and methods: sections load, show redacted in
+// --print-config, and the printed config loads to the same configuration.
+func TestConfigSections(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	cfg := "backends:\n  - url: wss://user:pw@a.example/rpc?key=abc\n    priority: 1\n    headers: [\"Authorization: Bearer s3cret\"]\n  - url: ws://b.example/\n    weight: 3\n" +
+		"methods:\n  - pattern: eth_get*\n    retry: true\n    hedge_after: 20ms\n"
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--config", file, "--print-config"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	got := out.String()
+	for _, secret := range []string{"pw", "abc", "s3cret", "user"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("--print-config shows %q:\n%s", secret, got)
+		}
+	}
+	for _, want := range []string{"url: wss://REDACTED@a.example/rpc?REDACTED", "weight: 3", "pattern: eth_get*", "hedge_after: 20ms", "Authorization: REDACTED"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, got)
+		}
+	}
+
+	// The options the sections become.
+	fs := newFlagSet("serve", &errOut)
+	var sf serveFlags
+	sf.register(fs)
+	if code, ok := parseArgs(fs, []string{"--config", file}); !ok {
+		t.Fatalf("parse: %d %s", code, errOut.String())
+	}
+	opts, err := sf.options(fs, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bes := opts.Bridge.Backends
+	if len(bes) != 2 || bes[0].Priority != 1 || bes[1].Weight != 3 || bes[0].Header.Get("Authorization") != "Bearer s3cret" {
+		t.Errorf("backends: %+v", bes)
+	}
+	if m := opts.Bridge.Methods; len(m) != 1 || !m[0].Retry || m[0].HedgeAfter != 20*time.Millisecond {
+		t.Errorf("methods: %+v", m)
+	}
+}
+
+// A bad entry in a section is refused naming the entry and the key.
+func TestConfigSectionsRefused(t *testing.T) {
+	clearEnv(t)
+	for _, tc := range []struct{ cfg, want string }{
+		{"backends:\n  - url: ws://a/\n    wieght: 2\n", "field wieght not found"},
+		{"backends:\n  - url: http://a/\n", "backends[0]"},
+		{"backends:\n  - url: ws://a/\n    weight: -1\n", "weight -1"},
+		{"backend: ws://b/\nbackends:\n  - url: ws://a/\n", "both backend: and backends:"},
+		{"backend: ws://a/\nmethods:\n  - retry: true\n", "methods[0]"},
+		{"backend: ws://a/\nmethods:\n  - pattern: x\n    cache_ttl: -1s\n", "negative"},
+	} {
+		file := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(file, []byte(tc.cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), []string{"serve", "--config", file}, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%q: exit %d, %q; want 2 and %q", tc.cfg, code, errOut.String(), tc.want)
+		}
 	}
 }

@@ -162,6 +162,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if sf.printConfig {
 		out, err := fs.effective(redactSetting)
+		if err == nil {
+			var sec sections
+			if sec, err = readSections(fs.config); err == nil {
+				out, err = sec.redacted().appendYAML(out)
+			}
+		}
 		if err != nil {
 			fmt.Fprintln(stderr, "wsbridge serve:", err)
 			return 1
@@ -388,9 +394,11 @@ func redactArgs(args []string) []string {
 func redactSetting(name string, values []string) []string {
 	switch name {
 	case "backend":
-		if values[0] != "" {
-			return []string{bridge.RedactURL(values[0])}
+		out := make([]string, len(values))
+		for i, v := range values {
+			out[i] = bridge.RedactURL(v)
 		}
+		return out
 	case "backend-header":
 		out := make([]string, len(values))
 		for i, v := range values {

@@ -16,11 +16,16 @@ import (
 
 // serveFlags are the flags of `wsbridge serve`, as parsed.
 type serveFlags struct {
-	opts       server.Options // the flags that are options as they are
-	backendURL string
-	demo       bool
-	demoTick   time.Duration
-	pingEvery  time.Duration
+	opts     server.Options // the flags that are options as they are
+	backends *listValue
+	demo     bool
+	balance  string
+
+	retry, hedge, dedup, cache *listValue
+	hedgeAfter, cacheTTL       time.Duration
+	sections                   sections // from the config file
+	demoTick                   time.Duration
+	pingEvery                  time.Duration
 
 	headers, subMethods, unsubMethods     *listValue
 	allow, deny, origins, metricsMethods  *listValue
@@ -34,7 +39,20 @@ type serveFlags struct {
 
 func (sf *serveFlags) register(fs *flagSet) {
 	o, bo := &sf.opts, &sf.opts.Bridge
-	fs.StringVar(&sf.backendURL, "backend", "", "backend WebSocket URL (ws:// or wss://); required unless --demo")
+	sf.backends = fs.list("backend", "", nil, "backend WebSocket URL (ws:// or wss://), repeatable for several backends (white-space separated in the environment); required unless --demo or backends: in --config")
+	fs.StringVar(&sf.balance, "balance", "priority", "how a call picks among several backends: priority (failover by backends' priority, least loaded first), round-robin (by weight) or least-inflight")
+	fs.StringVar(&bo.HealthMethod, "backend-health-method", "", "a method to call on each connected backend every --backend-health-interval (e.g. eth_blockNumber); a backend whose call fails gets no calls")
+	fs.duration(&bo.HealthInterval, "backend-health-interval", 10*time.Second, "time between health calls")
+	fs.duration(&bo.HealthTimeout, "backend-health-timeout", 2*time.Second, "a health call slower than this fails")
+	fs.int(&bo.BreakerFailures, "breaker-failures", 5, "failed dials and lost connections in a row that open a backend's circuit breaker")
+	fs.duration(&bo.BreakerCooldown, "breaker-cooldown", 10*time.Second, "how long an open breaker keeps calls from a backend before one probes it")
+	fs.duration(&bo.IdleTimeout, "backend-idle-timeout", 0, "close a backend connection that had no call, subscription or listener for this long; the next call dials again (lazy mode; 0: never)")
+	sf.retry = fs.list("retry-methods", ",", nil, "comma-separated method patterns safe to repeat: a call written when its connection broke is sent once more, to another backend")
+	sf.hedge = fs.list("hedge-methods", ",", nil, "comma-separated method patterns to hedge: after --hedge-after without an answer, a copy goes to another backend; the first answer wins")
+	fs.duration(&sf.hedgeAfter, "hedge-after", 50*time.Millisecond, "wait before hedging a call of --hedge-methods")
+	sf.dedup = fs.list("dedup-methods", ",", nil, "comma-separated method patterns whose identical concurrent calls become one backend request")
+	sf.cache = fs.list("cache-methods", ",", nil, "comma-separated method patterns whose replies are kept for --cache-ttl")
+	fs.duration(&sf.cacheTTL, "cache-ttl", time.Second, "how long a reply of --cache-methods is kept")
 	fs.bool(&sf.demo, "demo", false, "start the embedded demo backend in-process and use it as the backend (make run does)")
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address")
 	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (REST, /ws, /rpc, /__stats)")
@@ -103,7 +121,32 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	if bo.Header, err = parseHeaders(sf.headers.values); err != nil {
 		return o, fmt.Errorf("%s: %w", fs.source("backend-header"), err)
 	}
-	bo.URL = sf.backendURL
+	for _, u := range sf.backends.values {
+		bo.Backends = append(bo.Backends, bridge.BackendOptions{URL: u})
+	}
+	if len(bo.Backends) == 0 {
+		if bo.Backends, err = sf.sections.backendOptions(fs.config); err != nil {
+			return o, err
+		}
+	}
+	if bo.Balance, err = bridge.ParseBalance(sf.balance); err != nil {
+		return o, fs.badValue("balance", "must be priority, round-robin or least-inflight")
+	}
+	if bo.Methods, err = sf.sections.methodPolicies(fs.config); err != nil {
+		return o, err
+	}
+	for _, p := range sf.retry.values {
+		bo.Methods = append(bo.Methods, bridge.MethodPolicy{Pattern: p, Retry: true})
+	}
+	for _, p := range sf.hedge.values {
+		bo.Methods = append(bo.Methods, bridge.MethodPolicy{Pattern: p, HedgeAfter: sf.hedgeAfter})
+	}
+	for _, p := range sf.dedup.values {
+		bo.Methods = append(bo.Methods, bridge.MethodPolicy{Pattern: p, Dedup: true})
+	}
+	for _, p := range sf.cache.values {
+		bo.Methods = append(bo.Methods, bridge.MethodPolicy{Pattern: p, CacheTTL: sf.cacheTTL})
+	}
 	if bo.Backoff.Jitter == 0 {
 		bo.Backoff.Jitter = -1 // the bridge's zero value means its default
 	}
@@ -147,25 +190,35 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 // check refuses every value that parses but makes no sense.
 func (sf *serveFlags) check(fs *flagSet) error {
 	o, bo := &sf.opts, &sf.opts.Bridge
+	var err error
+	if sf.sections, err = readSections(fs.config); err != nil {
+		return err
+	}
+	fileBackends := len(sf.sections.Backends) > 0
 	switch {
-	case sf.demo && sf.backendURL != "":
+	case fileBackends && len(sf.backends.values) > 0 && fs.source("backend") == "backend in "+fs.config:
+		return fmt.Errorf("%s has both backend: and backends:; give one of them", fs.config)
+	case sf.demo && (len(sf.backends.values) > 0 || fileBackends):
 		return fmt.Errorf("--demo starts the embedded demo backend and %s names another: give one of them", fs.source("backend"))
-	case !sf.demo && sf.backendURL == "":
+	case !sf.demo && len(sf.backends.values) == 0 && !fileBackends:
 		return fmt.Errorf("no backend: give its URL with --backend ws://HOST:PORT/PATH (or %s, or backend: in --config), or run the embedded demo backend with --demo", envName("backend"))
-	case sf.backendURL != "":
-		if err := bridge.CheckURL(sf.backendURL); err != nil {
+	case sf.demoTick != 0 && !sf.demo:
+		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
+	}
+	for _, u := range sf.backends.values {
+		if err := bridge.CheckURL(u); err != nil {
 			hint := ""
-			if !strings.Contains(sf.backendURL, "://") {
-				hint = fmt.Sprintf(" (did you mean ws://%s/?)", strings.TrimSuffix(sf.backendURL, "/"))
+			if !strings.Contains(u, "://") {
+				hint = fmt.Sprintf(" (did you mean ws://%s/?)", strings.TrimSuffix(u, "/"))
 			}
 			return fmt.Errorf("%s: %v%s", fs.source("backend"), err, hint)
 		}
-	case sf.demoTick != 0 && !sf.demo:
-		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
 	}
 	positive := map[string]time.Duration{
 		"backend-dial-timeout": bo.DialTimeout, "backoff-base": bo.Backoff.Base, "backoff-max": bo.Backoff.Max,
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
+		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
+		"hedge-after": sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
 		"shutdown-grace": o.ShutdownGrace, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
 	for _, name := range sortedKeys(positive) {
@@ -173,7 +226,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 			return fs.badValue(name, "must be a positive duration, such as 10s")
 		}
 	}
-	notNegative := map[string]time.Duration{"shutdown-delay": o.ShutdownDelay, "demo-tick": sf.demoTick}
+	notNegative := map[string]time.Duration{"shutdown-delay": o.ShutdownDelay, "demo-tick": sf.demoTick, "backend-idle-timeout": bo.IdleTimeout}
 	for _, name := range sortedKeys(notNegative) {
 		if notNegative[name] < 0 {
 			return fs.badValue(name, "must not be negative")
@@ -184,7 +237,8 @@ func (sf *serveFlags) check(fs *flagSet) error {
 	}
 	atLeastOne := map[string]int64{"backend-conns": int64(bo.Conns), "max-inflight": int64(bo.MaxInFlight),
 		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch),
-		"client-buffer-bytes": o.ClientBufferBytes, "max-unauthenticated-rpcs": int64(o.MaxOpenRPCs), "max-streams-per-conn": int64(o.MaxStreamsPerConn)}
+		"client-buffer-bytes": o.ClientBufferBytes, "max-unauthenticated-rpcs": int64(o.MaxOpenRPCs), "max-streams-per-conn": int64(o.MaxStreamsPerConn),
+		"breaker-failures": int64(bo.BreakerFailures)}
 	for _, name := range sortedKeys(atLeastOne) {
 		if atLeastOne[name] < 1 {
 			return fs.badValue(name, "must be at least 1")

@@ -40,19 +40,23 @@ type Field struct {
 	Metric string
 	// Title is the name people read: the field name with spaces.
 	Title string
+	// Rows, for a repeated message whose fields are declared too (the
+	// backends), are those fields: each element is a row, and its metrics
+	// carry the element's first field (its name) as the label Opts.Label.
+	Rows []Field
 }
 
 // Fields lists the declared stats in declaration order.
-var Fields = declared()
+var Fields = declare((&wsbridgev1.Stats{}).ProtoReflect().Descriptor(), "wsbridge_")
 
-func declared() []Field {
-	fds := (&wsbridgev1.Stats{}).ProtoReflect().Descriptor().Fields()
+func declare(md protoreflect.MessageDescriptor, prefix string) []Field {
+	fds := md.Fields()
 	out := make([]Field, 0, fds.Len())
 	for i := range fds.Len() {
 		fd := fds.Get(i)
 		opts, _ := proto.GetExtension(fd.Options(), wsbridgev1.E_Stat).(*wsbridgev1.StatOptions)
 		if opts == nil || opts.GetKind() == wsbridgev1.StatKind_STAT_KIND_UNSPECIFIED {
-			panic(fmt.Sprintf("wsbridge.v1.Stats.%s has no (wsbridge.v1.stat) kind", fd.Name()))
+			panic(fmt.Sprintf("%s.%s has no (wsbridge.v1.stat) kind", md.FullName(), fd.Name()))
 		}
 		f := Field{Desc: fd, Opts: opts, JSON: fd.JSONName(), Seed: opts.GetSeed(),
 			Title: strings.ReplaceAll(strings.TrimSuffix(string(fd.Name()), "_ms"), "_", " ")}
@@ -60,17 +64,25 @@ func declared() []Field {
 			f.Seed = f.JSON
 		}
 		if opts.GetKind() != wsbridgev1.StatKind_STAT_KIND_INFO {
-			f.Metric = "wsbridge_" + string(fd.Name())
+			f.Metric = prefix + string(fd.Name())
 			if m := opts.GetMetric(); m != "" {
-				f.Metric = "wsbridge_" + m
+				f.Metric = prefix + m
 			}
 			if opts.GetKind() == wsbridgev1.StatKind_STAT_KIND_COUNTER {
 				f.Metric += "_total"
 			}
 		}
+		if fd.IsList() && fd.Kind() == protoreflect.MessageKind && opts.GetLabel() != "" {
+			f.Rows = declare(fd.Message(), prefix+opts.GetMetric()+"_")
+		}
 		out = append(out, f)
 	}
 	return out
+}
+
+// rowName is the name of one row of a Rows field: its first field.
+func rowName(row protoreflect.Message) string {
+	return row.Get(row.Descriptor().Fields().Get(0)).String()
 }
 
 // enumName is an enum value as people read it: BACKEND_STATE_CONNECTED is
@@ -136,6 +148,20 @@ func Seed(st *wsbridgev1.Stats) []byte {
 // appendValue writes one field's value as plain JSON.
 func appendValue(b *bytes.Buffer, fd protoreflect.FieldDescriptor, v protoreflect.Value, indent string) {
 	switch {
+	case fd.IsList():
+		l := v.List()
+		b.WriteString("[")
+		for i := range l.Len() {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString("\n" + indent + "  ")
+			appendElement(b, fd, l.Get(i), indent+"  ")
+		}
+		if l.Len() > 0 {
+			b.WriteString("\n" + indent)
+		}
+		b.WriteString("]")
 	case fd.IsMap():
 		keys := []string{}
 		v.Map().Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
@@ -157,6 +183,15 @@ func appendValue(b *bytes.Buffer, fd protoreflect.FieldDescriptor, v protoreflec
 			b.WriteString("\n" + indent)
 		}
 		b.WriteString("}")
+	default:
+		appendElement(b, fd, v, indent)
+	}
+}
+
+// appendElement writes one value of fd (one element, for a list) as plain
+// JSON.
+func appendElement(b *bytes.Buffer, fd protoreflect.FieldDescriptor, v protoreflect.Value, indent string) {
+	switch {
 	case fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == timestampName:
 		ts := v.Message().Interface().(*timestamppb.Timestamp)
 		if ts.GetSeconds() == 0 && ts.GetNanos() == 0 {
@@ -238,23 +273,34 @@ func number(f Field, v protoreflect.Value) float64 {
 // taken at scrape time (so /metrics, GetStats and /__stats never
 // disagree).
 func Collector(get func() *wsbridgev1.Stats) prometheus.Collector {
-	c := &collector{get: get, descs: map[protoreflect.FieldNumber]*prometheus.Desc{}}
-	for _, f := range Fields {
+	c := &collector{get: get, descs: map[*Field]*prometheus.Desc{}}
+	c.describe(Fields, nil)
+	return c
+}
+
+// describe makes the descriptors of fields, whose metrics carry rowLabels
+// first (the row's name, for Rows).
+func (c *collector) describe(fields []Field, rowLabels []string) {
+	for i := range fields {
+		f := &fields[i]
+		if f.Rows != nil {
+			c.describe(f.Rows, append(append([]string(nil), rowLabels...), f.Opts.GetLabel()))
+			continue
+		}
 		if f.Metric == "" {
 			continue
 		}
-		var labels []string
+		labels := append([]string(nil), rowLabels...)
 		if l := f.Opts.GetLabel(); l != "" {
-			labels = []string{l}
+			labels = append(labels, l)
 		}
-		c.descs[f.Desc.Number()] = prometheus.NewDesc(f.Metric, f.Opts.GetHelp(), labels, nil)
+		c.descs[f] = prometheus.NewDesc(f.Metric, f.Opts.GetHelp(), labels, nil)
 	}
-	return c
 }
 
 type collector struct {
 	get   func() *wsbridgev1.Stats
-	descs map[protoreflect.FieldNumber]*prometheus.Desc
+	descs map[*Field]*prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -264,9 +310,24 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	m := c.get().ProtoReflect()
-	for _, f := range Fields {
-		desc := c.descs[f.Desc.Number()]
+	c.collect(ch, Fields, c.get().ProtoReflect(), nil)
+}
+
+// collect sends the metrics of m's fields, with rowValues as the first
+// label values.
+func (c *collector) collect(ch chan<- prometheus.Metric, fields []Field, m protoreflect.Message, rowValues []string) {
+	for i := range fields {
+		f := &fields[i]
+		v := m.Get(f.Desc)
+		if f.Rows != nil {
+			l := v.List()
+			for j := range l.Len() {
+				row := l.Get(j).Message()
+				c.collect(ch, f.Rows, row, append(append([]string(nil), rowValues...), rowName(row)))
+			}
+			continue
+		}
+		desc := c.descs[f]
 		if desc == nil {
 			continue
 		}
@@ -274,11 +335,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if f.Opts.GetKind() == wsbridgev1.StatKind_STAT_KIND_COUNTER {
 			typ = prometheus.CounterValue
 		}
-		v := m.Get(f.Desc)
 		switch {
 		case f.Desc.IsMap():
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				ch <- prometheus.MustNewConstMetric(desc, typ, float64(mv.Uint()), k.String())
+				ch <- prometheus.MustNewConstMetric(desc, typ, float64(mv.Uint()), append(rowValues, k.String())...)
 				return true
 			})
 		case f.Desc.Kind() == protoreflect.EnumKind:
@@ -292,10 +352,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				if ev.Number() == v.Enum() {
 					x = 1
 				}
-				ch <- prometheus.MustNewConstMetric(desc, typ, x, enumName(f.Desc.Enum(), ev.Number()))
+				ch <- prometheus.MustNewConstMetric(desc, typ, x, append(rowValues, enumName(f.Desc.Enum(), ev.Number()))...)
 			}
 		default:
-			ch <- prometheus.MustNewConstMetric(desc, typ, number(f, v), []string{}...)
+			ch <- prometheus.MustNewConstMetric(desc, typ, number(*f, v), rowValues...)
 		}
 	}
 }
@@ -321,8 +381,20 @@ func Table(w io.Writer, st *wsbridgev1.Stats) error {
 		}
 		fmt.Fprintf(tw, "%s\n", strings.ToUpper(SectionName(sec)))
 		for _, f := range Fields {
-			if f.Opts.GetSection() == sec {
+			if f.Opts.GetSection() != sec {
+				continue
+			}
+			if f.Rows == nil {
 				fmt.Fprintf(tw, "  %s\t%s\n", f.Title, Text(f, m.Get(f.Desc)))
+				continue
+			}
+			l := m.Get(f.Desc).List()
+			for j := range l.Len() {
+				row := l.Get(j).Message()
+				fmt.Fprintf(tw, "  %s %s\n", f.Opts.GetLabel(), rowName(row))
+				for _, rf := range f.Rows[1:] {
+					fmt.Fprintf(tw, "    %s\t%s\n", rf.Title, Text(rf, row.Get(rf.Desc)))
+				}
 			}
 		}
 	}
@@ -333,6 +405,8 @@ func Table(w io.Writer, st *wsbridgev1.Stats) error {
 func Text(f Field, v protoreflect.Value) string {
 	fd := f.Desc
 	switch {
+	case fd.IsList():
+		return fmt.Sprintf("%d", v.List().Len())
 	case fd.IsMap():
 		var parts []string
 		v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
@@ -387,6 +461,17 @@ type SchemaField struct {
 	Help    string `json:"help"`
 	Kind    string `json:"kind"`
 	Section string `json:"section"`
+	// Rows are the fields of each row (backends), the first naming it.
+	Rows []SchemaField `json:"rows,omitempty"`
+}
+
+func schemaField(f Field) SchemaField {
+	sf := SchemaField{JSON: f.JSON, Title: f.Title, Help: f.Opts.GetHelp(),
+		Kind: strings.ToLower(strings.TrimPrefix(f.Opts.GetKind().String(), "STAT_KIND_")), Section: SectionName(f.Opts.GetSection())}
+	for _, r := range f.Rows {
+		sf.Rows = append(sf.Rows, schemaField(r))
+	}
+	return sf
 }
 
 // Schema is the declaration as JSON, for the dashboard's table of every
@@ -398,8 +483,7 @@ func Schema() []byte {
 			if f.Opts.GetSection() != sec {
 				continue
 			}
-			out = append(out, SchemaField{JSON: f.JSON, Title: f.Title, Help: f.Opts.GetHelp(),
-				Kind: strings.ToLower(strings.TrimPrefix(f.Opts.GetKind().String(), "STAT_KIND_")), Section: SectionName(sec)})
+			out = append(out, schemaField(f))
 		}
 	}
 	b, _ := json.Marshal(out)

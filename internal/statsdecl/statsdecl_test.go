@@ -26,6 +26,10 @@ func sample() *wsbridgev1.Stats {
 		InstanceId: "abc", StartedAt: timestamppb.Now(), UptimeMs: 1500, RequestsHandled: 7, Errors: 2,
 		BackendConnected: true, BackendState: wsbridgev1.BackendState_BACKEND_STATE_CONNECTED,
 		ErrorsByReason: map[string]uint64{"unavailable": 1, "canceled": 1}, Latency: &wsbridgev1.Latency{P50Ms: 1.5, Count: 3},
+		Backends: []*wsbridgev1.BackendStats{
+			{Url: "ws://a:1", State: wsbridgev1.BackendState_BACKEND_STATE_CONNECTED, Available: true, Connects: 2, Breaker: "closed"},
+			{Url: "ws://b:2", State: wsbridgev1.BackendState_BACKEND_STATE_BACKOFF, DialFailures: 7, Breaker: "open"},
+		},
 	}
 }
 
@@ -106,12 +110,17 @@ func TestCollector(t *testing.T) {
 	}
 	body := gatherText(t, reg)
 	for _, want := range []string{`wsbridge_backend_state{state="connected"} 1`, `wsbridge_backend_state{state="backoff"} 0`,
-		`wsbridge_errors_by_reason_total{reason="unavailable"} 1`} {
+		`wsbridge_errors_by_reason_total{reason="unavailable"} 1`, `wsbridge_per_backend_dial_failures_total{backend="ws://b:2"} 7`,
+		`wsbridge_per_backend_state{backend="ws://a:1",state="connected"} 1`, `wsbridge_per_backend_available{backend="ws://a:1"} 1`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("lacks %s", want)
 		}
 	}
+	all := Fields
 	for _, f := range Fields {
+		all = append(all, f.Rows...)
+	}
+	for _, f := range all {
 		if f.Metric != "" && !strings.Contains(body, "# HELP "+f.Metric+" ") && !f.Desc.IsMap() {
 			t.Errorf("%s not exported", f.Metric)
 		}
@@ -165,6 +174,19 @@ func TestTableAndSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range Fields {
+		if f.Rows != nil {
+			for _, row := range []string{"backend ws://a:1", "backend ws://b:2"} {
+				if !strings.Contains(b.String(), "  "+row+"\n") {
+					t.Errorf("the table lacks the row %q", row)
+				}
+			}
+			for _, rf := range f.Rows[1:] {
+				if !strings.Contains(b.String(), "    "+rf.Title+"  ") {
+					t.Errorf("the table's rows lack %q", rf.Title)
+				}
+			}
+			continue
+		}
 		if !strings.Contains(b.String(), "  "+f.Title+"  ") {
 			t.Errorf("the table lacks %q", f.Title)
 		}

@@ -369,7 +369,23 @@ type Stats struct {
 	Revoked uint64 `protobuf:"varint,49,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// HTTP requests refused for naming a host the gateway does not serve
 	// (--allowed-hosts; DNS rebinding).
-	HostRefused   uint64 `protobuf:"varint,50,opt,name=host_refused,json=hostRefused,proto3" json:"host_refused,omitempty"`
+	HostRefused uint64 `protobuf:"varint,50,opt,name=host_refused,json=hostRefused,proto3" json:"host_refused,omitempty"`
+	// WebSocket frames written to the backends (a JSON-RPC batch is one
+	// frame): with requests_handled, what the one shared socket saves.
+	BackendFramesSent uint64 `protobuf:"varint,51,opt,name=backend_frames_sent,json=backendFramesSent,proto3" json:"backend_frames_sent,omitempty"`
+	// Calls sent again to another backend after their connection broke with
+	// the request written (--retry-methods).
+	Retries uint64 `protobuf:"varint,52,opt,name=retries,proto3" json:"retries,omitempty"`
+	// Calls copied to a second backend because the first had not answered in
+	// time (--hedge-methods).
+	Hedges uint64 `protobuf:"varint,53,opt,name=hedges,proto3" json:"hedges,omitempty"`
+	// Calls that joined an identical call under way instead of reaching a
+	// backend (--dedup-methods).
+	Coalesced uint64 `protobuf:"varint,54,opt,name=coalesced,proto3" json:"coalesced,omitempty"`
+	// Calls answered from the reply cache (--cache-methods).
+	CacheHits uint64 `protobuf:"varint,55,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
+	// One row per configured backend.
+	Backends      []*BackendStats `protobuf:"bytes,56,rep,name=backends,proto3" json:"backends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -754,6 +770,222 @@ func (x *Stats) GetHostRefused() uint64 {
 	return 0
 }
 
+func (x *Stats) GetBackendFramesSent() uint64 {
+	if x != nil {
+		return x.BackendFramesSent
+	}
+	return 0
+}
+
+func (x *Stats) GetRetries() uint64 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Stats) GetHedges() uint64 {
+	if x != nil {
+		return x.Hedges
+	}
+	return 0
+}
+
+func (x *Stats) GetCoalesced() uint64 {
+	if x != nil {
+		return x.Coalesced
+	}
+	return 0
+}
+
+func (x *Stats) GetCacheHits() uint64 {
+	if x != nil {
+		return x.CacheHits
+	}
+	return 0
+}
+
+func (x *Stats) GetBackends() []*BackendStats {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// BackendStats are one backend's figures (Stats.backends). Each field is
+// declared like Stats' own; metrics carry the backend's url as a label.
+type BackendStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The backend as scheme://host:port.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The state of its best connection.
+	State BackendState `protobuf:"varint,2,opt,name=state,proto3,enum=wsbridge.v1.BackendState" json:"state,omitempty"`
+	// 1 while it takes calls: breaker not open, health call passing, not
+	// backing off.
+	Available bool `protobuf:"varint,3,opt,name=available,proto3" json:"available,omitempty"`
+	// Its circuit breaker: closed, open or half-open.
+	Breaker string `protobuf:"bytes,4,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	// The last failed health call (--backend-health-method), or empty.
+	HealthError string `protobuf:"bytes,5,opt,name=health_error,json=healthError,proto3" json:"health_error,omitempty"`
+	// Requests waiting for its reply now.
+	Waiting int64 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Successful dials.
+	Connects uint64 `protobuf:"varint,7,opt,name=connects,proto3" json:"connects,omitempty"`
+	// Successful dials after a lost connection.
+	Reconnects uint64 `protobuf:"varint,8,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
+	// Failed dials.
+	DialFailures uint64 `protobuf:"varint,9,opt,name=dial_failures,json=dialFailures,proto3" json:"dial_failures,omitempty"`
+	// Connections closed after --backend-idle-timeout without use.
+	IdleCloses uint64 `protobuf:"varint,10,opt,name=idle_closes,json=idleCloses,proto3" json:"idle_closes,omitempty"`
+	// WebSocket frames written to it.
+	FramesSent uint64 `protobuf:"varint,11,opt,name=frames_sent,json=framesSent,proto3" json:"frames_sent,omitempty"`
+	// Requests and notifications written to it.
+	RequestsSent uint64 `protobuf:"varint,12,opt,name=requests_sent,json=requestsSent,proto3" json:"requests_sent,omitempty"`
+	// Failed dials and lost connections (what opens the breaker).
+	TransportErrors uint64 `protobuf:"varint,13,opt,name=transport_errors,json=transportErrors,proto3" json:"transport_errors,omitempty"`
+	// Times its circuit breaker opened.
+	BreakerOpens uint64 `protobuf:"varint,14,opt,name=breaker_opens,json=breakerOpens,proto3" json:"breaker_opens,omitempty"`
+	// Time from writing a request to its reply, over a recent window.
+	Latency       *Latency `protobuf:"bytes,15,opt,name=latency,proto3" json:"latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendStats) Reset() {
+	*x = BackendStats{}
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendStats) ProtoMessage() {}
+
+func (x *BackendStats) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_stats_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendStats.ProtoReflect.Descriptor instead.
+func (*BackendStats) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BackendStats) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *BackendStats) GetState() BackendState {
+	if x != nil {
+		return x.State
+	}
+	return BackendState_BACKEND_STATE_UNSPECIFIED
+}
+
+func (x *BackendStats) GetAvailable() bool {
+	if x != nil {
+		return x.Available
+	}
+	return false
+}
+
+func (x *BackendStats) GetBreaker() string {
+	if x != nil {
+		return x.Breaker
+	}
+	return ""
+}
+
+func (x *BackendStats) GetHealthError() string {
+	if x != nil {
+		return x.HealthError
+	}
+	return ""
+}
+
+func (x *BackendStats) GetWaiting() int64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *BackendStats) GetConnects() uint64 {
+	if x != nil {
+		return x.Connects
+	}
+	return 0
+}
+
+func (x *BackendStats) GetReconnects() uint64 {
+	if x != nil {
+		return x.Reconnects
+	}
+	return 0
+}
+
+func (x *BackendStats) GetDialFailures() uint64 {
+	if x != nil {
+		return x.DialFailures
+	}
+	return 0
+}
+
+func (x *BackendStats) GetIdleCloses() uint64 {
+	if x != nil {
+		return x.IdleCloses
+	}
+	return 0
+}
+
+func (x *BackendStats) GetFramesSent() uint64 {
+	if x != nil {
+		return x.FramesSent
+	}
+	return 0
+}
+
+func (x *BackendStats) GetRequestsSent() uint64 {
+	if x != nil {
+		return x.RequestsSent
+	}
+	return 0
+}
+
+func (x *BackendStats) GetTransportErrors() uint64 {
+	if x != nil {
+		return x.TransportErrors
+	}
+	return 0
+}
+
+func (x *BackendStats) GetBreakerOpens() uint64 {
+	if x != nil {
+		return x.BreakerOpens
+	}
+	return 0
+}
+
+func (x *BackendStats) GetLatency() *Latency {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -767,7 +999,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xfd0\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xb77\n" +
 	"\x05Stats\x12X\n" +
 	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
 	"instanceId\x12i\n" +
@@ -828,10 +1060,39 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\apending\x18/ \x01(\x03Bn\xea\xe0\x18j\b\x02\x12URequests written or queued for the backend that wait for a reply (the pending table).\x18\x02*\rpending_callsR\apending\x12\x9e\x01\n" +
 	"\x0eclient_limited\x180 \x01(\x04Bw\xea\xe0\x18s\b\x01\x12mCalls refused because their client connection was at --max-inflight-per-client (its share of --max-inflight).\x18\x04R\rclientLimited\x12\x85\x01\n" +
 	"\arevoked\x181 \x01(\x04Bk\xea\xe0\x18g\b\x01\x12a/ws clients and gRPC streams ended because the token they were opened with is no longer accepted.\x18\x06R\arevoked\x12\x91\x01\n" +
-	"\fhost_refused\x182 \x01(\x04Bn\xea\xe0\x18j\b\x01\x12dHTTP requests refused for naming a host the gateway does not serve (--allowed-hosts; DNS rebinding).\x18\x04R\vhostRefused\x1aA\n" +
+	"\fhost_refused\x182 \x01(\x04Bn\xea\xe0\x18j\b\x01\x12dHTTP requests refused for naming a host the gateway does not serve (--allowed-hosts; DNS rebinding).\x18\x04R\vhostRefused\x12\xbf\x01\n" +
+	"\x13backend_frames_sent\x183 \x01(\x04B\x8e\x01\xea\xe0\x18\x89\x01\b\x01\x12\x82\x01WebSocket frames written to the backends (a JSON-RPC batch is one frame): with requests_handled, what the one shared socket saves.\x18\x02R\x11backendFramesSent\x12\x90\x01\n" +
+	"\aretries\x184 \x01(\x04Bv\xea\xe0\x18r\b\x01\x12lCalls sent again to another backend after their connection broke with the request written (--retry-methods).\x18\x02R\aretries\x12\x80\x01\n" +
+	"\x06hedges\x185 \x01(\x04Bh\xea\xe0\x18d\b\x01\x12^Calls copied to a second backend because the first had not answered in time (--hedge-methods).\x18\x02R\x06hedges\x12\x86\x01\n" +
+	"\tcoalesced\x186 \x01(\x04Bh\xea\xe0\x18d\b\x01\x12^Calls that joined an identical call under way instead of reaching a backend (--dedup-methods).\x18\x03R\tcoalesced\x12_\n" +
+	"\n" +
+	"cache_hits\x187 \x01(\x04B@\xea\xe0\x18<\b\x01\x126Calls answered from the reply cache (--cache-methods).\x18\x03R\tcacheHits\x12v\n" +
+	"\bbackends\x188 \x03(\v2\x19.wsbridge.v1.BackendStatsB?\xea\xe0\x18;\b\x03\x12\x1fOne row per configured backend.\x18\x02*\vper_backend2\abackendR\bbackends\x1aA\n" +
 	"\x13ErrorsByReasonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01*\xa3\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xd3\n" +
+	"\n" +
+	"\fBackendStats\x12>\n" +
+	"\x03url\x18\x01 \x01(\tB,\xea\xe0\x18(\b\x03\x12\"The backend as scheme://host:port.\x18\x02R\x03url\x12c\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x19.wsbridge.v1.BackendStateB2\xea\xe0\x18.\b\x02\x12!The state of its best connection.\x18\x022\x05stateR\x05state\x12w\n" +
+	"\tavailable\x18\x03 \x01(\bBY\xea\xe0\x18U\b\x02\x12O1 while it takes calls: breaker not open, health call passing, not backing off.\x18\x02R\tavailable\x12S\n" +
+	"\abreaker\x18\x04 \x01(\tB9\xea\xe0\x185\b\x03\x12/Its circuit breaker: closed, open or half-open.\x18\x02R\abreaker\x12m\n" +
+	"\fhealth_error\x18\x05 \x01(\tBJ\xea\xe0\x18F\b\x03\x12@The last failed health call (--backend-health-method), or empty.\x18\x02R\vhealthError\x12G\n" +
+	"\awaiting\x18\x06 \x01(\x03B-\xea\xe0\x18)\b\x02\x12#Requests waiting for its reply now.\x18\x02R\awaiting\x127\n" +
+	"\bconnects\x18\a \x01(\x04B\x1b\xea\xe0\x18\x17\b\x01\x12\x11Successful dials.\x18\x02R\bconnects\x12S\n" +
+	"\n" +
+	"reconnects\x18\b \x01(\x04B3\xea\xe0\x18/\b\x01\x12)Successful dials after a lost connection.\x18\x02R\n" +
+	"reconnects\x12<\n" +
+	"\rdial_failures\x18\t \x01(\x04B\x17\xea\xe0\x18\x13\b\x01\x12\rFailed dials.\x18\x02R\fdialFailures\x12g\n" +
+	"\vidle_closes\x18\n" +
+	" \x01(\x04BF\xea\xe0\x18B\b\x01\x12<Connections closed after --backend-idle-timeout without use.\x18\x02R\n" +
+	"idleCloses\x12J\n" +
+	"\vframes_sent\x18\v \x01(\x04B)\xea\xe0\x18%\b\x01\x12\x1fWebSocket frames written to it.\x18\x02R\n" +
+	"framesSent\x12X\n" +
+	"\rrequests_sent\x18\f \x01(\x04B3\xea\xe0\x18/\b\x01\x12)Requests and notifications written to it.\x18\x02R\frequestsSent\x12p\n" +
+	"\x10transport_errors\x18\r \x01(\x04BE\xea\xe0\x18A\b\x01\x12;Failed dials and lost connections (what opens the breaker).\x18\x02R\x0ftransportErrors\x12P\n" +
+	"\rbreaker_opens\x18\x0e \x01(\x04B+\xea\xe0\x18'\b\x01\x12!Times its circuit breaker opened.\x18\x02R\fbreakerOpens\x12y\n" +
+	"\alatency\x18\x0f \x01(\v2\x14.wsbridge.v1.LatencyBI\xea\xe0\x18E\b\x03\x12?Time from writing a request to its reply, over a recent window.\x18\x02R\alatency*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +
@@ -856,34 +1117,38 @@ func file_wsbridge_v1_stats_proto_rawDescGZIP() []byte {
 }
 
 var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(BackendState)(0),             // 0: wsbridge.v1.BackendState
 	(*WatchStatsRequest)(nil),     // 1: wsbridge.v1.WatchStatsRequest
 	(*GetStatsRequest)(nil),       // 2: wsbridge.v1.GetStatsRequest
 	(*Latency)(nil),               // 3: wsbridge.v1.Latency
 	(*Stats)(nil),                 // 4: wsbridge.v1.Stats
-	nil,                           // 5: wsbridge.v1.Stats.ErrorsByReasonEntry
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*BackendStats)(nil),          // 5: wsbridge.v1.BackendStats
+	nil,                           // 6: wsbridge.v1.Stats.ErrorsByReasonEntry
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_wsbridge_v1_stats_proto_depIdxs = []int32{
-	6, // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
-	7, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
-	0, // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
-	3, // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
-	5, // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
-	7, // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
-	3, // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
-	2, // 7: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
-	1, // 8: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
-	4, // 9: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
-	4, // 10: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7,  // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	8,  // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
+	3,  // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
+	6,  // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
+	8,  // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
+	3,  // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
+	5,  // 7: wsbridge.v1.Stats.backends:type_name -> wsbridge.v1.BackendStats
+	0,  // 8: wsbridge.v1.BackendStats.state:type_name -> wsbridge.v1.BackendState
+	3,  // 9: wsbridge.v1.BackendStats.latency:type_name -> wsbridge.v1.Latency
+	2,  // 10: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
+	1,  // 11: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
+	4,  // 12: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
+	4,  // 13: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_stats_proto_init() }
@@ -898,7 +1163,7 @@ func file_wsbridge_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_stats_proto_rawDesc), len(file_wsbridge_v1_stats_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
