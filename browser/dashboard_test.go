@@ -158,6 +158,16 @@ func TestDashboardInChromium(t *testing.T) {
 	if url := text(ctx, t, "backend-url"); url != stats.BackendUrl {
 		t.Fatalf("backend URL on the page %q, GetStats %q", url, stats.BackendUrl)
 	}
+	// The backends table has a row per backend, its URL first.
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](
+		fmt.Sprintf(`document.getElementById("rows-backends").dataset.rows === "%d"`, len(stats.Backends)),
+		chromedp.WithPollingTimeout(20*time.Second))); err != nil || len(stats.Backends) != 1 {
+		t.Fatalf("the backends table lacks its %d rows: %v", len(stats.Backends), err)
+	}
+	firstURL, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("#rows-backends tbody td").textContent`))
+	if err != nil || firstURL != stats.Backends[0].Url {
+		t.Fatalf("backends table URL %q (%v), GetStats %q", firstURL, err, stats.Backends[0].Url)
+	}
 	points := attr(ctx, t, "chart-rps", "data-points")
 	if rpsMax := attr(ctx, t, "chart-rps", "data-max"); number(t, rpsMax) <= 1 {
 		t.Fatalf("the requests chart plotted no traffic (max %s)", rpsMax)

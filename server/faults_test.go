@@ -33,11 +33,13 @@ var toxiproxyLeaks = []goleak.Option{
 }
 
 // rig is the fault-injection setup of the reliability catalogue: the
-// gateway talks to a scripted backend (fb) through toxiproxy (tp), in
-// process, on loopback.
+// gateway talks to scripted backends (fbs) through toxiproxy (tps), in
+// process, on loopback. fb and tp are the first of them.
 type rig struct {
 	fb    *bridgetest.Server
 	tp    *toxiproxy.Proxy
+	fbs   []*bridgetest.Server
+	tps   []*toxiproxy.Proxy
 	h     *harness
 	seen  *idLog
 	calls invariants.Calls
@@ -153,16 +155,32 @@ func (l *idLog) scripted(ctx context.Context, c *bridgetest.Conn) {
 
 func newRig(t *testing.T, mutate func(*Options)) *rig {
 	t.Helper()
+	return newRigN(t, 1, mutate)
+}
+
+// newRigN is a rig with n backends (given to the gateway as its backend
+// list when n > 1), all scripted alike and sharing one id log.
+func newRigN(t *testing.T, n int, mutate func(*Options)) *rig {
+	t.Helper()
 	r := &rig{seen: &idLog{ids: map[string]int{}}}
-	r.fb = bridgetest.NewServer(t, r.seen.scripted)
 	api := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	r.tp = toxiproxy.NewProxy(api, "backend", "127.0.0.1:0", r.fb.Addr())
-	if err := r.tp.Start(); err != nil {
-		t.Fatal(err)
+	var backends []bridge.BackendOptions
+	for i := range n {
+		fb := bridgetest.NewServer(t, r.seen.scripted)
+		tp := toxiproxy.NewProxy(api, fmt.Sprintf("backend%d", i), "127.0.0.1:0", fb.Addr())
+		if err := tp.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tp.Stop)
+		r.fbs, r.tps = append(r.fbs, fb), append(r.tps, tp)
+		backends = append(backends, bridge.BackendOptions{URL: "ws://" + tp.Listen + "/"})
 	}
-	t.Cleanup(r.tp.Stop)
+	r.fb, r.tp = r.fbs[0], r.tps[0]
 	r.h = start(t, "ws://"+r.tp.Listen+"/", func(o *Options) {
 		o.Bridge.HTTPClient = r.conns.client()
+		if n > 1 {
+			o.Bridge.URL, o.Bridge.Backends = "", backends
+		}
 		if mutate != nil {
 			mutate(o)
 		}
@@ -352,24 +370,7 @@ func TestScenario06FlappingBackend(t *testing.T) {
 		o.Bridge.Backoff = bridge.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	})
 	stop := make(chan struct{})
-	var flaps sync.WaitGroup
-	flaps.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			r.tp.Stop()
-			select {
-			case <-stop:
-				_ = r.tp.Start()
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			_ = r.tp.Start()
-		}
-	})
+	flaps := flap(r.tp, 100*time.Millisecond, stop)
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(3 * time.Second)
 	var ok, failed int64
@@ -393,12 +394,42 @@ func TestScenario06FlappingBackend(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
-	flaps.Wait()
+	flaps()
 	if ok == 0 || failed == 0 {
 		t.Fatalf("%d ok, %d failed: the flapping did not show", ok, failed)
 	}
 	t.Logf("%d calls ok, %d failed across the flaps", ok, failed)
 	r.finish(t, 1)
+}
+
+// flap stops and restarts tp every period until stop is closed, leaving
+// it started; the function returned waits for that and reports the number
+// of times tp went down.
+func flap(tp *toxiproxy.Proxy, period time.Duration, stop <-chan struct{}) func() int {
+	var wg sync.WaitGroup
+	downs := 0
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(period):
+			}
+			tp.Stop()
+			downs++
+			select {
+			case <-stop:
+				_ = tp.Start()
+				return
+			case <-time.After(period):
+			}
+			_ = tp.Start()
+		}
+	})
+	return func() int {
+		wg.Wait()
+		return downs
+	}
 }
 
 // Scenario 7: 500 ± 100 ms of latency and a 200 ms deadline: the call ends

@@ -119,6 +119,10 @@ async function fetchSchema() {
   const table = $("all-stats");
   let section = "";
   for (const f of schema) {
+    if (f.rows) {
+      rowTables(f);
+      continue;
+    }
     if (f.section !== section) {
       section = f.section;
       const head = table.insertRow();
@@ -138,6 +142,37 @@ async function fetchSchema() {
   }
 }
 
+// A repeated field (backends) is a table of its own: a column per field
+// of a row, a row per element, filled by updateRows.
+function rowTables(f) {
+  const table = $("rows-" + f.json);
+  if (!table) return;
+  const head = table.createTHead().insertRow();
+  for (const col of f.rows) {
+    const th = document.createElement("th");
+    th.textContent = col.title;
+    th.title = col.help;
+    head.appendChild(th);
+  }
+  table.createTBody();
+}
+
+function updateRows(f, s) {
+  const table = $("rows-" + f.json);
+  if (!table) return;
+  const rows = s[f.json] || [];
+  const body = table.tBodies[0];
+  while (body.rows.length > rows.length) body.deleteRow(-1);
+  while (body.rows.length < rows.length) {
+    const row = body.insertRow();
+    for (const col of f.rows) row.insertCell().dataset.field = col.json;
+  }
+  rows.forEach((r, i) => {
+    for (const cell of body.rows[i].cells) cell.textContent = show(r[cell.dataset.field]);
+  });
+  table.dataset.rows = String(rows.length);
+}
+
 function show(v) {
   if (v === undefined || v === null || v === "") return "–";
   if (typeof v === "boolean") return v ? "yes" : "no";
@@ -155,6 +190,10 @@ function show(v) {
 function updateAll(s) {
   if (!schema) return;
   for (const f of schema) {
+    if (f.rows) {
+      updateRows(f, s);
+      continue;
+    }
     const cell = $("stat-" + f.json);
     if (!cell) continue;
     // A field in milliseconds (uptime) reads better as a duration.
