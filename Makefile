@@ -89,7 +89,7 @@ deploy-check: ## Check the Dockerfile and deploy/kubernetes/ manifests against t
 
 SCALE_ARGS ?=
 .PHONY: scale-demo
-scale-demo: ## Three replicas behind nginx (installed if missing), one crashed then one stopped mid-run; prints per-replica stats and client errors.
+scale-demo: ## Three replicas behind nginx (installed if missing), one crashed then one stopped mid-run, then one of two backends crashed; prints per-replica stats and client errors.
 	GO=$(GO) scripts/scale-demo.sh $(SCALE_ARGS)
 
 MODULES := . tools interop browser bench/tools deploy

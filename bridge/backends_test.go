@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -324,4 +325,78 @@ func TestBackendsHealthCall(t *testing.T) {
 	if sick.count("hold") == 0 || !strings.Contains(b.Stats().Backends[0].HealthError, "deadline") {
 		t.Fatalf("health: %+v", b.Stats().Backends[0])
 	}
+}
+
+// A wait-for-ready call among several backends waits for any backend, not
+// for the one it picked: with the primary's handshake hanging, the call
+// goes to the standby at the end of the first dial. And when none is up,
+// it waits until one comes (here the standby, started late).
+func TestBackendsWaitForReadyTakesAnyBackend(t *testing.T) {
+	t.Run("the picked one hangs", func(t *testing.T) {
+		hung := hangingListener(t)
+		_, standby := newNamed(t, "standby")
+		b := startBridge(t, "", Options{DialTimeout: 100 * time.Millisecond, Backoff: Backoff{Base: time.Hour},
+			Backends: []BackendOptions{{URL: hung}, {URL: standby.URL(), Priority: 1}}})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := b.Call(ctx, "who", nil, CallOptions{WaitForReady: true})
+		if err != nil || string(res) != `"standby"` {
+			t.Fatalf("%s %v", res, err)
+		}
+	})
+	t.Run("none is up yet", func(t *testing.T) {
+		_, first := newNamed(t, "first")
+		_, second := newNamed(t, "second")
+		first.Stop()
+		second.Stop()
+		b := startBridge(t, "", Options{Backoff: Backoff{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond},
+			Backends: []BackendOptions{{URL: first.URL()}, {URL: second.URL()}}})
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.Call(ctxT(t), "who", nil, CallOptions{WaitForReady: true})
+			done <- err
+		}()
+		bridgetest.Eventually(t, "both backends to fail a dial", func() bool {
+			st := b.Stats()
+			return st.Backends[0].DialFailures > 0 && st.Backends[1].DialFailures > 0
+		})
+		if err := second.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// hangingListener accepts TCP connections and never answers on them (a
+// handshake to it hangs); it returns its ws:// URL.
+func hangingListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "ws://" + ln.Addr().String() + "/"
 }

@@ -223,6 +223,11 @@ type Bridge struct {
 	// (nil when unset). Buffered: a change is never lost, and changes
 	// coalesce.
 	stateChanged chan struct{}
+	// changed is closed and replaced at every change of a slot's state or
+	// a backend's breaker or health, for callers waiting for a backend to
+	// become available (see awaitChange). Guarded by changedMu.
+	changedMu sync.Mutex
+	changed   chan struct{}
 
 	hub          *hub
 	cancelMethod []byte   // Options.CancelMethod as a JSON string; nil if unset
@@ -281,6 +286,7 @@ func New(opts Options) (*Bridge, error) {
 		failLat:     window.NewLatency(6, 10*time.Second, nil),
 		cancel:      cancel,
 		idle:        make(chan struct{}),
+		changed:     make(chan struct{}),
 	}
 	b.policies = newPolicies(b)
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
@@ -326,8 +332,13 @@ func (b *Bridge) notifyStates(ctx context.Context, f func(State)) {
 	}
 }
 
-// stateChange wakes notifyStates; it never blocks.
+// stateChange wakes notifyStates and the callers in awaitChange; it never
+// blocks.
 func (b *Bridge) stateChange() {
+	b.changedMu.Lock()
+	close(b.changed)
+	b.changed = make(chan struct{})
+	b.changedMu.Unlock()
 	if b.stateChanged == nil {
 		return
 	}
@@ -335,6 +346,24 @@ func (b *Bridge) stateChange() {
 	case b.stateChanged <- struct{}{}:
 	default:
 	}
+}
+
+// awaitChange waits for the next change of a slot's state or a backend's
+// breaker or health, or for the Backoff base at most (a breaker's cooldown
+// ends without an event). It reports false when ctx ended first.
+func (b *Bridge) awaitChange(ctx context.Context) bool {
+	b.changedMu.Lock()
+	changed := b.changed
+	b.changedMu.Unlock()
+	t := time.NewTimer(b.opts.Backoff.Base)
+	defer t.Stop()
+	select {
+	case <-changed:
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	return true
 }
 
 // CheckURL reports whether raw can be a backend URL, in an error that says
@@ -580,13 +609,26 @@ func (b *Bridge) timeout(co CallOptions) time.Duration {
 func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
 	s := b.pickSlot(spec.slot, nil)
 	retried, moved := false, 0
+	// Among several backends a wait-for-ready call waits for any of them,
+	// not for the one it happened to pick: that one may never come back.
+	several := spec.slot < 0 && len(b.backends) > 1
 	for {
-		c, err := s.conn(ctx, co.WaitForReady)
+		c, err := s.conn(ctx, co.WaitForReady && !several)
 		if err != nil {
-			if spec.slot < 0 && CodeOf(err) == CodeUnavailable && moved < len(b.backends)-1 && ctx.Err() == nil {
-				moved++ // never written: another backend may take it
-				s = b.pickSlot(-1, s.be)
-				continue
+			if several && CodeOf(err) == CodeUnavailable && ctx.Err() == nil {
+				if moved < len(b.backends)-1 {
+					moved++ // never written: another backend may take it
+					s = b.pickSlot(-1, s.be)
+					continue
+				}
+				if co.WaitForReady && b.awaitChange(ctx) {
+					moved = 0 // every backend refused: pick again once one changes
+					s = b.pickSlot(-1, nil)
+					continue
+				}
+			}
+			if ctx.Err() != nil {
+				return nil, b.ctxError(ctx)
 			}
 			return nil, err
 		}

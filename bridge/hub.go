@@ -852,7 +852,11 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 				slot = other.pickSlot().idx
 			}
 		}
-		_, err := h.b.do(ctx, sub.method, sub.params, CallOptions{WaitForReady: true}, callSpec{slot: slot,
+		// With one backend it waits through the redials. With several it
+		// does not wait on this one (it may never come back): when it is
+		// not ready, the loop waits for a change and looks again.
+		several := len(h.b.backends) > 1
+		_, err := h.b.do(ctx, sub.method, sub.params, CallOptions{WaitForReady: !several}, callSpec{slot: slot,
 			onResult: func(slot int, id json.RawMessage) { h.reactivate(sub, slot, id) }})
 		h.mu.Lock()
 		state := sub.state
@@ -871,6 +875,9 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 			return
 		}
 		// Unavailable, lost again, or timed out: try again.
+		if several && code == CodeUnavailable && !h.b.awaitChange(ctx) {
+			return
+		}
 	}
 }
 

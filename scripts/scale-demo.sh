@@ -24,3 +24,6 @@ bin/wsbridge-scaledemo --wsbridge bin/wsbridge --nginx "$NGINX" --signal kill "$
 echo
 echo "== A replica stops gracefully (SIGTERM, as in a rolling update) =="
 bin/wsbridge-scaledemo --wsbridge bin/wsbridge --nginx "$NGINX" --signal term "$@"
+echo
+echo "== One of two backends crashes (SIGKILL), behind the same three replicas =="
+bin/wsbridge-scaledemo --wsbridge bin/wsbridge --nginx "$NGINX" --signal kill --backends 2 --stop backend "$@"

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-		"testing"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"

@@ -41,7 +41,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results", "where to write the JSON results")
 	flag.DurationVar(&o.duration, "d", 3*time.Second, "measured duration of each cell")
 	flag.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured warm-up of each cell")
-	flag.StringVar(&cases, "cases", "A,A-REST,B,C,D,E,F,G,WAN,MEM", "cases to run")
+	flag.StringVar(&cases, "cases", "A,A-REST,B,C,D,E,F,G,WAN,BACKENDS,MEM", "cases to run")
 	flag.StringVar(&conc, "c", "1,16,64,256", "concurrency levels")
 	flag.StringVar(&payloads, "payloads", "20B,1KiB", "param payloads")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "MEM: idle /ws clients")
@@ -277,6 +277,11 @@ func (o options) load(mode, url, payload string, conc int) (loadResult, error) {
 type env struct {
 	backend, gateway, echo, rest, naive, wan, gatewayWAN, naiveWAN *proc
 	backendURL, grpc, http                                         string
+
+	// BACKENDS: a second demo backend, a proxy making the first 200 ms
+	// slower (100 ms each way), and gateways in front of two backends.
+	backend2, slowProxy                  *proc
+	gateway2B, gatewaySlow, gatewayHedge *proc
 }
 
 func (o options) startAll() (*env, []*proc, error) {
@@ -295,9 +300,10 @@ func (o options) startAll() (*env, []*proc, error) {
 	}
 	e.backendURL = e.backend.addr
 	backendHost := strings.TrimSuffix(strings.TrimPrefix(e.backendURL, "ws://"), "/")
-	startGW := func(name, backend string) (*proc, error) {
-		return start(name, wsb, []string{"serve", "--backend", backend, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-			"--max-inflight", "1000000", "--max-inflight-per-client", "0", "--log-format", "json"}, "grpc", "http")
+	startGW := func(name, backend string, extra ...string) (*proc, error) {
+		args := []string{"serve", "--backend", backend, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+			"--max-inflight", "1000000", "--max-inflight-per-client", "0", "--log-format", "json"}
+		return start(name, wsb, append(args, extra...), "grpc", "http")
 	}
 	if e.gateway, err = startGW("wsbridge", e.backendURL); err != nil {
 		return nil, all, err
@@ -322,6 +328,35 @@ func (o options) startAll() (*env, []*proc, error) {
 	all = append(all, e.gatewayWAN)
 	if e.naiveWAN = must(start("naive-gateway-wan", kit, []string{"naive-gateway", "--backend", "ws://" + e.wan.addr + "/"})); e.naiveWAN == nil {
 		return nil, all, errors.New("naive-gateway-wan did not start")
+	}
+	if !slices.Contains(o.cases, "BACKENDS") {
+		return e, all, nil
+	}
+	if e.backend2 = must(start("backend2", wsb, []string{"backend", "--listen", "127.0.0.1:0", "--log-format", "json"}, "url")); e.backend2 == nil {
+		return nil, all, errors.New("backend2 did not start")
+	}
+	if e.slowProxy = must(start("slow-proxy", kit, []string{"wan-proxy", "--upstream", backendHost, "--one-way", "100ms"})); e.slowProxy == nil {
+		return nil, all, errors.New("slow-proxy did not start")
+	}
+	slow := "ws://" + e.slowProxy.addr + "/"
+	gws := []struct {
+		p    **proc
+		name string
+		args []string
+	}{
+		{&e.gateway2B, "wsbridge-2-backends", []string{"--backend", e.backend2.addr, "--balance", "least-inflight"}},
+		{&e.gatewaySlow, "wsbridge-slow-backend", []string{"--backend", e.backend2.addr, "--balance", "round-robin"}},
+		{&e.gatewayHedge, "wsbridge-hedged", []string{"--backend", e.backend2.addr, "--balance", "round-robin", "--hedge-methods", "echo", "--hedge-after", "20ms"}},
+	}
+	for _, gw := range gws {
+		first := e.backendURL
+		if gw.p != &e.gateway2B {
+			first = slow
+		}
+		if *gw.p, err = startGW(gw.name, first, gw.args...); err != nil {
+			return nil, all, err
+		}
+		all = append(all, *gw.p)
 	}
 	return e, all, nil
 }
@@ -352,6 +387,9 @@ func (o options) cell(e *env, name, payload string, conc int) (Row, error) {
 		target, fn = e.gatewayWAN, func() (loadResult, error) { return o.ghz(strings.Fields(e.gatewayWAN.addr)[0], payload, conc) }
 	case "G-WAN":
 		target, fn = e.naiveWAN, func() (loadResult, error) { return o.ghz(e.naiveWAN.addr, payload, conc) }
+	case "C-1B", "C-2B", "C-SLOW", "C-HEDGE":
+		target = map[string]*proc{"C-1B": e.gateway, "C-2B": e.gateway2B, "C-SLOW": e.gatewaySlow, "C-HEDGE": e.gatewayHedge}[name]
+		fn = func() (loadResult, error) { return o.ghz(strings.Fields(target.addr)[0], payload, conc) }
 	default:
 		return row, fmt.Errorf("unknown case %s", name)
 	}
@@ -521,6 +559,17 @@ func run(o options) error {
 			rows = append(rows, row)
 		}
 	}
+	if want("BACKENDS") {
+		// C again beside them, so that the machine's drift hits all alike.
+		for _, c := range []string{"C-1B", "C-2B", "C-SLOW", "C-HEDGE"} {
+			row, err := o.cell(e, c, "20B", 16)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%-7s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms\n", row.Case, "20B", 16, row.RPS, row.P50ms, row.P99ms)
+			rows = append(rows, row)
+		}
+	}
 	var mem *Mem
 	if want("MEM") {
 		m, err := o.memory(e)
@@ -602,6 +651,13 @@ func targets(rows []Row, mem *Mem) []Target {
 		add("WAN, concurrency 16: C >= 2.5x G in calls/s", r >= 2.5, "%.1fx", r)
 		q := c.P50ms / g.P50ms
 		add("WAN, concurrency 16: C p50 <= 0.4x G p50", q <= 0.4, "%.2fx (C %.2f ms, G %.2f ms)", q, c.P50ms, g.P50ms)
+	}
+	if c, b2 := find(rows, "C-1B", p, 16), find(rows, "C-2B", p, 16); c != nil && b2 != nil {
+		r := b2.RPS / c.RPS
+		add("Two backends (least-inflight), concurrency 16: calls/s vs one backend (no target; for the record)", true, "%.2fx (%.0f vs %.0f calls/s)", r, b2.RPS, c.RPS)
+	}
+	if h, sl := find(rows, "C-HEDGE", p, 16), find(rows, "C-SLOW", p, 16); h != nil && sl != nil {
+		add("One backend 200 ms slow, --hedge-methods echo --hedge-after 20ms: echo p99 < 60 ms", h.P99ms < 60, "p99 %.1f ms (without hedging %.1f ms)", h.P99ms, sl.P99ms)
 	}
 	if mem != nil {
 		add("<= 40 KiB gateway RSS per idle /ws client", mem.KiBPerIdleClient <= 40, "%.1f KiB", mem.KiBPerIdleClient)

@@ -8,6 +8,10 @@
 // at the kill and failed with UNAVAILABLE, the other replicas kept serving
 // every face, and no caller got another caller's reply.
 //
+// With --backends 2 --stop backend, every replica has two backends (round
+// robin, sleep in --retry-methods) and one backend is stopped instead: then
+// no call may fail at all.
+//
 //	go run ./cmd/wsbridge-scaledemo --wsbridge bin/wsbridge
 package main
 
@@ -57,6 +61,8 @@ type config struct {
 	workers   int
 	signal    string
 	maxSleep  int
+	backends  int
+	stop      string // "replica" or "backend"
 }
 
 func main() {
@@ -69,9 +75,12 @@ func main() {
 	flag.IntVar(&cfg.workers, "workers", 8, "concurrent callers per face (gRPC, REST, /rpc, /ws)")
 	flag.StringVar(&cfg.signal, "signal", "kill", "how the replica is stopped: kill (SIGKILL, a crash) or term (SIGTERM, a graceful stop)")
 	flag.IntVar(&cfg.maxSleep, "max-sleep-ms", 20, "each call asks the backend to sleep 0 to this many ms, so calls are in flight when the replica goes")
+	flag.IntVar(&cfg.backends, "backends", 1, "backends behind every replica (each replica keeps one socket to each)")
+	flag.StringVar(&cfg.stop, "stop", "replica", "what is stopped mid-run: replica (replica 2) or backend (backend 1; needs --backends 2 or more)")
 	flag.Parse()
-	if cfg.signal != "kill" && cfg.signal != "term" || cfg.replicas < 2 {
-		fmt.Fprintln(os.Stderr, "scale-demo: --signal is kill or term, and --replicas at least 2")
+	if cfg.signal != "kill" && cfg.signal != "term" || cfg.replicas < 2 || cfg.backends < 1 ||
+		cfg.stop != "replica" && cfg.stop != "backend" || cfg.stop == "backend" && cfg.backends < 2 {
+		fmt.Fprintln(os.Stderr, "scale-demo: --signal is kill or term, --replicas at least 2, --stop replica or backend (backend needs --backends 2 or more)")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -104,21 +113,30 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
-	be, err := childproc.Start(cfg.binary, "backend", "--listen", "127.0.0.1:0")
-	if err != nil {
-		return false, err
+	var backends []*childproc.Proc
+	var backendURLs []string
+	serveArgs := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--shutdown-grace", "5s"}
+	for range cfg.backends {
+		be, err := childproc.Start(cfg.binary, "backend", "--listen", "127.0.0.1:0")
+		if err != nil {
+			return false, err
+		}
+		defer be.Kill()
+		m, err := be.WaitLog(startCtx, "demo backend listening")
+		if err != nil {
+			return false, err
+		}
+		backends, backendURLs = append(backends, be), append(backendURLs, m["url"].(string))
+		serveArgs = append(serveArgs, "--backend", m["url"].(string))
 	}
-	defer be.Kill()
-	m, err := be.WaitLog(startCtx, "demo backend listening")
-	if err != nil {
-		return false, err
+	if cfg.backends > 1 {
+		// The calls are sleeps: safe to repeat on the other backend.
+		serveArgs = append(serveArgs, "--balance", "round-robin", "--retry-methods", "sleep")
 	}
-	backendURL := m["url"].(string)
 
 	replicas := make([]*replica, cfg.replicas)
 	for i := range replicas {
-		p, err := childproc.Start(cfg.binary, "serve", "--backend", backendURL,
-			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--shutdown-grace", "5s")
+		p, err := childproc.Start(cfg.binary, serveArgs...)
 		if err != nil {
 			return false, err
 		}
@@ -156,10 +174,14 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if err := waitReady(startCtx, conn, "http://"+nginxHTTP); err != nil {
 		return false, fmt.Errorf("nginx in front of the replicas: %w (its log: %s)", err, filepath.Join(dir, "error.log"))
 	}
-	fmt.Printf("scale-demo: %d wsbridge replicas behind nginx (gRPC %s, HTTP %s), one backend at %s\n",
-		len(replicas), nginxGRPC, nginxHTTP, backendURL)
-	fmt.Printf("scale-demo: %d callers on each of gRPC, REST, /rpc and /ws for %v; replica 2 gets SIG%s after %v\n\n",
-		cfg.workers, cfg.duration, strings.ToUpper(cfg.signal), cfg.killAfter)
+	fmt.Printf("scale-demo: %d wsbridge replicas behind nginx (gRPC %s, HTTP %s), backends at %s\n",
+		len(replicas), nginxGRPC, nginxHTTP, strings.Join(backendURLs, ", "))
+	victimName := "replica 2"
+	if cfg.stop == "backend" {
+		victimName = "backend 1"
+	}
+	fmt.Printf("scale-demo: %d callers on each of gRPC, REST, /rpc and /ws for %v; %s gets SIG%s after %v\n\n",
+		cfg.workers, cfg.duration, victimName, strings.ToUpper(cfg.signal), cfg.killAfter)
 
 	d := &driver{cfg: cfg, bridge: wsbridgev1.NewBridgeServiceClient(conn), httpBase: "http://" + nginxHTTP,
 		wsURL: "ws://" + nginxHTTP + "/ws", results: map[string]*faceResult{}}
@@ -167,7 +189,10 @@ func run(ctx context.Context, cfg config) (bool, error) {
 		d.results[f] = &faceResult{codes: map[string]int{}}
 	}
 	victim := replicas[1]
-	d.victim = map[string]bool{victim.grpcAddr: true, victim.httpAddr: true}
+	d.victim = map[string]bool{} // a stopped backend excuses no failure
+	if cfg.stop == "replica" {
+		d.victim = map[string]bool{victim.grpcAddr: true, victim.httpAddr: true}
+	}
 	loadCtx, stopLoad := context.WithTimeout(ctx, cfg.duration)
 	defer stopLoad()
 	var wg sync.WaitGroup
@@ -182,8 +207,25 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	case <-time.After(cfg.killAfter):
 	case <-loadCtx.Done():
 	}
-	victim.last, _ = fetchStats(victim.httpAddr)
 	outstanding := d.inFlight.Load()
+	if cfg.stop == "backend" {
+		// Backend 1 goes; every replica carries on with backend 2.
+		d.stopBegan.Store(time.Now().UnixNano())
+		d.cutoff.Store(time.Now().UnixNano())
+		if cfg.signal == "kill" {
+			backends[0].Kill()
+		} else if err := backends[0].Stop(); err != nil {
+			fmt.Println("scale-demo: the stopped backend exited with", err)
+		}
+		wg.Wait()
+		for _, r := range replicas {
+			if r.last, err = fetchStats(r.httpAddr); err != nil {
+				return false, fmt.Errorf("stats of replica %s: %w", r.httpAddr, err)
+			}
+		}
+		return report(cfg, replicas, d, outstanding), nil
+	}
+	victim.last, _ = fetchStats(victim.httpAddr)
 	// A call is in flight at the stop if it started before the replica
 	// stopped taking calls: for a crash, when the process is gone (a call
 	// that starts while the kill is delivered is in flight at it); for
@@ -491,16 +533,22 @@ type wsConn struct {
 func report(cfg config, replicas []*replica, d *driver, outstanding int64) bool {
 	fmt.Println("Replicas (each its own stats, read from the replica directly):")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "replica\tstate\trequests\terrors\tin flight\tbackend connects\tclients now\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "replica\tstate\trequests\terrors\tin flight\tbackend connects\tretried\trequests sent per backend\tclients now\tp50 ms\tp99 ms\t")
 	for i, r := range replicas {
 		state := "up"
 		if r.stopped {
 			state = "SIG" + strings.ToUpper(cfg.signal) + "ed (last stats)"
 		}
 		lat, _ := r.last["latency"].(map[string]any)
-		fmt.Fprintf(tw, "%d %s\t%s\t%v\t%v\t%v\t%v\t%v\t%.2f\t%.2f\t\n", i+1, r.httpAddr, state,
+		var perBackend []string
+		rows, _ := r.last["backends"].([]any)
+		for _, row := range rows {
+			row, _ := row.(map[string]any)
+			perBackend = append(perBackend, fmt.Sprint(num(row["requestsSent"])))
+		}
+		fmt.Fprintf(tw, "%d %s\t%s\t%v\t%v\t%v\t%v\t%v\t%s\t%v\t%.2f\t%.2f\t\n", i+1, r.httpAddr, state,
 			num(r.last["requestsHandled"]), num(r.last["errors"]), num(r.last["inFlight"]), num(r.last["backendConnects"]),
-			num(r.last["activeClients"]), num(lat["p50Ms"]), num(lat["p99Ms"]))
+			num(r.last["retries"]), strings.Join(perBackend, " / "), num(r.last["activeClients"]), num(lat["p50Ms"]), num(lat["p99Ms"]))
 	}
 	tw.Flush()
 
@@ -534,6 +582,15 @@ func report(cfg config, replicas []*replica, d *driver, outstanding int64) bool 
 		}
 	}
 	tw.Flush()
+	if cfg.stop == "backend" {
+		fmt.Printf("\nBackend 1 got SIG%s with %d calls in flight at the clients; %d calls failed.\n", strings.ToUpper(cfg.signal), outstanding, failed)
+		if failed == 0 && pass {
+			fmt.Println("PASS: no call failed when one of two backends went (the calls written to it were sent again to the other); every face kept working; no reply went to the wrong caller.")
+			return true
+		}
+		fmt.Println("FAIL: see the tables above (a failed call, a misdelivered reply, or a face that stopped working).")
+		return false
+	}
 	fmt.Printf("\nReplica 2 reported %v calls in flight just before the SIG%s (the clients had %d in flight over all replicas); %d calls failed.\n",
 		num(replicas[1].last["inFlight"]), strings.ToUpper(cfg.signal), outstanding, failed)
 	if int64(failed) > outstanding {

@@ -121,6 +121,10 @@ func TestServeRefusesBadValues(t *testing.T) {
 		{nil, map[string]string{"WSBRIDGE_MAX_BATCH": "0"}, "WSBRIDGE_MAX_BATCH 0: must be at least 1"},
 		{[]string{"--config", file}, nil, "max-inflight in " + file + " -1: must be at least 1"},
 		{[]string{"--log-level", "loud"}, nil, "--log-level loud: must be debug, info, warn or error"},
+		{[]string{"--balance", "fastest"}, nil, "--balance fastest: must be priority, round-robin or least-inflight"},
+		{[]string{"--hedge-after", "0s"}, nil, "--hedge-after 0s: must be a positive duration"},
+		{[]string{"--breaker-failures", "0"}, nil, "--breaker-failures 0: must be at least 1"},
+		{[]string{"--backend-idle-timeout", "1m", "--backend-eager"}, nil, "--backend-idle-timeout closes idle backend connections, which --backend-eager redials at once"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			for k, v := range tc.env {

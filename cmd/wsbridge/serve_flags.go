@@ -204,6 +204,8 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		return fmt.Errorf("no backend: give its URL with --backend ws://HOST:PORT/PATH (or %s, or backend: in --config), or run the embedded demo backend with --demo", envName("backend"))
 	case sf.demoTick != 0 && !sf.demo:
 		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
+	case bo.IdleTimeout > 0 && bo.Eager:
+		return fmt.Errorf("%s closes idle backend connections, which %s redials at once: give one of them", fs.source("backend-idle-timeout"), fs.source("backend-eager"))
 	}
 	for _, u := range sf.backends.values {
 		if err := bridge.CheckURL(u); err != nil {
