@@ -226,7 +226,7 @@ func TestBackendsHedging(t *testing.T) {
 	_, s2 := newNamed(t, "fast")
 	slow.delay = time.Hour
 	b := startBridge(t, "", Options{Backends: []BackendOptions{{URL: s1.URL()}, {URL: s2.URL(), Priority: 1}},
-		Methods: []MethodPolicy{{Pattern: "slow", HedgeAfter: 20 * time.Millisecond}}})
+		Methods: []MethodPolicy{{Pattern: "slow", HedgeAfter: 20 * time.Millisecond}}, CancelMethod: "$/cancelRequest"})
 	res, err := b.Call(ctxT(t), "slow", nil, CallOptions{})
 	if err != nil || string(res) != `"fast"` {
 		t.Fatalf("hedged call: %s %v", res, err)
@@ -236,6 +236,8 @@ func TestBackendsHedging(t *testing.T) {
 		t.Fatalf("%d hedges", st.Hedges)
 	}
 	bridgetest.Eventually(t, "the abandoned call to leave the pending table", func() bool { return b.Stats().Pending == 0 })
+	// The slow backend is told to stop working on the abandoned copy.
+	bridgetest.Eventually(t, "the cancel notification", func() bool { return slow.count("$/cancelRequest") == 1 })
 }
 
 // An idle connection is closed after IdleTimeout and the next call dials
@@ -399,4 +401,35 @@ func hangingListener(t *testing.T) string {
 		}
 	})
 	return "ws://" + ln.Addr().String() + "/"
+}
+
+// The reply cache is bounded in entries and in bytes: the oldest entry
+// goes first, and a reply over a tenth of the byte bound is not kept.
+func TestBackendsCacheBounds(t *testing.T) {
+	n, srv := newNamed(t, "only")
+	b := startBridge(t, srv.URL(), Options{CacheMaxEntries: 2, CacheMaxBytes: 1000,
+		Methods: []MethodPolicy{{Pattern: "echo", CacheTTL: time.Hour}}})
+	call := func(params string) {
+		t.Helper()
+		if _, err := b.Call(ctxT(t), "echo", json.RawMessage(params), CallOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{`[1]`, `[2]`, `[3]`} {
+		call(p)
+	}
+	call(`[3]`) // kept
+	call(`[1]`) // evicted by [3]: asked again
+	if got := n.count("echo"); got != 4 {
+		t.Fatalf("the backend saw %d echo requests, want 4 (three, then the evicted one)", got)
+	}
+	big := `["` + strings.Repeat("x", 200) + `"]` // over 1000/10 bytes
+	call(big)
+	call(big)
+	if got := n.count("echo"); got != 6 {
+		t.Fatalf("the backend saw %d echo requests, want 6: a reply over the size bound was cached", got)
+	}
+	if hits := b.Stats().CacheHits; hits != 1 {
+		t.Fatalf("%d cache hits, want 1", hits)
+	}
 }
