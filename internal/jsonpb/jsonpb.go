@@ -5,7 +5,6 @@
 package jsonpb
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,12 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wsbridge/wsbridge/internal/jsonenc"
+	"github.com/wsbridge/wsbridge/internal/jsonscan"
 )
-
-// maxDepth matches protojson's recursion limit.
-const maxDepth = 10000
-
-var errDepth = errors.New("JSON nested too deeply")
 
 // ToValue parses JSON text into a Value. Like protojson, it refuses
 // numbers out of float64's range and strings that are not UTF-8.
@@ -29,50 +24,28 @@ func ToValue(data []byte) (*structpb.Value, error) {
 	if !json.Valid(data) {
 		return nil, errors.New("invalid JSON")
 	}
-	p := parser{b: data}
-	p.skip()
-	v, err := p.value(0)
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
+	p := jsonscan.Scanner{B: data}
+	p.SkipSpace()
+	return value(&p, 0)
 }
 
-type parser struct {
-	b []byte
-	i int
-}
-
-func (p *parser) skip() {
-	for p.i < len(p.b) && (p.b[p.i] == ' ' || p.b[p.i] == '\t' || p.b[p.i] == '\n' || p.b[p.i] == '\r') {
-		p.i++
+// value parses the value at p.I.
+func value(p *jsonscan.Scanner, depth int) (*structpb.Value, error) {
+	if depth > jsonscan.MaxDepth {
+		return nil, jsonscan.ErrDepth
 	}
-}
-
-// value parses the value at p.i (the text is valid JSON).
-func (p *parser) value(depth int) (*structpb.Value, error) {
-	if depth > maxDepth {
-		return nil, errDepth
-	}
-	switch c := p.b[p.i]; {
-	case c == '{':
-		p.i++
+	switch c := p.Peek(); c {
+	case '{':
+		p.Next()
 		fields := map[string]*structpb.Value{}
-		p.skip()
-		if p.b[p.i] == '}' {
-			p.i++
-			return structpb.NewStructValue(&structpb.Struct{Fields: fields}), nil
-		}
-		for {
-			p.skip()
-			k, err := p.str()
+		for p.Peek() != '}' {
+			k, err := p.String()
 			if err != nil {
 				return nil, err
 			}
-			p.skip()
-			p.i++ // ':'
-			p.skip()
-			v, err := p.value(depth + 1)
+			p.SkipSpace()
+			p.Next() // ':'
+			v, err := value(p, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -82,138 +55,51 @@ func (p *parser) value(depth int) (*structpb.Value, error) {
 				return nil, fmt.Errorf("duplicate key %q", k)
 			}
 			fields[k] = v
-			p.skip()
-			if p.b[p.i] == '}' {
-				p.i++
-				return structpb.NewStructValue(&structpb.Struct{Fields: fields}), nil
+			p.SkipSpace()
+			if p.Peek() == ',' {
+				p.Next()
 			}
-			p.i++ // ','
 		}
-	case c == '[':
-		p.i++
+		p.I++
+		return structpb.NewStructValue(&structpb.Struct{Fields: fields}), nil
+	case '[':
+		p.Next()
 		var vals []*structpb.Value
-		p.skip()
-		if p.b[p.i] == ']' {
-			p.i++
-			return structpb.NewListValue(&structpb.ListValue{Values: vals}), nil
-		}
-		for {
-			p.skip()
-			v, err := p.value(depth + 1)
+		for p.Peek() != ']' {
+			v, err := value(p, depth+1)
 			if err != nil {
 				return nil, err
 			}
 			vals = append(vals, v)
-			p.skip()
-			if p.b[p.i] == ']' {
-				p.i++
-				return structpb.NewListValue(&structpb.ListValue{Values: vals}), nil
+			p.SkipSpace()
+			if p.Peek() == ',' {
+				p.Next()
 			}
-			p.i++ // ','
 		}
-	case c == '"':
-		s, err := p.str()
+		p.I++
+		return structpb.NewListValue(&structpb.ListValue{Values: vals}), nil
+	case '"':
+		s, err := p.String()
 		if err != nil {
 			return nil, err
 		}
 		return structpb.NewStringValue(s), nil
-	case c == 't':
-		p.i += 4
-		return structpb.NewBoolValue(true), nil
-	case c == 'f':
-		p.i += 5
-		return structpb.NewBoolValue(false), nil
-	case c == 'n':
-		p.i += 4
+	case 't', 'f', 'n':
+		switch lit := p.Literal(); lit[0] {
+		case 't':
+			return structpb.NewBoolValue(true), nil
+		case 'f':
+			return structpb.NewBoolValue(false), nil
+		}
 		return structpb.NewNullValue(), nil
 	default:
-		start := p.i
-		for p.i < len(p.b) {
-			switch p.b[p.i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				goto done
-			}
-			p.i++
-		}
-	done:
-		f, err := strconv.ParseFloat(string(p.b[start:p.i]), 64)
+		num := p.Number()
+		f, err := strconv.ParseFloat(string(num), 64)
 		if err != nil {
-			return nil, fmt.Errorf("number %s: %w", p.b[start:p.i], err)
+			return nil, fmt.Errorf("number %s: %w", num, err)
 		}
 		return structpb.NewNumberValue(f), nil
 	}
-}
-
-// str parses the string at p.i.
-func (p *parser) str() (string, error) {
-	start := p.i
-	p.i++
-	escaped := false
-	for p.b[p.i] != '"' {
-		if p.b[p.i] == '\\' {
-			escaped = true
-			p.i++
-		}
-		p.i++
-	}
-	p.i++
-	raw := p.b[start:p.i]
-	if !escaped {
-		s := raw[1 : len(raw)-1]
-		if !utf8.Valid(s) {
-			return "", errors.New("string is not UTF-8")
-		}
-		return string(s), nil
-	}
-	if !utf8.Valid(raw) { // encoding/json would turn it into U+FFFD; protojson refuses it
-		return "", errors.New("string is not UTF-8")
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", err
-	}
-	if bytes.Contains(raw, []byte(`\ud`)) || bytes.Contains(raw, []byte(`\uD`)) {
-		// encoding/json turns lone surrogates into U+FFFD; protojson
-		// refuses them. Follow protojson.
-		if !validSurrogates(raw) {
-			return "", errors.New("string has an invalid surrogate escape")
-		}
-	}
-	return s, nil
-}
-
-// validSurrogates reports whether every \uD800-\uDFFF escape in a JSON
-// string literal is part of a high-low pair.
-func validSurrogates(raw []byte) bool {
-	for i := 0; i+6 <= len(raw); i++ {
-		if raw[i] != '\\' {
-			continue
-		}
-		if raw[i+1] != 'u' {
-			i++
-			continue
-		}
-		r, err := strconv.ParseUint(string(raw[i+2:i+6]), 16, 16)
-		if err != nil {
-			return false
-		}
-		switch {
-		case r >= 0xD800 && r < 0xDC00:
-			if i+12 > len(raw) || raw[i+6] != '\\' || raw[i+7] != 'u' {
-				return false
-			}
-			lo, err := strconv.ParseUint(string(raw[i+8:i+12]), 16, 16)
-			if err != nil || lo < 0xDC00 || lo > 0xDFFF {
-				return false
-			}
-			i += 11
-		case r >= 0xDC00 && r <= 0xDFFF:
-			return false
-		default:
-			i += 5
-		}
-	}
-	return true
 }
 
 // AppendValue appends v as JSON text. A Value with no kind, or a number

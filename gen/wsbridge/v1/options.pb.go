@@ -143,6 +143,181 @@ func (StatSection) EnumDescriptor() ([]byte, []int) {
 	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{1}
 }
 
+// ParamsShape is how a request message becomes the JSON-RPC params.
+type ParamsShape int32
+
+const (
+	// The service's default; NAMED when the service gives none.
+	ParamsShape_PARAMS_SHAPE_UNSPECIFIED ParamsShape = 0
+	// The request message as a JSON object, by the fields' JSON names; fields
+	// that are not set are left out.
+	ParamsShape_PARAMS_SHAPE_NAMED ParamsShape = 1
+	// The request's fields as a JSON array, in the order JsonRpcMethod.fields
+	// gives (default: field number order); an unset field is null, and unset
+	// fields at the end are left out.
+	ParamsShape_PARAMS_SHAPE_POSITIONAL ParamsShape = 2
+	// No params member (the request message has nothing to send).
+	ParamsShape_PARAMS_SHAPE_NONE ParamsShape = 3
+)
+
+// Enum value maps for ParamsShape.
+var (
+	ParamsShape_name = map[int32]string{
+		0: "PARAMS_SHAPE_UNSPECIFIED",
+		1: "PARAMS_SHAPE_NAMED",
+		2: "PARAMS_SHAPE_POSITIONAL",
+		3: "PARAMS_SHAPE_NONE",
+	}
+	ParamsShape_value = map[string]int32{
+		"PARAMS_SHAPE_UNSPECIFIED": 0,
+		"PARAMS_SHAPE_NAMED":       1,
+		"PARAMS_SHAPE_POSITIONAL":  2,
+		"PARAMS_SHAPE_NONE":        3,
+	}
+)
+
+func (x ParamsShape) Enum() *ParamsShape {
+	p := new(ParamsShape)
+	*p = x
+	return p
+}
+
+func (x ParamsShape) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ParamsShape) Descriptor() protoreflect.EnumDescriptor {
+	return file_wsbridge_v1_options_proto_enumTypes[2].Descriptor()
+}
+
+func (ParamsShape) Type() protoreflect.EnumType {
+	return &file_wsbridge_v1_options_proto_enumTypes[2]
+}
+
+func (x ParamsShape) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ParamsShape.Descriptor instead.
+func (ParamsShape) EnumDescriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{2}
+}
+
+// IntegerEncoding is how a 64-bit integer field (int64, uint64, sint64,
+// fixed64, sfixed64) is written to the backend. Any of the forms is read
+// back from it.
+type IntegerEncoding int32
+
+const (
+	// The service's default; NUMBER when the service gives none.
+	IntegerEncoding_INTEGER_ENCODING_UNSPECIFIED IntegerEncoding = 0
+	// An exact JSON number: 9007199254740993 (not protojson's quoted string).
+	IntegerEncoding_INTEGER_ENCODING_NUMBER IntegerEncoding = 1
+	// A quoted decimal string: "9007199254740993".
+	IntegerEncoding_INTEGER_ENCODING_STRING IntegerEncoding = 2
+	// A 0x-prefixed hexadecimal string (Ethereum's quantities):
+	// "0x20000000000001". A negative value is "-0x...".
+	IntegerEncoding_INTEGER_ENCODING_HEX IntegerEncoding = 3
+)
+
+// Enum value maps for IntegerEncoding.
+var (
+	IntegerEncoding_name = map[int32]string{
+		0: "INTEGER_ENCODING_UNSPECIFIED",
+		1: "INTEGER_ENCODING_NUMBER",
+		2: "INTEGER_ENCODING_STRING",
+		3: "INTEGER_ENCODING_HEX",
+	}
+	IntegerEncoding_value = map[string]int32{
+		"INTEGER_ENCODING_UNSPECIFIED": 0,
+		"INTEGER_ENCODING_NUMBER":      1,
+		"INTEGER_ENCODING_STRING":      2,
+		"INTEGER_ENCODING_HEX":         3,
+	}
+)
+
+func (x IntegerEncoding) Enum() *IntegerEncoding {
+	p := new(IntegerEncoding)
+	*p = x
+	return p
+}
+
+func (x IntegerEncoding) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (IntegerEncoding) Descriptor() protoreflect.EnumDescriptor {
+	return file_wsbridge_v1_options_proto_enumTypes[3].Descriptor()
+}
+
+func (IntegerEncoding) Type() protoreflect.EnumType {
+	return &file_wsbridge_v1_options_proto_enumTypes[3]
+}
+
+func (x IntegerEncoding) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use IntegerEncoding.Descriptor instead.
+func (IntegerEncoding) EnumDescriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{3}
+}
+
+// BytesEncoding is how a bytes field is written to the backend. Both forms
+// are read back from it: a string starting with 0x is hex, any other is
+// base64.
+type BytesEncoding int32
+
+const (
+	// The service's default; BASE64 when the service gives none.
+	BytesEncoding_BYTES_ENCODING_UNSPECIFIED BytesEncoding = 0
+	// Standard base64, as protojson writes bytes.
+	BytesEncoding_BYTES_ENCODING_BASE64 BytesEncoding = 1
+	// A 0x-prefixed hexadecimal string (Ethereum's data).
+	BytesEncoding_BYTES_ENCODING_HEX BytesEncoding = 2
+)
+
+// Enum value maps for BytesEncoding.
+var (
+	BytesEncoding_name = map[int32]string{
+		0: "BYTES_ENCODING_UNSPECIFIED",
+		1: "BYTES_ENCODING_BASE64",
+		2: "BYTES_ENCODING_HEX",
+	}
+	BytesEncoding_value = map[string]int32{
+		"BYTES_ENCODING_UNSPECIFIED": 0,
+		"BYTES_ENCODING_BASE64":      1,
+		"BYTES_ENCODING_HEX":         2,
+	}
+)
+
+func (x BytesEncoding) Enum() *BytesEncoding {
+	p := new(BytesEncoding)
+	*p = x
+	return p
+}
+
+func (x BytesEncoding) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BytesEncoding) Descriptor() protoreflect.EnumDescriptor {
+	return file_wsbridge_v1_options_proto_enumTypes[4].Descriptor()
+}
+
+func (BytesEncoding) Type() protoreflect.EnumType {
+	return &file_wsbridge_v1_options_proto_enumTypes[4]
+}
+
+func (x BytesEncoding) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BytesEncoding.Descriptor instead.
+func (BytesEncoding) EnumDescriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{4}
+}
+
 // StatOptions is the one declaration of a gateway counter: the Stats
 // message carries its value, and GetStats, /__stats, /metrics, the
 // `wsbridge stats` table and the dashboard all read its name, help and
@@ -247,6 +422,230 @@ func (x *StatOptions) GetScale() float64 {
 	return 0
 }
 
+// JsonRpcService gives the defaults of a service's methods.
+type JsonRpcService struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The JSON-RPC method of an rpc without its own (JsonRpcMethod.method) is
+	// this prefix followed by the rpc's name in lowerCamelCase: with
+	// "eth_", rpc GetBalance calls eth_getBalance.
+	MethodPrefix string          `protobuf:"bytes,1,opt,name=method_prefix,json=methodPrefix,proto3" json:"method_prefix,omitempty"`
+	Params       ParamsShape     `protobuf:"varint,2,opt,name=params,proto3,enum=wsbridge.v1.ParamsShape" json:"params,omitempty"`
+	Integers     IntegerEncoding `protobuf:"varint,3,opt,name=integers,proto3,enum=wsbridge.v1.IntegerEncoding" json:"integers,omitempty"`
+	Bytes        BytesEncoding   `protobuf:"varint,4,opt,name=bytes,proto3,enum=wsbridge.v1.BytesEncoding" json:"bytes,omitempty"`
+	// A result object with a field the response message lacks fails the call
+	// (INTERNAL) instead of being ignored.
+	RejectUnknownFields bool `protobuf:"varint,5,opt,name=reject_unknown_fields,json=rejectUnknownFields,proto3" json:"reject_unknown_fields,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *JsonRpcService) Reset() {
+	*x = JsonRpcService{}
+	mi := &file_wsbridge_v1_options_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonRpcService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonRpcService) ProtoMessage() {}
+
+func (x *JsonRpcService) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_options_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonRpcService.ProtoReflect.Descriptor instead.
+func (*JsonRpcService) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JsonRpcService) GetMethodPrefix() string {
+	if x != nil {
+		return x.MethodPrefix
+	}
+	return ""
+}
+
+func (x *JsonRpcService) GetParams() ParamsShape {
+	if x != nil {
+		return x.Params
+	}
+	return ParamsShape_PARAMS_SHAPE_UNSPECIFIED
+}
+
+func (x *JsonRpcService) GetIntegers() IntegerEncoding {
+	if x != nil {
+		return x.Integers
+	}
+	return IntegerEncoding_INTEGER_ENCODING_UNSPECIFIED
+}
+
+func (x *JsonRpcService) GetBytes() BytesEncoding {
+	if x != nil {
+		return x.Bytes
+	}
+	return BytesEncoding_BYTES_ENCODING_UNSPECIFIED
+}
+
+func (x *JsonRpcService) GetRejectUnknownFields() bool {
+	if x != nil {
+		return x.RejectUnknownFields
+	}
+	return false
+}
+
+// JsonRpcMethod maps one rpc onto a JSON-RPC method.
+type JsonRpcMethod struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The JSON-RPC method; default: the service's method_prefix and the rpc's
+	// name in lowerCamelCase. For a server-streaming rpc it is the subscribe
+	// method (one the gateway's --subscribe-methods match, e.g.
+	// eth_subscribe).
+	Method string      `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Params ParamsShape `protobuf:"varint,2,opt,name=params,proto3,enum=wsbridge.v1.ParamsShape" json:"params,omitempty"`
+	// POSITIONAL: the request fields, by name, in the order of the params
+	// array; default: every field, in field number order.
+	Fields []string `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	// JSON values put first in the params array, before the request's fields
+	// (POSITIONAL or NONE), e.g. "\"newHeads\"" for eth_subscribe.
+	ParamsPrefix []string `protobuf:"bytes,4,rep,name=params_prefix,json=paramsPrefix,proto3" json:"params_prefix,omitempty"`
+	// The JSON result goes into this field of the response message (needed
+	// when the result is a scalar or an array); default: the result is an
+	// object decoded into the response message. For a server-streaming rpc it
+	// applies to each notification's result.
+	ResultField   string `protobuf:"bytes,5,opt,name=result_field,json=resultField,proto3" json:"result_field,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonRpcMethod) Reset() {
+	*x = JsonRpcMethod{}
+	mi := &file_wsbridge_v1_options_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonRpcMethod) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonRpcMethod) ProtoMessage() {}
+
+func (x *JsonRpcMethod) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_options_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonRpcMethod.ProtoReflect.Descriptor instead.
+func (*JsonRpcMethod) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JsonRpcMethod) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *JsonRpcMethod) GetParams() ParamsShape {
+	if x != nil {
+		return x.Params
+	}
+	return ParamsShape_PARAMS_SHAPE_UNSPECIFIED
+}
+
+func (x *JsonRpcMethod) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *JsonRpcMethod) GetParamsPrefix() []string {
+	if x != nil {
+		return x.ParamsPrefix
+	}
+	return nil
+}
+
+func (x *JsonRpcMethod) GetResultField() string {
+	if x != nil {
+		return x.ResultField
+	}
+	return ""
+}
+
+// JsonRpcField changes how one field is written to the backend.
+type JsonRpcField struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Integers      IntegerEncoding        `protobuf:"varint,1,opt,name=integers,proto3,enum=wsbridge.v1.IntegerEncoding" json:"integers,omitempty"`
+	Bytes         BytesEncoding          `protobuf:"varint,2,opt,name=bytes,proto3,enum=wsbridge.v1.BytesEncoding" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonRpcField) Reset() {
+	*x = JsonRpcField{}
+	mi := &file_wsbridge_v1_options_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonRpcField) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonRpcField) ProtoMessage() {}
+
+func (x *JsonRpcField) ProtoReflect() protoreflect.Message {
+	mi := &file_wsbridge_v1_options_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonRpcField.ProtoReflect.Descriptor instead.
+func (*JsonRpcField) Descriptor() ([]byte, []int) {
+	return file_wsbridge_v1_options_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JsonRpcField) GetIntegers() IntegerEncoding {
+	if x != nil {
+		return x.Integers
+	}
+	return IntegerEncoding_INTEGER_ENCODING_UNSPECIFIED
+}
+
+func (x *JsonRpcField) GetBytes() BytesEncoding {
+	if x != nil {
+		return x.Bytes
+	}
+	return BytesEncoding_BYTES_ENCODING_UNSPECIFIED
+}
+
 var file_wsbridge_v1_options_proto_extTypes = []protoimpl.ExtensionInfo{
 	{
 		ExtendedType:  (*descriptorpb.FieldOptions)(nil),
@@ -254,6 +653,30 @@ var file_wsbridge_v1_options_proto_extTypes = []protoimpl.ExtensionInfo{
 		Field:         50701,
 		Name:          "wsbridge.v1.stat",
 		Tag:           "bytes,50701,opt,name=stat",
+		Filename:      "wsbridge/v1/options.proto",
+	},
+	{
+		ExtendedType:  (*descriptorpb.ServiceOptions)(nil),
+		ExtensionType: (*JsonRpcService)(nil),
+		Field:         50702,
+		Name:          "wsbridge.v1.jsonrpc_service",
+		Tag:           "bytes,50702,opt,name=jsonrpc_service",
+		Filename:      "wsbridge/v1/options.proto",
+	},
+	{
+		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
+		ExtensionType: (*JsonRpcMethod)(nil),
+		Field:         50703,
+		Name:          "wsbridge.v1.jsonrpc",
+		Tag:           "bytes,50703,opt,name=jsonrpc",
+		Filename:      "wsbridge/v1/options.proto",
+	},
+	{
+		ExtendedType:  (*descriptorpb.FieldOptions)(nil),
+		ExtensionType: (*JsonRpcField)(nil),
+		Field:         50704,
+		Name:          "wsbridge.v1.jsonrpc_field",
+		Tag:           "bytes,50704,opt,name=jsonrpc_field",
 		Filename:      "wsbridge/v1/options.proto",
 	},
 }
@@ -264,6 +687,26 @@ var (
 	//
 	// optional wsbridge.v1.StatOptions stat = 50701;
 	E_Stat = &file_wsbridge_v1_options_proto_extTypes[0]
+	// How the field is written to the backend (see JsonRpcField).
+	//
+	// optional wsbridge.v1.JsonRpcField jsonrpc_field = 50704;
+	E_JsonrpcField = &file_wsbridge_v1_options_proto_extTypes[3]
+)
+
+// Extension fields to descriptorpb.ServiceOptions.
+var (
+	// The defaults of the service's rpcs (see JsonRpcService).
+	//
+	// optional wsbridge.v1.JsonRpcService jsonrpc_service = 50702;
+	E_JsonrpcService = &file_wsbridge_v1_options_proto_extTypes[1]
+)
+
+// Extension fields to descriptorpb.MethodOptions.
+var (
+	// How the rpc maps onto a JSON-RPC method (see JsonRpcMethod).
+	//
+	// optional wsbridge.v1.JsonRpcMethod jsonrpc = 50703;
+	E_Jsonrpc = &file_wsbridge_v1_options_proto_extTypes[2]
 )
 
 var File_wsbridge_v1_options_proto protoreflect.FileDescriptor
@@ -278,7 +721,22 @@ const file_wsbridge_v1_options_proto_rawDesc = "" +
 	"\x04seed\x18\x04 \x01(\tR\x04seed\x12\x16\n" +
 	"\x06metric\x18\x05 \x01(\tR\x06metric\x12\x14\n" +
 	"\x05label\x18\x06 \x01(\tR\x05label\x12\x14\n" +
-	"\x05scale\x18\a \x01(\x01R\x05scale*e\n" +
+	"\x05scale\x18\a \x01(\x01R\x05scale\"\x87\x02\n" +
+	"\x0eJsonRpcService\x12#\n" +
+	"\rmethod_prefix\x18\x01 \x01(\tR\fmethodPrefix\x120\n" +
+	"\x06params\x18\x02 \x01(\x0e2\x18.wsbridge.v1.ParamsShapeR\x06params\x128\n" +
+	"\bintegers\x18\x03 \x01(\x0e2\x1c.wsbridge.v1.IntegerEncodingR\bintegers\x120\n" +
+	"\x05bytes\x18\x04 \x01(\x0e2\x1a.wsbridge.v1.BytesEncodingR\x05bytes\x122\n" +
+	"\x15reject_unknown_fields\x18\x05 \x01(\bR\x13rejectUnknownFields\"\xb9\x01\n" +
+	"\rJsonRpcMethod\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x120\n" +
+	"\x06params\x18\x02 \x01(\x0e2\x18.wsbridge.v1.ParamsShapeR\x06params\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\x12#\n" +
+	"\rparams_prefix\x18\x04 \x03(\tR\fparamsPrefix\x12!\n" +
+	"\fresult_field\x18\x05 \x01(\tR\vresultField\"z\n" +
+	"\fJsonRpcField\x128\n" +
+	"\bintegers\x18\x01 \x01(\x0e2\x1c.wsbridge.v1.IntegerEncodingR\bintegers\x120\n" +
+	"\x05bytes\x18\x02 \x01(\x0e2\x1a.wsbridge.v1.BytesEncodingR\x05bytes*e\n" +
 	"\bStatKind\x12\x19\n" +
 	"\x15STAT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STAT_KIND_COUNTER\x10\x01\x12\x13\n" +
@@ -291,8 +749,25 @@ const file_wsbridge_v1_options_proto_rawDesc = "" +
 	"\x15STAT_SECTION_REQUESTS\x10\x03\x12\x17\n" +
 	"\x13STAT_SECTION_ERRORS\x10\x04\x12\x1e\n" +
 	"\x1aSTAT_SECTION_NOTIFICATIONS\x10\x05\x12\x18\n" +
-	"\x14STAT_SECTION_CLIENTS\x10\x06:M\n" +
-	"\x04stat\x12\x1d.google.protobuf.FieldOptions\x18\x8d\x8c\x03 \x01(\v2\x18.wsbridge.v1.StatOptionsR\x04statB9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
+	"\x14STAT_SECTION_CLIENTS\x10\x06*w\n" +
+	"\vParamsShape\x12\x1c\n" +
+	"\x18PARAMS_SHAPE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12PARAMS_SHAPE_NAMED\x10\x01\x12\x1b\n" +
+	"\x17PARAMS_SHAPE_POSITIONAL\x10\x02\x12\x15\n" +
+	"\x11PARAMS_SHAPE_NONE\x10\x03*\x87\x01\n" +
+	"\x0fIntegerEncoding\x12 \n" +
+	"\x1cINTEGER_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17INTEGER_ENCODING_NUMBER\x10\x01\x12\x1b\n" +
+	"\x17INTEGER_ENCODING_STRING\x10\x02\x12\x18\n" +
+	"\x14INTEGER_ENCODING_HEX\x10\x03*b\n" +
+	"\rBytesEncoding\x12\x1e\n" +
+	"\x1aBYTES_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15BYTES_ENCODING_BASE64\x10\x01\x12\x16\n" +
+	"\x12BYTES_ENCODING_HEX\x10\x02:M\n" +
+	"\x04stat\x12\x1d.google.protobuf.FieldOptions\x18\x8d\x8c\x03 \x01(\v2\x18.wsbridge.v1.StatOptionsR\x04stat:g\n" +
+	"\x0fjsonrpc_service\x12\x1f.google.protobuf.ServiceOptions\x18\x8e\x8c\x03 \x01(\v2\x1b.wsbridge.v1.JsonRpcServiceR\x0ejsonrpcService:V\n" +
+	"\ajsonrpc\x12\x1e.google.protobuf.MethodOptions\x18\x8f\x8c\x03 \x01(\v2\x1a.wsbridge.v1.JsonRpcMethodR\ajsonrpc:_\n" +
+	"\rjsonrpc_field\x12\x1d.google.protobuf.FieldOptions\x18\x90\x8c\x03 \x01(\v2\x19.wsbridge.v1.JsonRpcFieldR\fjsonrpcFieldB9Z7github.com/wsbridge/wsbridge/gen/wsbridge/v1;wsbridgev1b\x06proto3"
 
 var (
 	file_wsbridge_v1_options_proto_rawDescOnce sync.Once
@@ -306,24 +781,44 @@ func file_wsbridge_v1_options_proto_rawDescGZIP() []byte {
 	return file_wsbridge_v1_options_proto_rawDescData
 }
 
-var file_wsbridge_v1_options_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wsbridge_v1_options_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_wsbridge_v1_options_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_wsbridge_v1_options_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_wsbridge_v1_options_proto_goTypes = []any{
-	(StatKind)(0),                     // 0: wsbridge.v1.StatKind
-	(StatSection)(0),                  // 1: wsbridge.v1.StatSection
-	(*StatOptions)(nil),               // 2: wsbridge.v1.StatOptions
-	(*descriptorpb.FieldOptions)(nil), // 3: google.protobuf.FieldOptions
+	(StatKind)(0),                       // 0: wsbridge.v1.StatKind
+	(StatSection)(0),                    // 1: wsbridge.v1.StatSection
+	(ParamsShape)(0),                    // 2: wsbridge.v1.ParamsShape
+	(IntegerEncoding)(0),                // 3: wsbridge.v1.IntegerEncoding
+	(BytesEncoding)(0),                  // 4: wsbridge.v1.BytesEncoding
+	(*StatOptions)(nil),                 // 5: wsbridge.v1.StatOptions
+	(*JsonRpcService)(nil),              // 6: wsbridge.v1.JsonRpcService
+	(*JsonRpcMethod)(nil),               // 7: wsbridge.v1.JsonRpcMethod
+	(*JsonRpcField)(nil),                // 8: wsbridge.v1.JsonRpcField
+	(*descriptorpb.FieldOptions)(nil),   // 9: google.protobuf.FieldOptions
+	(*descriptorpb.ServiceOptions)(nil), // 10: google.protobuf.ServiceOptions
+	(*descriptorpb.MethodOptions)(nil),  // 11: google.protobuf.MethodOptions
 }
 var file_wsbridge_v1_options_proto_depIdxs = []int32{
-	0, // 0: wsbridge.v1.StatOptions.kind:type_name -> wsbridge.v1.StatKind
-	1, // 1: wsbridge.v1.StatOptions.section:type_name -> wsbridge.v1.StatSection
-	3, // 2: wsbridge.v1.stat:extendee -> google.protobuf.FieldOptions
-	2, // 3: wsbridge.v1.stat:type_name -> wsbridge.v1.StatOptions
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	3, // [3:4] is the sub-list for extension type_name
-	2, // [2:3] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	0,  // 0: wsbridge.v1.StatOptions.kind:type_name -> wsbridge.v1.StatKind
+	1,  // 1: wsbridge.v1.StatOptions.section:type_name -> wsbridge.v1.StatSection
+	2,  // 2: wsbridge.v1.JsonRpcService.params:type_name -> wsbridge.v1.ParamsShape
+	3,  // 3: wsbridge.v1.JsonRpcService.integers:type_name -> wsbridge.v1.IntegerEncoding
+	4,  // 4: wsbridge.v1.JsonRpcService.bytes:type_name -> wsbridge.v1.BytesEncoding
+	2,  // 5: wsbridge.v1.JsonRpcMethod.params:type_name -> wsbridge.v1.ParamsShape
+	3,  // 6: wsbridge.v1.JsonRpcField.integers:type_name -> wsbridge.v1.IntegerEncoding
+	4,  // 7: wsbridge.v1.JsonRpcField.bytes:type_name -> wsbridge.v1.BytesEncoding
+	9,  // 8: wsbridge.v1.stat:extendee -> google.protobuf.FieldOptions
+	10, // 9: wsbridge.v1.jsonrpc_service:extendee -> google.protobuf.ServiceOptions
+	11, // 10: wsbridge.v1.jsonrpc:extendee -> google.protobuf.MethodOptions
+	9,  // 11: wsbridge.v1.jsonrpc_field:extendee -> google.protobuf.FieldOptions
+	5,  // 12: wsbridge.v1.stat:type_name -> wsbridge.v1.StatOptions
+	6,  // 13: wsbridge.v1.jsonrpc_service:type_name -> wsbridge.v1.JsonRpcService
+	7,  // 14: wsbridge.v1.jsonrpc:type_name -> wsbridge.v1.JsonRpcMethod
+	8,  // 15: wsbridge.v1.jsonrpc_field:type_name -> wsbridge.v1.JsonRpcField
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	12, // [12:16] is the sub-list for extension type_name
+	8,  // [8:12] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_options_proto_init() }
@@ -336,9 +831,9 @@ func file_wsbridge_v1_options_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_options_proto_rawDesc), len(file_wsbridge_v1_options_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   1,
-			NumExtensions: 1,
+			NumEnums:      5,
+			NumMessages:   4,
+			NumExtensions: 4,
 			NumServices:   0,
 		},
 		GoTypes:           file_wsbridge_v1_options_proto_goTypes,
