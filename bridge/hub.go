@@ -955,6 +955,13 @@ func (h *hub) stats() (subscriptions, owners, consumers int64) {
 	return int64(len(h.byID)), owners, int64(len(h.consumers))
 }
 
+// IsSubscribeMethod reports whether method makes a subscription (one of
+// Options.SubscribeMethods matches it).
+func (b *Bridge) IsSubscribeMethod(method string) bool {
+	_, sub := b.hub.unsubscribeFor(method)
+	return sub
+}
+
 // IsSubscriptionMethod reports whether method creates or ends a
 // subscription (see Options.SubscribeMethods). Such methods are served
 // only through a Consumer: Bridge.Call, Bridge.Go and Bridge.Notify refuse

@@ -48,7 +48,16 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	mux.HandleFunc("GET /dashboard.css", serveDashboard)
 	mux.HandleFunc("GET /dashboard-schema.json", serveDashboardSchema)
 	mux.Handle("GET /metrics", s.metricsHandler())
-	mux.Handle("/", s.restHandler(gw))
+	root := s.restHandler(gw)
+	if s.typed != nil {
+		// The typed services' routes; what they do not match goes on to
+		// wsbridge.v1's REST routes.
+		var err error
+		if root, err = s.typedHTTP(s.typed, root); err != nil {
+			return nil, err
+		}
+	}
+	mux.Handle("/", root)
 	return s.requireAuth(mux), nil
 }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/wsbridge/wsbridge/internal/statsdecl"
 )
 
-var faceNames = map[face]string{faceGRPC: "grpc", faceREST: "rest", faceRPC: "rpc", faceWS: "ws"}
+var faceNames = map[face]string{faceGRPC: "grpc", faceREST: "rest", faceRPC: "rpc", faceWS: "ws", faceTyped: "grpc-typed"}
 
 // metrics is the server's Prometheus registry: a call-latency histogram,
 // and a collector that reads every declared Stats field at scrape time

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -29,6 +28,7 @@ import (
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/cork"
 	"github.com/wsbridge/wsbridge/internal/defaults"
+	"github.com/wsbridge/wsbridge/typed"
 )
 
 // Options configure a Server. Zero values mean the defaults given.
@@ -39,6 +39,15 @@ type Options struct {
 	HTTPAddr string
 	// Bridge configures the backend link. Bridge.URL is required.
 	Bridge bridge.Options
+	// DescriptorSets are descriptor set files (`buf build -o`, `protoc
+	// --include_imports --descriptor_set_out`) whose services carry the
+	// wsbridge.v1 mapping options: each is served as a typed API on gRPC,
+	// and on REST (its google.api.http rules), Connect and gRPC-Web.
+	DescriptorSets []string
+	// HTTPRules is a gRPC API configuration YAML file (as grpc-gateway's)
+	// with HTTP rules for the typed services, besides those in their
+	// descriptors.
+	HTTPRules string
 	// ShutdownGrace bounds the drain of calls in flight at shutdown.
 	// Default 10 s.
 	ShutdownGrace time.Duration
@@ -163,6 +172,7 @@ type Server struct {
 	http     *http.Server
 	grpcLn   net.Listener
 	httpLn   net.Listener
+	typed    *typed.API // nil without Options.DescriptorSets
 
 	// streamsCtx is cancelled at shutdown to end streaming RPCs.
 	streamsCtx context.Context
@@ -315,25 +325,32 @@ func New(opts Options) (*Server, error) {
 	s.health.SetServingStatus(wsbridgev1.StatsService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.bridgeRef.Store(b)
 	s.setReadiness()
-	reflection.Register(s.grpc)
+	// fail undoes what New has started when a later step fails.
+	fail := func(err error) (*Server, error) {
+		s.grpc.Stop() // its stream workers started with it
+		b.Close()
+		s.grpcLn.Close()
+		s.httpLn.Close()
+		if s.inprocConn != nil {
+			s.inprocConn.Close()
+		}
+		return nil, err
+	}
+	if s.typed, err = s.loadTyped(); err != nil {
+		return fail(err)
+	}
+	s.registerReflection(s.typed)
 
 	s.inproc = bufconn.Listen(1 << 20)
 	s.inprocConn, err = grpc.NewClient("passthrough:///wsbridge-inproc",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.inproc.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		b.Close()
-		s.grpcLn.Close()
-		s.httpLn.Close()
-		return nil, err
+		return fail(err)
 	}
 	handler, err := s.httpHandler()
 	if err != nil {
-		b.Close()
-		s.grpcLn.Close()
-		s.httpLn.Close()
-		s.inprocConn.Close()
-		return nil, err
+		return fail(err)
 	}
 	s.http = &http.Server{
 		Handler:           s.closeWhenStopping(handler),

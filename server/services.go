@@ -41,11 +41,11 @@ func (svc bridgeService) Call(ctx context.Context, req *wsbridgev1.CallRequest) 
 		s.counters.finished(f, req.GetMethod(), s.counters.request(f), err)
 		return nil, grpcError(err)
 	}
-	raw, err := s.unary(ctx, f, req.GetMethod(), params, co)
-	if err != nil {
-		return nil, grpcError(err)
-	}
-	v, err := resultValue(raw)
+	var v *structpb.Value
+	err = s.unary(ctx, f, req.GetMethod(), params, co, func(raw json.RawMessage) (err error) {
+		v, err = resultValue(raw)
+		return err
+	})
 	if err != nil {
 		return nil, grpcError(err)
 	}

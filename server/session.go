@@ -526,22 +526,26 @@ func (ss *session) slow(reason string) {
 	})
 }
 
-// unary serves one call of a face without a session (gRPC Call, REST) by
-// the same rules: such a face cannot push, so subscriptions and the
-// gateway's own methods are refused.
-func (s *Server) unary(ctx context.Context, f face, method string, params json.RawMessage, co bridge.CallOptions) (json.RawMessage, error) {
+// unary serves one call of a face without a session (gRPC Call, REST, a
+// typed rpc) by the same rules: such a face cannot push, so subscriptions
+// and the gateway's own methods are refused. convert turns the result into
+// the face's reply; its failure is the call's, and counted as such.
+func (s *Server) unary(ctx context.Context, f face, method string, params json.RawMessage, co bridge.CallOptions, convert func(json.RawMessage) error) error {
 	start := s.counters.request(f)
 	err := s.checkMethod(method, false, false)
-	var res json.RawMessage
 	if err == nil {
 		err = s.acquire(clientOf(ctx))
 	}
 	if err == nil {
+		var res json.RawMessage
 		res, err = s.bridge.Call(ctx, method, params, co)
 		s.release(clientOf(ctx))
+		if err == nil {
+			err = convert(res)
+		}
 	}
 	s.counters.finished(f, method, start, err)
-	return res, err
+	return err
 }
 
 // unaryNotify is unary for a notification.

@@ -27,6 +27,9 @@ const (
 	faceREST
 	faceRPC // JSON-RPC over HTTP
 	faceWS  // JSON-RPC over WebSocket
+	// faceTyped is the user's own services (--descriptor-set), whichever
+	// protocol carried them (gRPC, or REST, Connect, gRPC-Web transcoded).
+	faceTyped
 )
 
 type faceKey struct{}
@@ -78,7 +81,7 @@ func (c *counters) request(f face) time.Time {
 	c.requests.Add(1)
 	c.recent.Add()
 	switch f {
-	case faceGRPC:
+	case faceGRPC, faceTyped:
 		c.grpcCalls.Add(1)
 	case faceREST, faceRPC:
 		c.httpProxied.Add(1)

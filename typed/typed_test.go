@@ -1,61 +1,25 @@
 package typed
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/bufbuild/protocompile"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/wsbridge/wsbridge/internal/glob"
+	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
-// compileSet compiles the .proto sources (name -> text; testdata/ and
-// ../proto are on the import path too) into a descriptor set file, as
-// `buf build -o` would, and returns its path.
+// compileSet compiles .proto sources (testdata/ and ../proto are on the
+// import path) into a descriptor set file.
 func compileSet(t testing.TB, sources map[string]string, names ...string) string {
 	t.Helper()
-	c := protocompile.Compiler{Resolver: protocompile.WithStandardImports(protocompile.CompositeResolver{
-		&protocompile.SourceResolver{Accessor: protocompile.SourceAccessorFromMap(sources)},
-		&protocompile.SourceResolver{ImportPaths: []string{"testdata", "../proto"}},
-	})}
-	files, err := c.Compile(context.Background(), names...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := &descriptorpb.FileDescriptorSet{}
-	added := map[string]bool{}
-	var add func(fd protoreflect.FileDescriptor)
-	add = func(fd protoreflect.FileDescriptor) {
-		if added[fd.Path()] {
-			return
-		}
-		added[fd.Path()] = true
-		for i := range fd.Imports().Len() {
-			add(fd.Imports().Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(fd))
-	}
-	for _, f := range files {
-		add(f)
-	}
-	data, err := proto.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "set.binpb")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return typedtest.CompileSet(t, sources, []string{"testdata", "../proto"}, names...)
 }
 
 var testLoad = LoadOptions{IsSubscribe: func(m string) bool { return glob.Match("*_subscribe", m) }}

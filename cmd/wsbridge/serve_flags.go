@@ -22,6 +22,7 @@ type serveFlags struct {
 	balance  string
 
 	retry, hedge, dedup, cache *listValue
+	descriptorSets             *listValue
 	hedgeAfter, cacheTTL       time.Duration
 	sections                   sections // from the config file
 	demoTick                   time.Duration
@@ -53,6 +54,8 @@ func (sf *serveFlags) register(fs *flagSet) {
 	sf.dedup = fs.list("dedup-methods", ",", nil, "comma-separated method patterns whose identical concurrent calls become one backend request")
 	sf.cache = fs.list("cache-methods", ",", nil, "comma-separated method patterns whose replies are kept for --cache-ttl")
 	fs.duration(&sf.cacheTTL, "cache-ttl", time.Second, "how long a reply of --cache-methods is kept")
+	sf.descriptorSets = fs.list("descriptor-set", "", nil, "a descriptor set file (buf build -o FILE.binpb, or protoc --include_imports --descriptor_set_out) whose services carry wsbridge.v1 mapping options: served as typed gRPC, REST, Connect and gRPC-Web APIs; repeatable (white-space separated in the environment)")
+	fs.StringVar(&o.HTTPRules, "http-rules", "", "a gRPC API configuration YAML (type: google.api.Service, http: rules) with REST routes for the --descriptor-set services, besides their google.api.http options")
 	fs.bool(&sf.demo, "demo", false, "start the embedded demo backend in-process and use it as the backend (make run does)")
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address")
 	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (REST, /ws, /rpc, /__stats)")
@@ -159,6 +162,7 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	bo.AllowMethods, bo.DenyMethods, o.WSOrigins = sf.allow.values, sf.deny.values, sf.origins.values
 	o.AllowedHosts = sf.hosts.values
 	o.MetricsMethods = sf.metricsMethods.values
+	o.DescriptorSets = sf.descriptorSets.values
 	bo.DropErrorData = !sf.errorData
 	if sf.tokenFile != "" {
 		tokens, err := auth.Load(sf.tokenFile, log.With("component", "auth"))
