@@ -26,7 +26,7 @@ build: ## Build bin/wsbridge (static; version and commit stamped in).
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/wsbridge ./cmd/wsbridge
 
 .PHONY: test
-test: vet check-generate ## vet, the race-enabled tests, and the generated-code check.
+test: vet check-generate check-examples ## vet, the race-enabled tests, and the checks that gen/ and examples/ethereum are not stale.
 	$(GO) test -race ./...
 
 .PHONY: vet
@@ -62,6 +62,28 @@ generate: $(TOOLS) ## Regenerate gen/ from proto/ (buf with local plugins).
 	rm -f gen/wsbridge/v1/*.pb.go gen/wsbridge/v1/*.pb.gw.go gen/openapiv2/*.json gen/*.json
 	$(BIN)/buf generate
 
+# npm's google-proto-files, pinned, for the google/api protos the example
+# imports (fetched at generation time; no copy is committed).
+GOOGLE_PROTO_FILES := 6.0.1
+GOOGLEAPIS := .cache/npm/node_modules/google-proto-files
+
+$(GOOGLEAPIS)/package.json:
+	mkdir -p .cache/npm
+	npm install --silent --no-audit --no-fund --prefix .cache/npm google-proto-files@$(GOOGLE_PROTO_FILES)
+
+.PHONY: examples
+examples: $(TOOLS) $(GOOGLEAPIS)/package.json ## Rebuild examples/ethereum: its descriptor set eth.binpb and Go types in gen/.
+	rm -rf examples/ethereum/.deps && mkdir -p examples/ethereum/.deps/google/api examples/ethereum/.deps/wsbridge/v1
+	cp $(GOOGLEAPIS)/google/api/annotations.proto $(GOOGLEAPIS)/google/api/http.proto examples/ethereum/.deps/google/api/
+	cp proto/wsbridge/v1/options.proto examples/ethereum/.deps/wsbridge/v1/
+	cd examples/ethereum && $(BIN)/buf lint && $(BIN)/buf build --path proto/eth --exclude-source-info -o eth.binpb
+	rm -rf examples/ethereum/gen && cd examples/ethereum && $(BIN)/buf generate --path proto/eth
+
+.PHONY: check-examples
+check-examples: examples ## Fail when the committed examples/ethereum build is stale.
+	@git diff --exit-code -- examples/ethereum || { echo "examples/ethereum is stale: run make examples and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- examples/ethereum)" || { git status --porcelain -- examples/ethereum; echo "examples/ethereum has uncommitted files: run make examples and commit"; exit 1; }
+
 .PHONY: check-generate
 check-generate: generate ## Fail when the committed gen/ is stale.
 	@git diff --exit-code -- gen || { echo "gen/ is stale: run make generate and commit"; exit 1; }
@@ -78,7 +100,7 @@ readme-check: $(TOOLS) ## Run README.md's grpcurl and curl commands against wsbr
 	scripts/readme-check.sh
 
 .PHONY: interop
-interop: ## Interoperability tests against go-ethereum's JSON-RPC client and server.
+interop: $(TOOLS) ## Interoperability tests against go-ethereum's JSON-RPC client and server.
 	cd interop && $(GO) test -race -count=1 ./...
 
 .PHONY: browser

@@ -5,6 +5,7 @@ go 1.26.0
 replace github.com/wsbridge/wsbridge => ../
 
 require (
+	connectrpc.com/connect v1.19.1
 	github.com/ethereum/go-ethereum v1.17.10
 	github.com/wsbridge/wsbridge v0.0.0
 	google.golang.org/grpc v1.85.0
@@ -12,7 +13,6 @@ require (
 )
 
 require (
-	connectrpc.com/connect v1.19.1 // indirect
 	connectrpc.com/vanguard v0.4.0 // indirect
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0 // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect

@@ -38,12 +38,13 @@ func (m *Method) Params(req protoreflect.Message) (json.RawMessage, error) {
 		}
 		out = append(out, p...)
 	}
-	// Unset fields at the end are left out, so that the backend applies
-	// its defaults; one before a set field is null when it has presence,
-	// its zero value when it has not.
+	// A field without presence is always sent (its zero value too). A
+	// field with presence (optional, a message) that is not set is null,
+	// and left out when only such fields follow, so that the backend
+	// applies its defaults for them.
 	last := -1
 	for i, fd := range m.fields {
-		if req.Has(fd) {
+		if req.Has(fd) || !fd.HasPresence() {
 			last = i
 		}
 	}

@@ -99,14 +99,13 @@ func TestParams(t *testing.T) {
 		{echo, `{}`, `{}`},
 		// The service says hex for every 64-bit integer and bytes field.
 		{strict, `{"i64":"-255","u64":"16","data":"AQI="}`, `{"i64":"-0xff","u64":"0x10","data":"0x0102"}`},
-		// Positional: b, a, c; unset ones at the end left out; an unset
-		// one with presence before a set one is null, one without is its
-		// zero value.
+		// Positional: b (optional), a (no presence), c (a message). a is
+		// always sent; an unset b or c is null, left out at the end.
 		{pos, `{"a":"x","b":"7","c":{"name":"n"}}`, `[7,"x",{"name":"n"}]`},
-		{pos, `{"b":"7"}`, `[7]`},
+		{pos, `{"b":"7"}`, `[7,""]`},
 		{pos, `{"a":"x"}`, `[null,"x"]`},
 		{pos, `{"c":{}}`, `[null,"",{}]`},
-		{pos, `{}`, `[]`},
+		{pos, `{}`, `[null,""]`},
 		{none, `{}`, ``},
 		{heads, `{}`, `["heads"]`},
 	} {

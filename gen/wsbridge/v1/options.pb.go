@@ -153,8 +153,10 @@ const (
 	// that are not set are left out.
 	ParamsShape_PARAMS_SHAPE_NAMED ParamsShape = 1
 	// The request's fields as a JSON array, in the order JsonRpcMethod.fields
-	// gives (default: field number order); an unset field is null, and unset
-	// fields at the end are left out.
+	// gives (default: field number order). A field without presence is always
+	// sent, its zero value too; an unset optional or message field is null,
+	// and left out when only such fields follow it (the backend's defaults
+	// then apply).
 	ParamsShape_PARAMS_SHAPE_POSITIONAL ParamsShape = 2
 	// No params member (the request message has nothing to send).
 	ParamsShape_PARAMS_SHAPE_NONE ParamsShape = 3
