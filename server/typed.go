@@ -99,7 +99,7 @@ func (s *Server) typedCall(ctx context.Context, m *typed.Method, req *dynamicpb.
 	}
 	var resp *dynamicpb.Message
 	err = s.unary(ctx, faceTyped, m.JSONRPC, params, co, func(raw json.RawMessage) (err error) {
-		resp, err = m.Result(raw)
+		resp, err = m.ResultOfValid(raw) // the bridge checked the frame
 		if err != nil {
 			return resultMismatch(m, err)
 		}
@@ -202,7 +202,7 @@ func notificationMessage(m *typed.Method, params json.RawMessage) (*dynamicpb.Me
 	if err != nil || result == nil {
 		return nil, fmt.Errorf("notification params %.100s have no result", params)
 	}
-	return m.Result(result)
+	return m.ResultOfValid(result) // the bridge checked the frame
 }
 
 // typedHTTP returns the handler of the typed services' REST, Connect and

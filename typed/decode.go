@@ -23,6 +23,17 @@ import (
 // notification's result) into a new response message. An error says where
 // in the result and what did not fit; the caller fails that call alone.
 func (m *Method) Result(raw json.RawMessage) (*dynamicpb.Message, error) {
+	if !json.Valid(raw) {
+		return nil, errors.New("result: not valid JSON")
+	}
+	return m.ResultOfValid(raw)
+}
+
+// ResultOfValid is Result for raw that is known to be valid JSON: the
+// bridge checks each backend frame once, and its results and
+// notifications are parts of such frames. Text that is not valid JSON may
+// make it panic.
+func (m *Method) ResultOfValid(raw json.RawMessage) (*dynamicpb.Message, error) {
 	resp := m.NewResponse()
 	if err := m.enc.decodeInto(resp, m.resultField, raw); err != nil {
 		return nil, err
@@ -30,11 +41,9 @@ func (m *Method) Result(raw json.RawMessage) (*dynamicpb.Message, error) {
 	return resp, nil
 }
 
-// decodeInto decodes raw into msg, or into its field fd when fd is not nil.
+// decodeInto decodes raw, valid JSON, into msg, or into its field fd when
+// fd is not nil.
 func (e *encoding) decodeInto(msg protoreflect.Message, fd protoreflect.FieldDescriptor, raw []byte) error {
-	if !json.Valid(raw) {
-		return errors.New("result: not valid JSON")
-	}
 	d := decoder{encoding: e, s: jsonscan.Scanner{B: raw}}
 	d.s.SkipSpace()
 	if fd != nil {

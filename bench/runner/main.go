@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
 type options struct {
@@ -41,7 +43,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results", "where to write the JSON results")
 	flag.DurationVar(&o.duration, "d", 3*time.Second, "measured duration of each cell")
 	flag.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured warm-up of each cell")
-	flag.StringVar(&cases, "cases", "A,A-REST,B,C,D,E,F,G,WAN,BACKENDS,MEM", "cases to run")
+	flag.StringVar(&cases, "cases", "A,A-REST,B,C,D,E,F,G,WAN,BACKENDS,TYPED,MEM", "cases to run")
 	flag.StringVar(&conc, "c", "1,16,64,256", "concurrency levels")
 	flag.StringVar(&payloads, "payloads", "20B,1KiB", "param payloads")
 	flag.IntVar(&o.idleClients, "idle-clients", 10000, "MEM: idle /ws clients")
@@ -212,9 +214,13 @@ func measure(target *proc, fn func() (loadResult, error)) (loadResult, float64, 
 }
 
 func (o options) ghz(addr, payload string, conc int) (loadResult, error) {
-	body := `{"method":"echo","params":` + payloadJSON[payload] + `}`
+	return o.ghzCall(addr, "wsbridge.v1.BridgeService/Call", `{"method":"echo","params":`+payloadJSON[payload]+`}`, conc)
+}
+
+// ghzCall runs ghz on one rpc (found by server reflection) with body.
+func (o options) ghzCall(addr, call, body string, conc int) (loadResult, error) {
 	skip := max(conc*20, 100)
-	cmd := exec.Command(filepath.Join(o.bin, "ghz"), "--insecure", "--call", "wsbridge.v1.BridgeService/Call",
+	cmd := exec.Command(filepath.Join(o.bin, "ghz"), "--insecure", "--call", call,
 		"-d", body, "-c", strconv.Itoa(conc), "-z", (o.duration + o.warmup).String(), "--skipFirst", strconv.Itoa(skip),
 		"--format", "json", addr)
 	out, err := cmd.Output()
@@ -282,7 +288,23 @@ type env struct {
 	// slower (100 ms each way), and gateways in front of two backends.
 	backend2, slowProxy                  *proc
 	gateway2B, gatewaySlow, gatewayHedge *proc
+
+	// TYPED: a gateway serving bench.v1.Bench (benchProto) besides Call.
+	gatewayTyped *proc
 }
+
+// benchProto maps a typed rpc onto the backend's echo with the params the
+// generic Call case sends ({"k": ...}), so that the two compare the same
+// backend traffic.
+const benchProto = `syntax = "proto3";
+package bench.v1;
+import "wsbridge/v1/options.proto";
+service Bench {
+  option (wsbridge.v1.jsonrpc_service) = {};
+  rpc Echo(Payload) returns (Payload);
+}
+message Payload { string k = 1; }
+`
 
 func (o options) startAll() (*env, []*proc, error) {
 	var all []*proc
@@ -328,6 +350,20 @@ func (o options) startAll() (*env, []*proc, error) {
 	all = append(all, e.gatewayWAN)
 	if e.naiveWAN = must(start("naive-gateway-wan", kit, []string{"naive-gateway", "--backend", "ws://" + e.wan.addr + "/"})); e.naiveWAN == nil {
 		return nil, all, errors.New("naive-gateway-wan did not start")
+	}
+	if slices.Contains(o.cases, "TYPED") {
+		set, err := typedtest.Compile(map[string]string{"bench/v1/bench.proto": benchProto}, []string{"proto"}, "bench/v1/bench.proto")
+		if err != nil {
+			return nil, all, fmt.Errorf("bench.proto: %w", err)
+		}
+		path := filepath.Join(os.TempDir(), "wsbridge-bench.binpb")
+		if err := os.WriteFile(path, set, 0o644); err != nil {
+			return nil, all, err
+		}
+		if e.gatewayTyped, err = startGW("wsbridge-typed", e.backendURL, "--descriptor-set", path); err != nil {
+			return nil, all, err
+		}
+		all = append(all, e.gatewayTyped)
 	}
 	if !slices.Contains(o.cases, "BACKENDS") {
 		return e, all, nil
@@ -387,6 +423,16 @@ func (o options) cell(e *env, name, payload string, conc int) (Row, error) {
 		target, fn = e.gatewayWAN, func() (loadResult, error) { return o.ghz(strings.Fields(e.gatewayWAN.addr)[0], payload, conc) }
 	case "G-WAN":
 		target, fn = e.naiveWAN, func() (loadResult, error) { return o.ghz(e.naiveWAN.addr, payload, conc) }
+	case "C-T":
+		// The generic Call on the typed gateway process: the same process
+		// as T, so that their CPU compares calls alone.
+		target = e.gatewayTyped
+		fn = func() (loadResult, error) { return o.ghz(strings.Fields(target.addr)[0], payload, conc) }
+	case "T":
+		target = e.gatewayTyped
+		fn = func() (loadResult, error) {
+			return o.ghzCall(strings.Fields(target.addr)[0], "bench.v1.Bench/Echo", payloadJSON[payload], conc)
+		}
 	case "C-1B", "C-2B", "C-SLOW", "C-HEDGE":
 		target = map[string]*proc{"C-1B": e.gateway, "C-2B": e.gateway2B, "C-SLOW": e.gatewaySlow, "C-HEDGE": e.gatewayHedge}[name]
 		fn = func() (loadResult, error) { return o.ghz(strings.Fields(target.addr)[0], payload, conc) }
@@ -570,6 +616,21 @@ func run(o options) error {
 			rows = append(rows, row)
 		}
 	}
+	if want("TYPED") {
+		// Typed and generic calls on one gateway process, side by side.
+		for _, payload := range o.payloads {
+			for _, conc := range []int{16, 64} {
+				for _, c := range []string{"C-T", "T"} {
+					row, err := o.cell(e, c, payload, conc)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(os.Stderr, "%-7s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms  %.3f CPU s/10k\n", c, payload, conc, row.RPS, row.P50ms, row.P99ms, row.CPUPer10k)
+					rows = append(rows, row)
+				}
+			}
+		}
+	}
 	var mem *Mem
 	if want("MEM") {
 		m, err := o.memory(e)
@@ -658,6 +719,13 @@ func targets(rows []Row, mem *Mem) []Target {
 	}
 	if h, sl := find(rows, "C-HEDGE", p, 16), find(rows, "C-SLOW", p, 16); h != nil && sl != nil {
 		add("One backend 200 ms slow, --hedge-methods echo --hedge-after 20ms: echo p99 < 60 ms", h.P99ms < 60, "p99 %.1f ms (without hedging %.1f ms)", h.P99ms, sl.P99ms)
+	}
+	for _, payload := range []string{"20B", "1KiB"} {
+		if c, ty := find(rows, "C-T", payload, 64), find(rows, "T", payload, 64); c != nil && ty != nil && c.CPUPer10k > 0 {
+			r := ty.CPUPer10k / c.CPUPer10k
+			add(fmt.Sprintf("Typed call (bench.v1.Bench/Echo) <= 1.15x the gateway CPU of Call, %s, concurrency 64", payload), r <= 1.15,
+				"%.2fx (%.3f vs %.3f CPU s per 10k calls)", r, ty.CPUPer10k, c.CPUPer10k)
+		}
 	}
 	if mem != nil {
 		add("<= 40 KiB gateway RSS per idle /ws client", mem.KiBPerIdleClient <= 40, "%.1f KiB", mem.KiBPerIdleClient)

@@ -1,6 +1,6 @@
-// Package typedtest compiles .proto sources into descriptor set files for
-// tests, as `buf build -o` would, with protocompile: the typed package's
-// tests and the gateway's tests of the typed face use it.
+// Package typedtest compiles .proto sources into descriptor sets, as `buf
+// build -o` would, with protocompile: the typed package's tests, the
+// gateway's tests of the typed face and the benchmark runner use it.
 package typedtest
 
 import (
@@ -22,13 +22,27 @@ import (
 // included, and returns its path.
 func CompileSet(t testing.TB, sources map[string]string, importPaths []string, names ...string) string {
 	t.Helper()
+	data, err := Compile(sources, importPaths, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "set.binpb")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Compile is CompileSet's compilation: it returns the descriptor set's
+// bytes.
+func Compile(sources map[string]string, importPaths []string, names ...string) ([]byte, error) {
 	c := protocompile.Compiler{Resolver: protocompile.WithStandardImports(protocompile.CompositeResolver{
 		&protocompile.SourceResolver{Accessor: protocompile.SourceAccessorFromMap(sources)},
 		&protocompile.SourceResolver{ImportPaths: importPaths},
 	})}
 	files, err := c.Compile(context.Background(), names...)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	set := &descriptorpb.FileDescriptorSet{}
 	added := map[string]bool{}
@@ -46,13 +60,5 @@ func CompileSet(t testing.TB, sources map[string]string, importPaths []string, n
 	for _, f := range files {
 		add(f)
 	}
-	data, err := proto.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "set.binpb")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return proto.Marshal(set)
 }
