@@ -14,8 +14,8 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
-run: ## Start the gateway with the embedded demo backend (gRPC :9090, HTTP :8080).
-	$(GO) run ./cmd/wsbridge serve --demo --demo-tick 1s $(RUN_ARGS)
+run: ## Start the gateway with the embedded demo backend and the typed demo API (gRPC :9090, HTTP :8080).
+	$(GO) run ./cmd/wsbridge serve --demo --demo-tick 1s --descriptor-set examples/demo/demo.binpb $(RUN_ARGS)
 
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -26,7 +26,7 @@ build: ## Build bin/wsbridge (static; version and commit stamped in).
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/wsbridge ./cmd/wsbridge
 
 .PHONY: test
-test: vet check-generate check-examples ## vet, the race-enabled tests, and the checks that gen/ and examples/ethereum are not stale.
+test: vet check-generate check-examples ## vet, the race-enabled tests, and the checks that gen/ and examples/ are not stale.
 	$(GO) test -race ./...
 
 .PHONY: vet
@@ -72,17 +72,19 @@ $(GOOGLEAPIS)/package.json:
 	npm install --silent --no-audit --no-fund --prefix .cache/npm google-proto-files@$(GOOGLE_PROTO_FILES)
 
 .PHONY: examples
-examples: $(TOOLS) $(GOOGLEAPIS)/package.json ## Rebuild examples/ethereum: its descriptor set eth.binpb and Go types in gen/.
-	rm -rf examples/ethereum/.deps && mkdir -p examples/ethereum/.deps/google/api examples/ethereum/.deps/wsbridge/v1
-	cp $(GOOGLEAPIS)/google/api/annotations.proto $(GOOGLEAPIS)/google/api/http.proto examples/ethereum/.deps/google/api/
-	cp proto/wsbridge/v1/options.proto examples/ethereum/.deps/wsbridge/v1/
-	cd examples/ethereum && $(BIN)/buf lint && $(BIN)/buf build --path proto/eth --exclude-source-info -o eth.binpb
-	rm -rf examples/ethereum/gen && cd examples/ethereum && $(BIN)/buf generate --path proto/eth
+examples: $(TOOLS) $(GOOGLEAPIS)/package.json ## Rebuild examples/: each example's descriptor set (*.binpb) and Go types in gen/.
+	rm -rf examples/.deps && mkdir -p examples/.deps/google/api examples/.deps/wsbridge/v1
+	cp $(GOOGLEAPIS)/google/api/annotations.proto $(GOOGLEAPIS)/google/api/http.proto examples/.deps/google/api/
+	cp proto/wsbridge/v1/options.proto examples/.deps/wsbridge/v1/
+	cd examples && $(BIN)/buf lint
+	cd examples && $(BIN)/buf build --path ethereum/proto/eth --exclude-source-info -o ethereum/eth.binpb
+	cd examples && $(BIN)/buf build --path demo/proto/demo --exclude-source-info -o demo/demo.binpb
+	rm -rf examples/ethereum/gen examples/demo/gen && cd examples && $(BIN)/buf generate --path ethereum/proto/eth --path demo/proto/demo
 
 .PHONY: check-examples
-check-examples: examples ## Fail when the committed examples/ethereum build is stale.
-	@git diff --exit-code -- examples/ethereum || { echo "examples/ethereum is stale: run make examples and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- examples/ethereum)" || { git status --porcelain -- examples/ethereum; echo "examples/ethereum has uncommitted files: run make examples and commit"; exit 1; }
+check-examples: examples ## Fail when the committed examples/ build is stale.
+	@git diff --exit-code -- examples || { echo "examples/ is stale: run make examples and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- examples)" || { git status --porcelain -- examples; echo "examples/ has uncommitted files: run make examples and commit"; exit 1; }
 
 .PHONY: check-generate
 check-generate: generate ## Fail when the committed gen/ is stale.

@@ -11,7 +11,7 @@ command -v grpcurl >/dev/null || { echo "grpcurl not found: run make tools"; exi
 bin=$(mktemp -d)/wsbridge
 go build -o "$bin" ./cmd/wsbridge
 log=$(mktemp)
-"$bin" serve --demo --demo-tick 1s >"$log" 2>&1 &
+"$bin" serve --demo --demo-tick 1s --descriptor-set examples/demo/demo.binpb >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -30,6 +30,7 @@ while IFS= read -r cmd; do
   case "$cmd" in
     *"/fail"*|*"Grpc-Timeout"*) grep -q '"code"' <<<"$out" || verdict="expected an error" ;;
     *"max-time"*"tick"*) grep -q '"tick"' <<<"$out" || verdict="expected tick notifications" ;;
+    *"max-time"*"DemoService/Ticks"*) grep -q '"seq"' <<<"$out" || verdict="expected typed stream messages" ;;
     *demo_subscribe*) grep -q 'demo_subscription' <<<"$out" || verdict="expected subscription notifications" ;;
     npx*) grep -q '"result"' <<<"$out" || verdict="expected a result" ;;
     *Session*) { [ "$rc" = 0 ] && [ "$(grep -c '"reply"' <<<"$out")" = 3 ]; } || verdict="expected three replies" ;;
