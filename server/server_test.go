@@ -17,6 +17,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -103,8 +105,10 @@ func value(t *testing.T, js string) *structpb.Value {
 	return &v
 }
 
-func jsonOf(t *testing.T, v *structpb.Value) string {
-	b, err := v.MarshalJSON()
+// jsonOf is m as compact JSON with sorted keys.
+func jsonOf(t *testing.T, m proto.Message) string {
+	t.Helper()
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/auth"
 	"github.com/wsbridge/wsbridge/typed"
 	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
@@ -76,14 +76,19 @@ http:
 
 // typedHarness starts a gateway in front of the demo backend that serves
 // demo.proto.
-func typedHarness(t *testing.T) (*harness, *typed.API) {
+func typedHarness(t *testing.T, mutate ...func(*Options)) (*harness, *typed.API) {
 	t.Helper()
 	set := typedtest.CompileSet(t, map[string]string{"demo/v1/demo.proto": demoProto}, []string{"../proto"}, "demo/v1/demo.proto")
 	rules := filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(rules, []byte(demoRules), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := start(t, demoBackend(t), func(o *Options) { o.DescriptorSets, o.HTTPRules = []string{set}, rules })
+	h := start(t, demoBackend(t), func(o *Options) {
+		o.DescriptorSets, o.HTTPRules = []string{set}, rules
+		for _, m := range mutate {
+			m(o)
+		}
+	})
 	return h, h.srv.typed
 }
 
@@ -103,18 +108,6 @@ func invoke(t *testing.T, h *harness, api *typed.API, rpc, req string) (*dynamic
 	return out, h.conn.Invoke(ctxT(t), full, in, out)
 }
 
-func jsonOfMessage(t *testing.T, m proto.Message) string {
-	t.Helper()
-	b, err := protojson.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var x any
-	_ = json.Unmarshal(b, &x)
-	c, _ := json.Marshal(x)
-	return string(c)
-}
-
 func TestTypedGRPC(t *testing.T) {
 	h, api := typedHarness(t)
 	for _, tc := range []struct{ rpc, req, want string }{
@@ -128,7 +121,7 @@ func TestTypedGRPC(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: %v", tc.rpc, tc.req, err)
 		}
-		if got := jsonOfMessage(t, resp); got != tc.want {
+		if got := jsonOf(t, resp); got != tc.want {
 			t.Errorf("%s %s: got %s, want %s", tc.rpc, tc.req, got, tc.want)
 		}
 	}
@@ -153,7 +146,7 @@ func TestTypedGRPC(t *testing.T) {
 		!strings.Contains(st.Message(), "result.text") {
 		t.Fatalf("Misfit: %v", err)
 	}
-	if resp, err := invoke(t, h, api, "demo.v1.Demo.Counter", `{}`); err != nil || jsonOfMessage(t, resp) == `{}` {
+	if resp, err := invoke(t, h, api, "demo.v1.Demo.Counter", `{}`); err != nil || jsonOf(t, resp) == `{}` {
 		t.Fatalf("Counter after the misfit: %v %v", resp, err)
 	}
 	st2 := h.srv.Bridge().Stats()
@@ -298,5 +291,44 @@ func TestTypedBadDescriptorSetFailsAtStart(t *testing.T) {
 	_, err := New(Options{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Bridge: bridge.Options{URL: demoBackend(t)}, DescriptorSets: []string{set}})
 	if err == nil || !strings.Contains(err.Error(), "rpc demo.v1.Demo.Ticks") || !strings.Contains(err.Error(), "server-streaming") {
 		t.Fatalf("New: %v", err)
+	}
+}
+
+// The deny list and the bearer token hold for typed rpcs on every
+// protocol, as for Call.
+func TestTypedObeysDenyListAndAuth(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tf, err := auth.Load(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, api := typedHarness(t, func(o *Options) { o.Auth = tf; o.Bridge.DenyMethods = []string{"add"} })
+	call := func(ctx context.Context, name string) error {
+		d, _ := api.Files.FindDescriptorByName(protoreflect.FullName("demo.v1.Demo." + name))
+		md := d.(protoreflect.MethodDescriptor)
+		return h.conn.Invoke(ctx, "/demo.v1.Demo/"+name, dynamicpb.NewMessage(md.Input()), dynamicpb.NewMessage(md.Output()))
+	}
+	if err := call(ctxT(t), "Counter"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Counter without a token: %v", err)
+	}
+	if err := call(withToken(ctxT(t), "s3cret"), "Counter"); err != nil {
+		t.Fatalf("Counter with the token: %v", err)
+	}
+	if err := call(withToken(ctxT(t), "s3cret"), "Add"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("Add, denied: %v", err)
+	}
+	connect := http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}}
+	if code, body := httpDo(t, http.MethodPost, h.base+"/demo.v1.Demo/Counter", `{}`, connect); code != http.StatusUnauthorized {
+		t.Fatalf("Connect Counter without a token: %d %s", code, body)
+	}
+	connect.Set("Authorization", "Bearer s3cret")
+	if code, body := httpDo(t, http.MethodPost, h.base+"/demo.v1.Demo/Add", `{"a":1,"b":2}`, connect); code != http.StatusForbidden {
+		t.Fatalf("Connect Add, denied: %d %s", code, body)
+	}
+	if code, body := httpDo(t, http.MethodGet, h.base+"/v1/demo/counter", ``, http.Header{"Authorization": {"Bearer s3cret"}}); code != 200 {
+		t.Fatalf("REST counter with the token: %d %s", code, body)
 	}
 }
