@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -55,6 +56,10 @@ func TestPrometheusMetrics(t *testing.T) {
 		`wsbridge_call_duration_seconds_count{code="OK",face="rest",method="other"} 1`,
 		`wsbridge_call_duration_seconds_count{code="Unimplemented",face="rest",method="other"} 1`,
 		`wsbridge_call_duration_seconds_count{code="Unimplemented",face="ws",method="other"} 1`,
+		`wsbridge_backend_messages_total{direction="received"} 4`,
+		`wsbridge_backend_messages_total{direction="sent"} 4`,
+		`wsbridge_backend_errors_by_class_total{class="method_not_found"} 2`, // fail -32601, and the /ws call to no such method
+		`wsbridge_backend_errors_by_class_total{class="invalid_params"} 0`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {
@@ -63,6 +68,30 @@ func TestPrometheusMetrics(t *testing.T) {
 	}
 	if strings.Contains(body, "secret") {
 		t.Error("a client-supplied method name became a label")
+	}
+}
+
+// Without --metrics-methods, the allow list's methods are labels: its
+// names, and the names its patterns match up to a bound; others "other".
+func TestMetricsMethodsFromAllowList(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) { o.Bridge.AllowMethods = []string{"add", "e*", "fail"} })
+	for _, m := range []string{"add", "echo", "fail"} {
+		post(t, h.base+"/v1/call/"+m, `[1,2]`, nil)
+	}
+	post(t, h.base+"/v1/call/sleep", `[1]`, nil) // denied: not in the list
+	m := h.srv.counters.metrics
+	for i := range maxPatternMethods + 10 {
+		m.label(fmt.Sprintf("e%d", i))
+	}
+	_, body := get(t, h.base+"/metrics")
+	for _, want := range []string{`face="rest",method="add"} 1`, `face="rest",method="echo"} 1`, `code="InvalidArgument",face="rest",method="fail"} 1`,
+		`code="PermissionDenied",face="rest",method="other"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if n := m.patternCount.Load(); n != maxPatternMethods || m.label("e-one-more") != "other" || m.label("echo") != "echo" {
+		t.Errorf("%d methods admitted by patterns; a new one is %q", n, m.label("e-one-more"))
 	}
 }
 

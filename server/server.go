@@ -248,7 +248,7 @@ func (s *Server) setReadiness() {
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
-	s.counters.metrics = newMetrics(s, opts.MetricsMethods)
+	s.counters.metrics = newMetrics(s, opts.MetricsMethods, opts.Bridge.AllowMethods)
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
 	// Readiness follows the backend link; health exists before the Bridge

@@ -56,7 +56,9 @@ type counters struct {
 	unauthenticated, refusedClients              atomic.Uint64
 	clientLimited, revoked, hostRefused          atomic.Uint64
 	// errorsByReason has a counter for every errorReason, made at start.
-	errorsByReason                   map[string]*atomic.Uint64
+	errorsByReason map[string]*atomic.Uint64
+	// byClass counts backend error replies by rpcClasses' index.
+	byClass                          [len(rpcClasses)]atomic.Uint64
 	metrics                          *metrics // nil: no histograms
 	activeGRPC, activeHTTP, activeWS atomic.Int64
 }
@@ -99,9 +101,39 @@ func (c *counters) finished(f face, method string, start time.Time, err error) {
 	}
 	c.errors.Add(1)
 	c.errorsByReason[errorReason(err)].Add(1)
-	if bridge.CodeOf(err) == bridge.CodeBackendError {
+	var be *bridge.Error
+	if errors.As(err, &be) && be.Code == bridge.CodeBackendError {
 		c.backendErrors.Add(1)
+		if be.RPC != nil {
+			c.byClass[rpcClass(be.RPC.Code)].Add(1)
+		}
 	}
+}
+
+// rpcClasses name the classes of JSON-RPC error codes (see rpcClass).
+var rpcClasses = [...]string{"parse_error", "invalid_request", "method_not_found", "invalid_params", "internal_error", "server_error", "application"}
+
+// rpcClass is the index in rpcClasses of a JSON-RPC error code's class:
+// the five codes the specification names, its range for server errors,
+// and the rest, defined by the application.
+func rpcClass(code int64) int {
+	switch {
+	case code == -32700:
+		return 0
+	case code >= -32603 && code <= -32600:
+		return int(-32600 - code + 1)
+	case code >= -32099 && code <= -32000:
+		return 5
+	}
+	return 6
+}
+
+func (c *counters) backendErrorsByClass() map[string]uint64 {
+	out := make(map[string]uint64, len(rpcClasses))
+	for i, name := range rpcClasses {
+		out[name] = c.byClass[i].Load()
+	}
+	return out
 }
 
 // errorReason names the kind of a failure for the stats: the bridge code's
@@ -204,6 +236,8 @@ func (s *Server) snapshot() *wsbridgev1.Stats {
 		Hedges:                  bs.Hedges,
 		Coalesced:               bs.Coalesced,
 		CacheHits:               bs.CacheHits,
+		BackendMessages:         map[string]uint64{"sent": bs.MessagesOut, "received": bs.MessagesIn},
+		BackendErrorsByClass:    c.backendErrorsByClass(),
 	}
 	for _, be := range bs.Backends {
 		st.Backends = append(st.Backends, &wsbridgev1.BackendStats{

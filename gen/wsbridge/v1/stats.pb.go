@@ -266,7 +266,8 @@ type Stats struct {
 	HttpProxied uint64 `protobuf:"varint,6,opt,name=http_proxied,json=httpProxied,proto3" json:"http_proxied,omitempty"`
 	// Client requests over gRPC.
 	GrpcCalls uint64 `protobuf:"varint,7,opt,name=grpc_calls,json=grpcCalls,proto3" json:"grpc_calls,omitempty"`
-	// JSON-RPC messages written to or read from the backend.
+	// JSON-RPC messages written to or read from the backend. (Not a metric:
+	// backend_messages counts them by direction.)
 	MessagesProxied uint64 `protobuf:"varint,8,opt,name=messages_proxied,json=messagesProxied,proto3" json:"messages_proxied,omitempty"`
 	// Successful backend dials.
 	BackendConnects uint64 `protobuf:"varint,9,opt,name=backend_connects,json=backendConnects,proto3" json:"backend_connects,omitempty"`
@@ -275,13 +276,15 @@ type Stats struct {
 	// Client requests that ended with an error, backend errors included (by
 	// kind: errors_by_reason).
 	Errors uint64 `protobuf:"varint,11,opt,name=errors,proto3" json:"errors,omitempty"`
-	// 1 while a backend connection is open.
+	// 1 while a backend connection is open. (Not a metric: backend_state
+	// says the same, and more.)
 	BackendConnected bool `protobuf:"varint,12,opt,name=backend_connected,json=backendConnected,proto3" json:"backend_connected,omitempty"`
 	// Clients connected now (gRPC, WebSocket and HTTP connections).
 	ActiveClients int64 `protobuf:"varint,13,opt,name=active_clients,json=activeClients,proto3" json:"active_clients,omitempty"`
 	// requests_handled divided by uptime.
 	RequestsPerSecond float64 `protobuf:"fixed64,14,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
-	// Requests per second over the last 10 seconds.
+	// Requests per second over the last 10 seconds. (Not a metric:
+	// Prometheus computes rates from the counters.)
 	RecentRequestsPerSecond float64 `protobuf:"fixed64,15,opt,name=recent_requests_per_second,json=recentRequestsPerSecond,proto3" json:"recent_requests_per_second,omitempty"`
 	// Calls and notifications not yet ended.
 	InFlight int64 `protobuf:"varint,16,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
@@ -385,9 +388,16 @@ type Stats struct {
 	// Calls answered from the reply cache (--cache-methods).
 	CacheHits uint64 `protobuf:"varint,55,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
 	// One row per configured backend.
-	Backends      []*BackendStats `protobuf:"bytes,56,rep,name=backends,proto3" json:"backends,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Backends []*BackendStats `protobuf:"bytes,56,rep,name=backends,proto3" json:"backends,omitempty"`
+	// JSON-RPC messages by direction: sent (to the backends) and received
+	// (from them; each element of a batch counts one).
+	BackendMessages map[string]uint64 `protobuf:"bytes,57,rep,name=backend_messages,json=backendMessages,proto3" json:"backend_messages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Backend error replies by the JSON-RPC code's class: parse_error,
+	// invalid_request, method_not_found, invalid_params, internal_error,
+	// server_error (-32000 to -32099), application (any other code).
+	BackendErrorsByClass map[string]uint64 `protobuf:"bytes,58,rep,name=backend_errors_by_class,json=backendErrorsByClass,proto3" json:"backend_errors_by_class,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -812,6 +822,20 @@ func (x *Stats) GetBackends() []*BackendStats {
 	return nil
 }
 
+func (x *Stats) GetBackendMessages() map[string]uint64 {
+	if x != nil {
+		return x.BackendMessages
+	}
+	return nil
+}
+
+func (x *Stats) GetBackendErrorsByClass() map[string]uint64 {
+	if x != nil {
+		return x.BackendErrorsByClass
+	}
+	return nil
+}
+
 // BackendStats are one backend's figures (Stats.backends). Each field is
 // declared like Stats' own; metrics carry the backend's url as a label.
 type BackendStats struct {
@@ -999,7 +1023,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xb77\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xce<\n" +
 	"\x05Stats\x12X\n" +
 	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
 	"instanceId\x12i\n" +
@@ -1013,15 +1037,15 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\fhttp_proxied\x18\x06 \x01(\x04BA\xea\xe0\x18=\b\x01\x12*Client requests over HTTP (REST and /rpc).\x18\x03\"\vhttpProxiedR\vhttpProxied\x12C\n" +
 	"\n" +
 	"grpc_calls\x18\a \x01(\x04B$\xea\xe0\x18 \b\x01\x12\x1aClient requests over gRPC.\x18\x03R\tgrpcCalls\x12|\n" +
-	"\x10messages_proxied\x18\b \x01(\x04BQ\xea\xe0\x18M\b\x01\x126JSON-RPC messages written to or read from the backend.\x18\x02\"\x0fmessagesProxiedR\x0fmessagesProxied\x12_\n" +
+	"\x10messages_proxied\x18\b \x01(\x04BQ\xea\xe0\x18M\b\x03\x126JSON-RPC messages written to or read from the backend.\x18\x02\"\x0fmessagesProxiedR\x0fmessagesProxied\x12_\n" +
 	"\x10backend_connects\x18\t \x01(\x04B4\xea\xe0\x180\b\x01\x12\x19Successful backend dials.\x18\x02\"\x0fbackendConnectsR\x0fbackendConnects\x12}\n" +
 	"\x12backend_reconnects\x18\n" +
 	" \x01(\x04BN\xea\xe0\x18J\b\x01\x121Successful backend dials after a lost connection.\x18\x02\"\x11backendReconnectsR\x11backendReconnects\x12\x88\x01\n" +
 	"\x06errors\x18\v \x01(\x04Bp\xea\xe0\x18l\b\x01\x12^Client requests that ended with an error, backend errors included (by kind: errors_by_reason).\x18\x04\"\x06errorsR\x06errors\x12n\n" +
-	"\x11backend_connected\x18\f \x01(\bBA\xea\xe0\x18=\b\x02\x12%1 while a backend connection is open.\x18\x02\"\x10backendConnectedR\x10backendConnected\x12}\n" +
+	"\x11backend_connected\x18\f \x01(\bBA\xea\xe0\x18=\b\x03\x12%1 while a backend connection is open.\x18\x02\"\x10backendConnectedR\x10backendConnected\x12}\n" +
 	"\x0eactive_clients\x18\r \x01(\x03BV\xea\xe0\x18R\b\x02\x12=Clients connected now (gRPC, WebSocket and HTTP connections).\x18\x06\"\ractiveClientsR\ractiveClients\x12p\n" +
-	"\x13requests_per_second\x18\x0e \x01(\x01B@\xea\xe0\x18<\b\x03\x12#requests_handled divided by uptime.\x18\x03\"\x11requestsPerSecondR\x11requestsPerSecond\x12\x89\x01\n" +
-	"\x1arecent_requests_per_second\x18\x0f \x01(\x01BL\xea\xe0\x18H\b\x02\x12-Requests per second over the last 10 seconds.\x18\x03*\x13requests_per_secondR\x17recentRequestsPerSecond\x12M\n" +
+	"\x13requests_per_second\x18\x0e \x01(\x01B@\xea\xe0\x18<\b\x03\x12#requests_handled divided by uptime.\x18\x03\"\x11requestsPerSecondR\x11requestsPerSecond\x12t\n" +
+	"\x1arecent_requests_per_second\x18\x0f \x01(\x01B7\xea\xe0\x183\b\x03\x12-Requests per second over the last 10 seconds.\x18\x03R\x17recentRequestsPerSecond\x12M\n" +
 	"\tin_flight\x18\x10 \x01(\x03B0\xea\xe0\x18,\b\x02\x12&Calls and notifications not yet ended.\x18\x03R\binFlight\x12D\n" +
 	"\btimeouts\x18\x11 \x01(\x04B(\xea\xe0\x18$\b\x01\x12\x1eCalls that hit their deadline.\x18\x04R\btimeouts\x12f\n" +
 	"\x0elate_responses\x18\x12 \x01(\x04B?\xea\xe0\x18;\b\x01\x125Backend replies that came after their caller gave up.\x18\x02R\rlateResponses\x12\x88\x01\n" +
@@ -1067,8 +1091,16 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\tcoalesced\x186 \x01(\x04Bh\xea\xe0\x18d\b\x01\x12^Calls that joined an identical call under way instead of reaching a backend (--dedup-methods).\x18\x03R\tcoalesced\x12_\n" +
 	"\n" +
 	"cache_hits\x187 \x01(\x04B@\xea\xe0\x18<\b\x01\x126Calls answered from the reply cache (--cache-methods).\x18\x03R\tcacheHits\x12v\n" +
-	"\bbackends\x188 \x03(\v2\x19.wsbridge.v1.BackendStatsB?\xea\xe0\x18;\b\x03\x12\x1fOne row per configured backend.\x18\x02*\vper_backend2\abackendR\bbackends\x1aA\n" +
+	"\bbackends\x188 \x03(\v2\x19.wsbridge.v1.BackendStatsB?\xea\xe0\x18;\b\x03\x12\x1fOne row per configured backend.\x18\x02*\vper_backend2\abackendR\bbackends\x12\xdf\x01\n" +
+	"\x10backend_messages\x189 \x03(\v2'.wsbridge.v1.Stats.BackendMessagesEntryB\x8a\x01\xea\xe0\x18\x85\x01\b\x01\x12tJSON-RPC messages by direction: sent (to the backends) and received (from them; each element of a batch counts one).\x18\x022\tdirectionR\x0fbackendMessages\x12\xbb\x02\n" +
+	"\x17backend_errors_by_class\x18: \x03(\v2,.wsbridge.v1.Stats.BackendErrorsByClassEntryB\xd5\x01\xea\xe0\x18\xd0\x01\b\x01\x12\xc2\x01Backend error replies by the JSON-RPC code's class: parse_error, invalid_request, method_not_found, invalid_params, internal_error, server_error (-32000 to -32099), application (any other code).\x18\x042\x05classR\x14backendErrorsByClass\x1aA\n" +
 	"\x13ErrorsByReasonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aB\n" +
+	"\x14BackendMessagesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aG\n" +
+	"\x19BackendErrorsByClassEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xd3\n" +
 	"\n" +
@@ -1117,7 +1149,7 @@ func file_wsbridge_v1_stats_proto_rawDescGZIP() []byte {
 }
 
 var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(BackendState)(0),             // 0: wsbridge.v1.BackendState
 	(*WatchStatsRequest)(nil),     // 1: wsbridge.v1.WatchStatsRequest
@@ -1126,29 +1158,33 @@ var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(*Stats)(nil),                 // 4: wsbridge.v1.Stats
 	(*BackendStats)(nil),          // 5: wsbridge.v1.BackendStats
 	nil,                           // 6: wsbridge.v1.Stats.ErrorsByReasonEntry
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	nil,                           // 7: wsbridge.v1.Stats.BackendMessagesEntry
+	nil,                           // 8: wsbridge.v1.Stats.BackendErrorsByClassEntry
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_wsbridge_v1_stats_proto_depIdxs = []int32{
-	7,  // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
-	8,  // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	10, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
 	3,  // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
 	6,  // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
-	8,  // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
+	10, // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
 	3,  // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
 	5,  // 7: wsbridge.v1.Stats.backends:type_name -> wsbridge.v1.BackendStats
-	0,  // 8: wsbridge.v1.BackendStats.state:type_name -> wsbridge.v1.BackendState
-	3,  // 9: wsbridge.v1.BackendStats.latency:type_name -> wsbridge.v1.Latency
-	2,  // 10: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
-	1,  // 11: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
-	4,  // 12: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
-	4,  // 13: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 8: wsbridge.v1.Stats.backend_messages:type_name -> wsbridge.v1.Stats.BackendMessagesEntry
+	8,  // 9: wsbridge.v1.Stats.backend_errors_by_class:type_name -> wsbridge.v1.Stats.BackendErrorsByClassEntry
+	0,  // 10: wsbridge.v1.BackendStats.state:type_name -> wsbridge.v1.BackendState
+	3,  // 11: wsbridge.v1.BackendStats.latency:type_name -> wsbridge.v1.Latency
+	2,  // 12: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
+	1,  // 13: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
+	4,  // 14: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
+	4,  // 15: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_stats_proto_init() }
@@ -1163,7 +1199,7 @@ func file_wsbridge_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_stats_proto_rawDesc), len(file_wsbridge_v1_stats_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
