@@ -36,18 +36,20 @@ func (s *Server) httpHandler() (http.Handler, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", s.serveHealthz)
-	mux.HandleFunc("/__stats", s.serveSeedStats)
 	mux.HandleFunc("/ws", s.serveWS)
 	mux.HandleFunc("/rpc", s.serveRPC)
 	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
-	mux.Handle("/v1/stats:watch", s.restHandler(streamGW))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
-	mux.HandleFunc("GET /{$}", serveDashboard)
-	mux.HandleFunc("GET /dashboard.js", serveDashboard)
-	mux.HandleFunc("GET /dashboard.css", serveDashboard)
-	mux.HandleFunc("GET /dashboard-schema.json", serveDashboardSchema)
-	mux.Handle("GET /metrics", s.metricsHandler())
+	ops := &opsRoutes{stats: s.restHandler(gw), watch: s.restHandler(streamGW)}
+	if s.opts.AdminAddr == "" {
+		s.registerOps(mux, ops)
+	} else {
+		// They are on the admin listener: clients see none of them.
+		gone := func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }
+		mux.HandleFunc("/v1/stats", gone)
+		mux.HandleFunc("/v1/stats:watch", gone)
+		s.admin = ops
+	}
 	root := s.restHandler(gw)
 	if s.typed != nil {
 		// The typed services' routes; what they do not match goes on to

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,8 +16,10 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	"github.com/wsbridge/wsbridge/gen/openapiv2"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/auth"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -211,5 +214,55 @@ func TestDashboardFiles(t *testing.T) {
 	}
 	if code, _ := get(t, h.base+"/index.html"); code != http.StatusNotFound {
 		t.Errorf("GET /index.html: HTTP %d, want 404 (only / serves the page)", code)
+	}
+}
+
+// With an admin listener the operational routes move there, served with
+// no token; the client port serves none of them. Readiness on it turns
+// 503 when the drain starts, while the admin listener still answers.
+func TestAdminListener(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tf, err := auth.Load(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, demoBackend(t), func(o *Options) {
+		o.AdminAddr, o.Auth, o.ShutdownDelay = "127.0.0.1:0", tf, 300*time.Millisecond
+		o.AdminHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("debug")) })
+	})
+	admin := "http://" + h.srv.AdminAddr().String()
+	token := http.Header{"Authorization": {"Bearer s3cret"}}
+	for _, path := range []string{"/metrics", "/healthz", "/readyz", "/livez", "/__stats", "/v1/stats", "/", "/dashboard.js", "/dashboard-schema.json", "/debug/pprof/"} {
+		if code, body := httpDo(t, http.MethodGet, admin+path, "", nil); code != 200 {
+			t.Errorf("admin %s: %d %.100s", path, code, body)
+		}
+		if path == "/debug/pprof/" {
+			continue
+		}
+		if code, _ := httpDo(t, http.MethodGet, h.base+path, "", token); code != http.StatusNotFound {
+			t.Errorf("client port %s: %d, want 404", path, code)
+		}
+	}
+	// The API stays on the client port, behind the token.
+	if code, _ := httpDo(t, http.MethodPost, h.base+"/v1/call/add", `[1,2]`, http.Header{"Content-Type": {"application/json"}}); code != http.StatusUnauthorized {
+		t.Errorf("client call without a token: %d", code)
+	}
+	if code, body := httpDo(t, http.MethodPost, h.base+"/v1/call/add", `[1,2]`, http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer s3cret"}}); code != 200 {
+		t.Errorf("client call: %d %s", code, body)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	bridgetest.Eventually(t, "readiness 503 on the admin port during the drain", func() bool {
+		code, _ := httpDo(t, http.MethodGet, admin+"/readyz", "", nil)
+		return code == http.StatusServiceUnavailable
+	})
+	if code, _ := httpDo(t, http.MethodGet, admin+"/livez", "", nil); code != 200 {
+		t.Errorf("liveness during the drain: %d", code)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
 	}
 }

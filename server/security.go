@@ -124,7 +124,7 @@ func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
 // comes from the authenticated API).
 func openHTTP(path string) bool {
 	switch path {
-	case "/healthz", "/metrics", "/openapi.json", "/", "/dashboard.js", "/dashboard.css", "/dashboard-schema.json":
+	case "/healthz", "/readyz", "/livez", "/metrics", "/openapi.json", "/", "/dashboard.js", "/dashboard.css", "/dashboard-schema.json":
 		return true
 	}
 	return false

@@ -44,6 +44,13 @@ type Options struct {
 	// wsbridge.v1 mapping options: each is served as a typed API on gRPC,
 	// and on REST (its google.api.http rules), Connect and gRPC-Web.
 	DescriptorSets []string
+	// AdminAddr, if set, is the address of the admin listener: /metrics,
+	// /healthz, /readyz, /livez, /__stats, /v1/stats, /v1/stats:watch and
+	// the dashboard move there from the HTTP listener, with AdminHandler at
+	// /debug/. It asks for no token: give it a private address.
+	AdminAddr string
+	// AdminHandler serves /debug/ on the admin listener (pprof).
+	AdminHandler http.Handler
 	// HTTPRules is a gRPC API configuration YAML file (as grpc-gateway's)
 	// with HTTP rules for the typed services, besides those in their
 	// descriptors.
@@ -163,16 +170,19 @@ func (o Options) withDefaults() Options {
 // listeners; Run serves until its context is done, then shuts down.
 type Server struct {
 	// Static after New.
-	opts     Options
-	log      *slog.Logger
-	bridge   *bridge.Bridge
-	counters *counters
-	health   *health.Server
-	grpc     *grpc.Server
-	http     *http.Server
-	grpcLn   net.Listener
-	httpLn   net.Listener
-	typed    *typed.API // nil without Options.DescriptorSets
+	opts      Options
+	log       *slog.Logger
+	bridge    *bridge.Bridge
+	counters  *counters
+	health    *health.Server
+	grpc      *grpc.Server
+	http      *http.Server
+	grpcLn    net.Listener
+	httpLn    net.Listener
+	typed     *typed.API // nil without Options.DescriptorSets
+	adminLn   net.Listener
+	adminHTTP *http.Server
+	admin     *opsRoutes // the routes the admin listener serves; nil without AdminAddr
 
 	// streamsCtx is cancelled at shutdown to end streaming RPCs.
 	streamsCtx context.Context
@@ -283,6 +293,14 @@ func New(opts Options) (*Server, error) {
 	if tcp, ok := s.httpLn.Addr().(*net.TCPAddr); ok {
 		s.loopbackOnly = tcp.IP.IsLoopback()
 	}
+	if opts.AdminAddr != "" {
+		if s.adminLn, err = net.Listen("tcp", opts.AdminAddr); err != nil {
+			b.Close()
+			s.grpcLn.Close()
+			s.httpLn.Close()
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
 	if opts.Auth != nil && opts.TLS == nil && !(isLoopback(s.grpcLn.Addr()) && s.loopbackOnly) {
 		s.log.Warn("bearer tokens are accepted without TLS on a non-loopback address: they cross the network in the clear (give --tls-cert and --tls-key, or terminate TLS in front)",
 			"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String())
@@ -331,6 +349,9 @@ func New(opts Options) (*Server, error) {
 		b.Close()
 		s.grpcLn.Close()
 		s.httpLn.Close()
+		if s.adminLn != nil {
+			s.adminLn.Close()
+		}
 		if s.inprocConn != nil {
 			s.inprocConn.Close()
 		}
@@ -400,11 +421,23 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) run(ctx context.Context) error {
-	s.log.Info("wsbridge listening",
-		"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String(), "backend", s.bridge.LogURL())
+// AdminAddr returns the admin listener's address (nil without
+// Options.AdminAddr).
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
 
-	serveErr := make(chan error, 2)
+func (s *Server) run(ctx context.Context) error {
+	attrs := []any{"grpc", s.grpcLn.Addr().String(), "http", s.httpLn.Addr().String(), "backend", s.bridge.LogURL()}
+	if s.adminLn != nil {
+		attrs = append(attrs, "admin", s.adminLn.Addr().String())
+	}
+	s.log.Info("wsbridge listening", attrs...)
+
+	serveErr := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := s.grpc.Serve(s.grpcLn); err != nil {
@@ -415,6 +448,14 @@ func (s *Server) run(ctx context.Context) error {
 	revCtx, stopRevocation := context.WithCancel(context.Background())
 	if s.opts.Auth != nil {
 		wg.Go(func() { s.watchRevocation(revCtx) })
+	}
+	if s.adminLn != nil {
+		s.adminHTTP = s.adminServer()
+		wg.Go(func() {
+			if err := s.adminHTTP.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("admin server: %w", err)
+			}
+		})
 	}
 	wg.Go(func() {
 		err := s.http.Serve(s.httpLn)
@@ -500,6 +541,10 @@ func (s *Server) shutdown() {
 		_ = s.http.Close()
 	}
 	_ = s.inprocConn.Close()
+	if s.adminHTTP != nil {
+		// Last: probes and scrapes saw the drain to its end.
+		_ = s.adminHTTP.Close()
+	}
 	s.log.Info("shutdown complete")
 }
 

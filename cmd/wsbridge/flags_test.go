@@ -124,6 +124,7 @@ func TestServeRefusesBadValues(t *testing.T) {
 		{[]string{"--balance", "fastest"}, nil, "--balance fastest: must be priority, round-robin or least-inflight"},
 		{[]string{"--hedge-after", "0s"}, nil, "--hedge-after 0s: must be a positive duration"},
 		{[]string{"--breaker-failures", "0"}, nil, "--breaker-failures 0: must be at least 1"},
+		{[]string{"--admin-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"}, nil, "--admin-addr serves pprof itself; --debug-addr is for a gateway without an admin listener"},
 		{[]string{"--backend-idle-timeout", "1m", "--backend-eager"}, nil, "--backend-idle-timeout closes idle backend connections, which --backend-eager redials at once"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -202,11 +202,14 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		opts.Bridge.URL = demo.url
 		log.Info("--demo: started the embedded demo backend", "url", demo.url)
 	}
+	var tokens interface{ Check(string) bool }
+	if opts.Auth != nil {
+		tokens = opts.Auth
+	}
+	if opts.AdminAddr != "" {
+		opts.AdminHandler = debugHandler(tokens) // pprof on the admin listener
+	}
 	if sf.debugAddr != "" {
-		var tokens interface{ Check(string) bool }
-		if opts.Auth != nil {
-			tokens = opts.Auth
-		}
 		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens)
 		if err != nil {
 			log.Error("cannot listen on --debug-addr", "err", err)
@@ -331,6 +334,15 @@ func serveDebug(addr string, tokens interface{ Check(string) bool }) (func(), st
 	if err != nil {
 		return nil, "", err
 	}
+	hs := &http.Server{Handler: debugHandler(tokens), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(ln) }()
+	return func() { hs.Close(); <-done }, ln.Addr().String(), nil
+}
+
+// debugHandler is net/http/pprof at /debug/pprof/, behind the token when
+// there are tokens, with its command line redacted.
+func debugHandler(tokens interface{ Check(string) bool }) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
@@ -352,10 +364,7 @@ func serveDebug(addr string, tokens interface{ Check(string) bool }) (func(), st
 			mux.ServeHTTP(w, r)
 		})
 	}
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = hs.Serve(ln) }()
-	return func() { hs.Close(); <-done }, ln.Addr().String(), nil
+	return handler
 }
 
 // redactArgs returns a command line with the values of the flags that may

@@ -59,6 +59,7 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.bool(&sf.demo, "demo", false, "start the embedded demo backend in-process and use it as the backend (make run does)")
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "gRPC listen address")
 	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (REST, /ws, /rpc, /__stats)")
+	fs.StringVar(&o.AdminAddr, "admin-addr", "", "admin listen address (e.g. 127.0.0.1:9091): /metrics, /healthz, /readyz, /livez, /__stats, /v1/stats, the dashboard and pprof move there from the HTTP listener, with no token asked (keep it private); off when empty")
 	fs.bool(&bo.Eager, "backend-eager", false, "dial the backend at start and redial in the background after a loss")
 	fs.int(&bo.Conns, "backend-conns", 1, "backend connections, used round-robin")
 	sf.headers = fs.list("backend-header", "\n", nil, `a header for the backend handshake, as "Name: value" (repeatable; newline-separated in the environment)`)
@@ -206,6 +207,8 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		return fmt.Errorf("--demo starts the embedded demo backend and %s names another: give one of them", fs.source("backend"))
 	case !sf.demo && len(sf.backends.values) == 0 && !fileBackends:
 		return fmt.Errorf("no backend: give its URL with --backend ws://HOST:PORT/PATH (or %s, or backend: in --config), or run the embedded demo backend with --demo", envName("backend"))
+	case o.AdminAddr != "" && sf.debugAddr != "":
+		return fmt.Errorf("%s serves pprof itself; %s is for a gateway without an admin listener: give one of them", fs.source("admin-addr"), fs.source("debug-addr"))
 	case sf.demoTick != 0 && !sf.demo:
 		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
 	case bo.IdleTimeout > 0 && bo.Eager:
