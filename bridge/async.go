@@ -25,7 +25,8 @@ func (b *Bridge) Go(method string, params json.RawMessage, co CallOptions, done 
 		done(nil, err)
 		return func() {}
 	}
-	if p := b.policies.of(method); !p.plain() {
+	if p := b.policies.of(method); !p.plain() || b.tracer != nil {
+		// With tracing on, the call is traced the synchronous way too.
 		// Retries, hedges, deduplication and the cache run the
 		// synchronous way, on a goroutine of the Bridge.
 		return b.goCall(func(ctx context.Context) (json.RawMessage, error) {
@@ -72,6 +73,9 @@ func (a *asyncCall) startOn() {
 		return
 	}
 	id := b.nextID.Add(1)
+	if a.co.OnBackend != nil {
+		a.co.OnBackend(c.slot.be.displayURL)
+	}
 	o := newAsyncOp(id, jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(a.quoted, a.params)), id, true, a.quoted, a.params), a.settle)
 	// The timer exists before o can complete (complete stops it).
 	o.timer = time.AfterFunc(time.Until(a.deadline), func() { a.expire(o, c, CodeDeadlineExceeded) })

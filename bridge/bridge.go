@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/wsbridge/wsbridge/internal/defaults"
 	"github.com/wsbridge/wsbridge/internal/glob"
 	"github.com/wsbridge/wsbridge/internal/window"
@@ -133,6 +136,13 @@ type Options struct {
 	// excepted). Changes that come while it runs are coalesced into one
 	// more call. It is not called after Close returns.
 	OnStateChange func(State)
+	// TracerProvider, if set, traces each call to a backend as a client
+	// span (see trace.go). Nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
+	// TraceParam, with tracing on, adds the call's trace context to params
+	// that are a JSON object, as the member of this name:
+	// {"traceparent": "00-..."}. Empty: params go unchanged.
+	TraceParam string
 	// CancelMethod, if set, is sent as a notification {"id": <gateway id>}
 	// when a caller gives up on a call the backend has already received
 	// (e.g. "$/cancelRequest").
@@ -197,6 +207,13 @@ type CallOptions struct {
 	// WaitForReady makes the call wait for a connection while the Bridge
 	// backs off after a failed dial, instead of failing with CodeUnavailable.
 	WaitForReady bool
+	// TraceParent is the span a call made with Go (which takes no context)
+	// continues, when tracing is on (Options.TracerProvider).
+	TraceParent trace.SpanContext
+	// OnBackend, if set, is called with the display URL of the backend each
+	// request of the call is written to (an access log's "backend"). It
+	// runs on the goroutine that writes, and must not block.
+	OnBackend func(url string)
 }
 
 // Bridge multiplexes calls over the backend connection(s). It is safe for
@@ -230,8 +247,9 @@ type Bridge struct {
 	changed   chan struct{}
 
 	hub          *hub
-	cancelMethod []byte   // Options.CancelMethod as a JSON string; nil if unset
-	quoted       sync.Map // method -> []byte, see quote
+	tracer       trace.Tracer // nil without Options.TracerProvider
+	cancelMethod []byte       // Options.CancelMethod as a JSON string; nil if unset
+	quoted       sync.Map     // method -> []byte, see quote
 	quotedN      atomic.Int64
 
 	// Background work (unsubscribes, resubscribes): bgCtx ends at Close,
@@ -289,6 +307,9 @@ func New(opts Options) (*Bridge, error) {
 		changed:     make(chan struct{}),
 	}
 	b.policies = newPolicies(b)
+	if opts.TracerProvider != nil {
+		b.tracer = opts.TracerProvider.Tracer(tracerName)
+	}
 	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
 	if opts.CancelMethod != "" {
 		b.cancelMethod = jsonrpc.AppendString(nil, opts.CancelMethod)
@@ -506,6 +527,14 @@ func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, 
 		return nil, err
 	}
 	defer b.done()
+	if b.tracer != nil {
+		var span trace.Span
+		ctx, span = b.startSpan(ctx, method, co)
+		defer func() { endSpan(span, err) }()
+		if b.opts.TraceParam != "" && !spec.notify {
+			params = withTraceParam(ctx, b.opts.TraceParam, params)
+		}
+	}
 	timeout := b.timeout(co)
 	// A caller whose own deadline comes first needs no timer of ours.
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
@@ -613,6 +642,9 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 	// not for the one it happened to pick: that one may never come back.
 	several := spec.slot < 0 && len(b.backends) > 1
 	for {
+		if b.tracer != nil && s.currentState() != StateConnected {
+			b.traceEvent(ctx, "backend.dial", attribute.String("server.address", s.be.displayURL))
+		}
 		c, err := s.conn(ctx, co.WaitForReady && !several)
 		if err != nil {
 			if several && CodeOf(err) == CodeUnavailable && ctx.Err() == nil {
@@ -633,6 +665,10 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 			return nil, err
 		}
 		id := b.nextID.Add(1)
+		b.traceRequest(ctx, id, s)
+		if co.OnBackend != nil {
+			co.OnBackend(s.be.displayURL)
+		}
 		frame := jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
 		o := newOp(id, spec.notify, frame)
 		o.onResult = spec.onResult
@@ -647,6 +683,7 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 			retried = true
 			b.counters.retries.Add(1)
 			s = b.pickSlot(-1, c.slot.be)
+			b.traceEvent(ctx, "retry", attribute.String("cause", err.Error()))
 			continue
 		}
 		return res, err

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/wsbridge/wsbridge/internal/glob"
 )
 
@@ -309,6 +311,7 @@ func (b *Bridge) hedged(ctx context.Context, quoted []byte, params json.RawMessa
 		hedgedAlready = true
 		if second := b.pickBackend(first); second != first && launch(second) {
 			b.counters.hedges.Add(1)
+			b.traceEvent(ctx, "hedge", attribute.String("server.address", second.displayURL))
 			running++
 		}
 	}

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/wsbridge/wsbridge/backend"
+	"github.com/wsbridge/wsbridge/backend/backendtest"
 	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 	"github.com/wsbridge/wsbridge/internal/gatewaytest"
@@ -75,7 +77,8 @@ func number(t *testing.T, s string) float64 {
 // with GetStats, and its charts draw; a screenshot is kept.
 func TestDashboardInChromium(t *testing.T) {
 	exe := chromium(t)
-	srv := gatewaytest.Start(t, server.Options{Bridge: bridge.Options{URL: gatewaytest.Backend(t)}})
+	backendURL, _ := backendtest.Start(t, backend.Options{Tick: 50 * time.Millisecond})
+	srv := gatewaytest.Start(t, server.Options{Bridge: bridge.Options{URL: backendURL}})
 	base := "http://" + srv.HTTPAddr().String()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -97,6 +100,20 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatalf("the page did not update from /v1/stats: %v", err)
 	}
 	before := text(ctx, t, "requests")
+	// The page reads its snapshots from the event stream, not by polling.
+	if transport, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.dataset.transport`)); err != nil || transport != "sse" {
+		t.Fatalf("the dashboard updates by %q (%v), want sse (EventSource on /v1/stats:watch)", transport, err)
+	}
+	// The browser's own EventSource reads /v1/subscribe: backend ticks.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.ticks = [];
+		new EventSource("/v1/subscribe?methods=tick").addEventListener("notification", (e) => window.ticks.push(JSON.parse(e.data).method));
+		true`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](`window.ticks.length >= 3 && window.ticks.every((m) => m === "tick")`,
+		chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		t.Fatalf("EventSource on /v1/subscribe got no ticks: %v", err)
+	}
 
 	// Traffic for a few seconds, so the charts have a shape: gRPC calls from
 	// several clients, some slow, one in fifty to a method the backend lacks.

@@ -284,9 +284,9 @@ func TestTypedEthereumAPI(t *testing.T) {
 
 	t.Run("curl on the REST routes", func(t *testing.T) {
 		for path, want := range map[string]string{
-			"/v1/eth/balance/" + addr:           `"balance":"` + hexutil.EncodeBig(balance) + `"`,
-			"/v1/eth/block-number":              `"number":"9007199254740993"`,
-			"/v1/eth/blocks/0x2a":               `"number":"42"`,
+			"/v1/eth/balance/" + addr:                      `"balance":"` + hexutil.EncodeBig(balance) + `"`,
+			"/v1/eth/block-number":                         `"number":"9007199254740993"`,
+			"/v1/eth/blocks/0x2a":                          `"number":"42"`,
 			"/v1/eth/balance/0x" + strings.Repeat("0", 40): `"code":2`,
 		} {
 			out, err := exec.Command("curl", "-sS", "http://"+httpAddr+path).CombinedOutput()

@@ -35,6 +35,7 @@ type client struct {
 	// maxRefusedPerConn (nil for HTTP clients and unknown connections).
 	refused atomic.Int64
 	conn    net.Conn
+	addr    string // the remote address, for the access log
 }
 
 // maxRefusedPerConn is how many RPCs without a valid token one gRPC
@@ -113,8 +114,8 @@ func (s *Server) release(c *client) {
 }
 
 // httpConnContext gives each HTTP connection its client.
-func (s *Server) httpConnContext(ctx context.Context, _ net.Conn) context.Context {
-	return context.WithValue(ctx, clientKey{}, &client{})
+func (s *Server) httpConnContext(ctx context.Context, conn net.Conn) context.Context {
+	return context.WithValue(ctx, clientKey{}, &client{addr: conn.RemoteAddr().String()})
 }
 
 // grpcStats is the gRPC server's stats handler: it gives each connection
@@ -131,6 +132,9 @@ func (g grpcStats) TagConn(ctx context.Context, info *stats.ConnTagInfo) context
 		return context.WithValue(ctx, inprocKey{}, true)
 	}
 	c := &client{}
+	if info.RemoteAddr != nil {
+		c.addr = info.RemoteAddr.String()
+	}
 	if info.RemoteAddr != nil && g.s.grpcConns != nil {
 		if conn, ok := g.s.grpcConns.conns.Load(info.RemoteAddr.String()); ok {
 			c.conn = conn.(net.Conn)

@@ -38,9 +38,9 @@ func (s *Server) httpHandler() (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
 	mux.HandleFunc("/rpc", s.serveRPC)
-	mux.Handle("/v1/subscribe", s.restHandler(streamGW))
+	mux.Handle("/v1/subscribe", sseOr(s.serveSubscribeSSE, s.restHandler(streamGW)))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
-	ops := &opsRoutes{stats: s.restHandler(gw), watch: s.restHandler(streamGW)}
+	ops := &opsRoutes{stats: s.restHandler(gw), watch: sseOr(s.serveStatsSSE, s.restHandler(streamGW))}
 	if s.opts.AdminAddr == "" {
 		s.registerOps(mux, ops)
 	} else {
@@ -129,4 +129,16 @@ func bodyLimitErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime
 		return
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// sseOr serves a GET that asks for text/event-stream with sse, anything
+// else with next.
+func sseOr(sse http.HandlerFunc, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && wantsSSE(r) {
+			sse(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,7 +18,6 @@ import (
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	"github.com/wsbridge/wsbridge/gen/openapiv2"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
-	"github.com/wsbridge/wsbridge/internal/auth"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -221,14 +219,7 @@ func TestDashboardFiles(t *testing.T) {
 // no token; the client port serves none of them. Readiness on it turns
 // 503 when the drain starts, while the admin listener still answers.
 func TestAdminListener(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tf, err := auth.Load(file, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tf := tokenAuth(t, "s3cret")
 	h := start(t, demoBackend(t), func(o *Options) {
 		o.AdminAddr, o.Auth, o.ShutdownDelay = "127.0.0.1:0", tf, 300*time.Millisecond
 		o.AdminHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("debug")) })

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +36,7 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/internal/auth"
 )
 
 type tokens map[string]bool
@@ -417,4 +420,18 @@ func TestGRPCPingFloodGetsGoAway(t *testing.T) {
 			return
 		}
 	}
+}
+
+// tokenAuth is an Auth accepting the tokens, from a token file.
+func tokenAuth(t *testing.T, tokens ...string) *auth.TokenFile {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(strings.Join(tokens, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tf, err := auth.Load(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tf
 }

@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,6 +47,18 @@ type Options struct {
 	// wsbridge.v1 mapping options: each is served as a typed API on gRPC,
 	// and on REST (its google.api.http rules), Connect and gRPC-Web.
 	DescriptorSets []string
+	// TracerProvider, if set, traces every call on every face and its
+	// backend round trip (OpenTelemetry); nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
+	// Propagator reads the incoming trace context (gRPC metadata, HTTP
+	// headers). Default: W3C Trace Context and Baggage.
+	Propagator propagation.TextMapPropagator
+	// AccessLog, if set, gets one line per finished client call (see
+	// accesslog.go), at AccessLogLevel; AccessLogSample (0 to 1; 0 means
+	// 1) is the share of successful calls logged. Nil: no access log.
+	AccessLog       *slog.Logger
+	AccessLogLevel  slog.Level
+	AccessLogSample float64
 	// AdminAddr, if set, is the address of the admin listener: /metrics,
 	// /healthz, /readyz, /livez, /__stats, /v1/stats, /v1/stats:watch and
 	// the dashboard move there from the HTTP listener, with AdminHandler at
@@ -140,6 +155,9 @@ type Authenticator interface {
 }
 
 func (o Options) withDefaults() Options {
+	if o.AccessLogSample <= 0 || o.AccessLogSample > 1 {
+		o.AccessLogSample = 1
+	}
 	if o.GRPCAddr == "" {
 		o.GRPCAddr = "127.0.0.1:9090"
 	}
@@ -179,7 +197,8 @@ type Server struct {
 	http      *http.Server
 	grpcLn    net.Listener
 	httpLn    net.Listener
-	typed     *typed.API // nil without Options.DescriptorSets
+	typed     *typed.API   // nil without Options.DescriptorSets
+	tracer    trace.Tracer // nil without Options.TracerProvider
 	adminLn   net.Listener
 	adminHTTP *http.Server
 	admin     *opsRoutes // the routes the admin listener serves; nil without AdminAddr
@@ -259,6 +278,12 @@ func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
 	s.counters.metrics = newMetrics(s, opts.MetricsMethods, opts.Bridge.AllowMethods)
+	if opts.TracerProvider != nil {
+		s.tracer = opts.TracerProvider.Tracer(tracerName)
+		if opts.Bridge.TracerProvider == nil {
+			opts.Bridge.TracerProvider = opts.TracerProvider
+		}
+	}
 	s.streamsCtx, s.endStreams = context.WithCancel(context.Background())
 
 	// Readiness follows the backend link; health exists before the Bridge
@@ -322,7 +347,7 @@ func New(opts Options) (*Server, error) {
 		s.httpLn = tls.NewListener(s.httpLn, httpCfg)
 	}
 
-	s.grpc = grpc.NewServer(append(grpcTLS,
+	s.grpc = grpc.NewServer(append(append(grpcTLS, s.grpcTracing()...),
 		// Credentials are checked as an RPC's headers arrive, before its
 		// message is read (see tapAuth).
 		grpc.InTapHandle(s.tapAuth),
@@ -374,7 +399,7 @@ func New(opts Options) (*Server, error) {
 		return fail(err)
 	}
 	s.http = &http.Server{
-		Handler:           s.closeWhenStopping(handler),
+		Handler:           s.closeWhenStopping(s.httpTracing(handler)),
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		// Bounds reading a request body; /ws clears it after the upgrade.
 		ReadTimeout: time.Minute,

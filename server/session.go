@@ -86,6 +86,9 @@ func (s *Server) newSession(ctx context.Context, f face, out sessionOut, push bo
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	if push {
 		ss.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
+			if method == bridge.NotifySubscriptionLost {
+				s.traceEvent(ss.ctx, "subscription lost")
+			}
 			if !out.notify(method, params) {
 				ss.slow("send buffer full: client too slow")
 			}
@@ -208,8 +211,12 @@ func (b *batchReplies) ended(rep reply, release func()) {
 // bridge.Consumer.CallHeld), exactly once, possibly before call returns.
 func (ss *session) call(r jsonrpc.Request, co bridge.CallOptions, done func(reply, func())) {
 	start := ss.s.counters.request(ss.face)
+	endTrace := ss.traceCall(r.Method, &co)
+	access := ss.s.accessLog(ss.ctx, ss.face, r.Method, ss.client, len(r.Params), &co)
 	finish := func(res json.RawMessage, release func(), err error) {
 		ss.s.counters.finished(ss.face, r.Method, start, err)
+		endTrace(err)
+		access.done(len(res), err)
 		done(reply{id: r.ID, result: res, err: err}, release)
 	}
 	key := jsonrpc.IDKey(r.ID)
@@ -536,8 +543,9 @@ func (s *Server) unary(ctx context.Context, f face, method string, params json.R
 	if err == nil {
 		err = s.acquire(clientOf(ctx))
 	}
+	access := s.accessLog(ctx, f, method, clientOf(ctx), len(params), &co)
+	var res json.RawMessage
 	if err == nil {
-		var res json.RawMessage
 		res, err = s.bridge.Call(ctx, method, params, co)
 		s.release(clientOf(ctx))
 		if err == nil {
@@ -545,6 +553,7 @@ func (s *Server) unary(ctx context.Context, f face, method string, params json.R
 		}
 	}
 	s.counters.finished(f, method, start, err)
+	access.done(len(res), err)
 	return err
 }
 
@@ -555,10 +564,12 @@ func (s *Server) unaryNotify(ctx context.Context, f face, method string, params 
 	if err == nil {
 		err = s.acquire(clientOf(ctx))
 	}
+	access := s.accessLog(ctx, f, method, clientOf(ctx), len(params), &co)
 	if err == nil {
 		err = s.bridge.Notify(ctx, method, params, co)
 		s.release(clientOf(ctx))
 	}
 	s.counters.finished(f, method, start, err)
+	access.done(0, err)
 	return err
 }

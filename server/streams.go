@@ -92,6 +92,7 @@ func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbr
 	var slowOnce sync.Once
 	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
 		if method == bridge.NotifySubscriptionLost {
+			s.traceEvent(stream.Context(), "subscription lost")
 			out.end(status.Error(codes.Unavailable, "backend connection lost; notifications may have been missed: subscribe again"))
 			return
 		}

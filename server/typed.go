@@ -151,6 +151,7 @@ func (s *Server) typedStream(m *typed.Method, stream grpc.ServerStream) error {
 	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
 		switch method {
 		case bridge.NotifySubscriptionLost:
+			s.traceEvent(ctx, "subscription lost")
 			out.end(status.Error(codes.Unavailable, "the backend subscription was lost; notifications may have been missed: call again"))
 			return
 		case bridge.NotifyGap:

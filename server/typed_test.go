@@ -22,7 +22,6 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
-	"github.com/wsbridge/wsbridge/internal/auth"
 	"github.com/wsbridge/wsbridge/typed"
 	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
@@ -297,14 +296,7 @@ func TestTypedBadDescriptorSetFailsAtStart(t *testing.T) {
 // The deny list and the bearer token hold for typed rpcs on every
 // protocol, as for Call.
 func TestTypedObeysDenyListAndAuth(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tf, err := auth.Load(file, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tf := tokenAuth(t, "s3cret")
 	h, api := typedHarness(t, func(o *Options) { o.Auth = tf; o.Bridge.DenyMethods = []string{"add"} })
 	call := func(ctx context.Context, name string) error {
 		d, _ := api.Files.FindDescriptorByName(protoreflect.FullName("demo.v1.Demo." + name))

@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/coder/websocket"
 
 	"github.com/wsbridge/wsbridge/internal/cork"
@@ -76,7 +78,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	// The session outlives the handshake's request: its context carries
 	// only the connection's client.
-	ss := s.newSession(context.WithValue(context.Background(), clientKey{}, clientOf(r.Context())), faceWS, c, true)
+	// The session outlives the upgrade request; it keeps the request's
+	// client and, for tracing, its span as the parent of its calls'.
+	base := context.WithValue(context.Background(), clientKey{}, clientOf(r.Context()))
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+		base = trace.ContextWithSpanContext(base, sc)
+	}
+	ss := s.newSession(base, faceWS, c, true)
 	c.ss = ss
 	s.trackSession(ss, func() { c.end(websocket.StatusGoingAway, "gateway shutting down") })
 	defer s.untrackSession(ss)

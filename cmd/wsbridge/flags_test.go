@@ -121,6 +121,8 @@ func TestServeRefusesBadValues(t *testing.T) {
 		{nil, map[string]string{"WSBRIDGE_MAX_BATCH": "0"}, "WSBRIDGE_MAX_BATCH 0: must be at least 1"},
 		{[]string{"--config", file}, nil, "max-inflight in " + file + " -1: must be at least 1"},
 		{[]string{"--log-level", "loud"}, nil, "--log-level loud: must be debug, info, warn or error"},
+		{[]string{"--access-log-sample", "0"}, nil, "--access-log-sample 0: must be more than 0 and at most 1"},
+		{[]string{"--access-log-level", "loud"}, nil, "--access-log-level loud: must be debug, info, warn or error"},
 		{[]string{"--balance", "fastest"}, nil, "--balance fastest: must be priority, round-robin or least-inflight"},
 		{[]string{"--hedge-after", "0s"}, nil, "--hedge-after 0s: must be a positive duration"},
 		{[]string{"--breaker-failures", "0"}, nil, "--breaker-failures 0: must be at least 1"},

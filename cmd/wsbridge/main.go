@@ -218,6 +218,24 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		defer stopDebug()
 		log.Info("pprof listening", "addr", addr)
 	}
+	tp, stopTracing, err := tracing(ctx, log)
+	if err != nil {
+		log.Error("cannot start tracing", "err", err)
+		return 1
+	}
+	if tp != nil {
+		opts.TracerProvider = tp
+		defer func() {
+			// Flush the spans of the last calls, briefly.
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := stopTracing(fctx); err != nil {
+				log.Warn("tracing did not flush", "err", err)
+			}
+		}()
+	} else if opts.Bridge.TraceParam != "" {
+		log.Warn("--backend-trace-param has no effect: tracing is off (set OTEL_EXPORTER_OTLP_ENDPOINT)")
+	}
 	srv, err := server.New(opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)

@@ -23,6 +23,8 @@ type serveFlags struct {
 
 	retry, hedge, dedup, cache *listValue
 	descriptorSets             *listValue
+	accessLog                  bool
+	accessLogLevel             string
 	hedgeAfter, cacheTTL       time.Duration
 	sections                   sections // from the config file
 	demoTick                   time.Duration
@@ -84,6 +86,10 @@ func (sf *serveFlags) register(fs *flagSet) {
 	sf.unsubMethods = fs.list("unsubscribe-methods", ",", []string{"*_unsubscribe"}, "comma-separated patterns of the methods that undo them, paired by position")
 	fs.bool(&bo.Batch, "backend-batch", false, "send requests queued together as one JSON-RPC batch (for backends that handle batches; a batch's replies wait for its slowest call)")
 	fs.bool(&bo.Resubscribe, "resubscribe", false, "re-issue live subscriptions after a backend reconnect (subscribers get a wsbridge_gap notification)")
+	fs.bool(&sf.accessLog, "access-log", false, "log one line per finished client call: face, method, code, latency, backend, request and response bytes, client address, trace id (never params, results or credentials)")
+	fs.StringVar(&sf.accessLogLevel, "access-log-level", "info", "the access log's level: debug, info, warn or error")
+	fs.float(&o.AccessLogSample, "access-log-sample", 1, "the share of successful calls the access log keeps, 0 to 1 (every failed call is logged)")
+	fs.StringVar(&bo.TraceParam, "backend-trace-param", "", "with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT), add the call's W3C trace context to params that are a JSON object, as this member: {\"traceparent\": \"00-...\"} (JSON-RPC has no headers; off when empty)")
 	fs.StringVar(&bo.CancelMethod, "cancel-method", "", "notification sent to the backend with {\"id\": <gateway id>} when a caller gives up (e.g. $/cancelRequest)")
 	fs.duration(&sf.demoTick, "demo-tick", 0, "with --demo: the demo backend sends a tick notification this often (0: never)")
 	fs.StringVar(&sf.tokenFile, "auth-token-file", "", "file of accepted bearer tokens, one per line (reread when it changes); enables authentication on every client face")
@@ -164,6 +170,15 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	o.AllowedHosts = sf.hosts.values
 	o.MetricsMethods = sf.metricsMethods.values
 	o.DescriptorSets = sf.descriptorSets.values
+	if err := o.AccessLogLevel.UnmarshalText([]byte(sf.accessLogLevel)); err != nil {
+		return o, fs.badValue("access-log-level", "must be debug, info, warn or error")
+	}
+	if o.AccessLogSample <= 0 || o.AccessLogSample > 1 {
+		return o, fs.badValue("access-log-sample", "must be more than 0 and at most 1")
+	}
+	if sf.accessLog {
+		o.AccessLog = log.With("log", "access")
+	}
 	bo.DropErrorData = !sf.errorData
 	if sf.tokenFile != "" {
 		tokens, err := auth.Load(sf.tokenFile, log.With("component", "auth"))

@@ -1,5 +1,8 @@
-// The wsbridge dashboard: polls GET /v1/stats every second and keeps five
-// minutes of history for the charts. No build step, no dependencies.
+// The wsbridge dashboard: reads a stats snapshot every second from the
+// event stream GET /v1/stats:watch (Server-Sent Events), or, where it
+// cannot (a gateway that wants a bearer token: EventSource sends no
+// headers), by polling GET /v1/stats; keeps five minutes of history for
+// the charts. No build step, no dependencies.
 "use strict";
 
 const HISTORY = 300; // seconds of history kept
@@ -201,19 +204,58 @@ function updateAll(s) {
   }
 }
 
-async function tick() {
+// render shows one snapshot.
+async function render(s, transport) {
+  if (!schema) await fetchSchema();
+  update(s);
+  updateAll(s);
+  document.body.dataset.transport = transport;
+  $("status").textContent = "live";
+  $("status").className = "status live";
+}
+
+function down(message) {
+  $("status").textContent = "gateway unreachable: " + message;
+  $("status").className = "status down";
+}
+
+async function poll() {
   try {
-    if (!schema) await fetchSchema();
-    const s = await fetchStats();
-    update(s);
-    updateAll(s);
-    $("status").textContent = "live";
-    $("status").className = "status live";
+    await render(await fetchStats(), "poll");
   } catch (e) {
-    $("status").textContent = "gateway unreachable: " + e.message;
-    $("status").className = "status down";
+    down(e.message);
   }
 }
 
-tick();
-setInterval(tick, 1000);
+let polling = null;
+function startPolling() {
+  if (polling) return;
+  poll();
+  polling = setInterval(poll, 1000);
+}
+
+// stream reads snapshots as events. If the stream fails before its first
+// event (a token is wanted, or no stream here), the page polls instead;
+// after that, EventSource reconnects by itself.
+function stream() {
+  if (token || !window.EventSource) {
+    startPolling();
+    return;
+  }
+  const es = new EventSource("/v1/stats:watch?interval=1s");
+  let got = false;
+  es.addEventListener("stats", (ev) => {
+    got = true;
+    render(JSON.parse(ev.data), "sse").catch((e) => down(e.message));
+  });
+  es.onerror = () => {
+    if (!got) {
+      es.close();
+      startPolling();
+      return;
+    }
+    down("reconnecting");
+  };
+}
+
+stream();

@@ -1,0 +1,95 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/wsbridge/wsbridge/internal/jsonenc"
+)
+
+// Tracing (Options.TracerProvider): each call to a backend is a client
+// span, "jsonrpc <method>", child of the caller's span (the context's, or
+// CallOptions.TraceParent for a call made with Go), with the gateway id
+// and backend of each request it wrote, and events for what happened on
+// the way: a wait for a dial, a retry on another backend, a hedge. Without
+// a TracerProvider none of this runs.
+
+const tracerName = "github.com/wsbridge/wsbridge/bridge"
+
+// startSpan starts the span of one call, when tracing is on; otherwise it
+// returns ctx and nil.
+func (b *Bridge) startSpan(ctx context.Context, method string, co CallOptions) (context.Context, trace.Span) {
+	if b.tracer == nil {
+		return ctx, nil
+	}
+	if co.TraceParent.IsValid() && !trace.SpanContextFromContext(ctx).IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, co.TraceParent)
+	}
+	return b.tracer.Start(ctx, "jsonrpc "+method, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("rpc.system", "jsonrpc"), attribute.String("rpc.method", method)))
+}
+
+// endSpan records the call's outcome and ends span (nil: tracing is off).
+func endSpan(span trace.Span, err error) {
+	if span == nil {
+		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(attribute.String("wsbridge.error", CodeOf(err).String()))
+		if be, ok := err.(*Error); ok && be.RPC != nil {
+			span.SetAttributes(attribute.Int64("rpc.jsonrpc.error_code", be.RPC.Code))
+		}
+	}
+	span.End()
+}
+
+// traceEvent adds an event to the call's span, when tracing is on.
+func (b *Bridge) traceEvent(ctx context.Context, name string, attrs ...attribute.KeyValue) {
+	if b.tracer == nil {
+		return
+	}
+	trace.SpanFromContext(ctx).AddEvent(name, trace.WithAttributes(attrs...))
+}
+
+// traceRequest notes on the call's span a request written with id to a
+// backend.
+func (b *Bridge) traceRequest(ctx context.Context, id uint64, s *slot) {
+	if b.tracer == nil {
+		return
+	}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int64("rpc.jsonrpc.request_id", int64(id)),
+		attribute.String("server.address", s.be.displayURL))
+}
+
+// withTraceParam adds the call's trace context to params that are a JSON
+// object, as the member name: {"traceparent": "00-..."} (W3C Trace
+// Context), for a backend that continues the trace (Options.TraceParam).
+// Other params go unchanged: JSON-RPC has no headers.
+func withTraceParam(ctx context.Context, name string, params json.RawMessage) json.RawMessage {
+	sc := trace.SpanContextFromContext(ctx)
+	trimmed := bytes.TrimLeft(params, " \t\r\n")
+	if !sc.IsValid() || len(trimmed) == 0 || trimmed[0] != '{' {
+		return params
+	}
+	out := make([]byte, 0, len(params)+len(name)+80)
+	out = append(out, '{')
+	out = jsonenc.AppendString(out, name)
+	out = append(out, `:{"traceparent":"00-`...)
+	out = append(out, sc.TraceID().String()...)
+	out = append(out, '-')
+	out = append(out, sc.SpanID().String()...)
+	out = append(out, '-')
+	out = append(out, sc.TraceFlags().String()...)
+	out = append(out, `"}`...)
+	rest := bytes.TrimLeft(trimmed[1:], " \t\r\n")
+	if len(rest) > 0 && rest[0] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, rest...)
+}

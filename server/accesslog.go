@@ -1,0 +1,77 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/wsbridge/wsbridge/bridge"
+)
+
+// The access log (Options.AccessLog): one line per finished client call,
+// on every face: face, method, gRPC code, latency, the backend that took
+// it, request and response bytes (params and result), the client's
+// address, and the trace id when tracing is on. Never params, results or
+// credentials. Off (nil) by default; AccessLogSample keeps that share of
+// the successful calls (every failed call is logged).
+
+// accessEntry gathers what one call's line needs.
+type accessEntry struct {
+	s       *Server
+	ctx     context.Context
+	face    face
+	method  string
+	start   time.Time
+	client  *client
+	backend atomic.Pointer[string]
+	reqLen  int
+}
+
+// accessLog starts an entry for a call, or returns nil when the access
+// log is off; with an entry, co reports the backend to it.
+func (s *Server) accessLog(ctx context.Context, f face, method string, c *client, reqLen int, co *bridge.CallOptions) *accessEntry {
+	if s.opts.AccessLog == nil {
+		return nil
+	}
+	e := &accessEntry{s: s, ctx: ctx, face: f, method: method, start: time.Now(), client: c, reqLen: reqLen}
+	if co != nil {
+		co.OnBackend = func(url string) { e.backend.Store(&url) }
+		if co.TraceParent.IsValid() { // a session's call: its own span
+			e.ctx = trace.ContextWithSpanContext(ctx, co.TraceParent)
+		}
+	}
+	return e
+}
+
+// done writes the entry's line (nothing for a nil entry).
+func (e *accessEntry) done(respLen int, err error) {
+	if e == nil {
+		return
+	}
+	if err == nil && e.s.opts.AccessLogSample < 1 && rand.Float64() >= e.s.opts.AccessLogSample {
+		return
+	}
+	code := "OK"
+	if err != nil {
+		code = mappingFor(err).GRPC.String()
+	}
+	attrs := []slog.Attr{
+		slog.String("face", faceNames[e.face]), slog.String("method", e.method), slog.String("code", code),
+		slog.Float64("latency_ms", float64(time.Since(e.start).Microseconds())/1000),
+		slog.Int("request_bytes", e.reqLen), slog.Int("response_bytes", respLen),
+	}
+	if b := e.backend.Load(); b != nil {
+		attrs = append(attrs, slog.String("backend", *b))
+	}
+	if e.client != nil && e.client.addr != "" {
+		attrs = append(attrs, slog.String("client", e.client.addr))
+	}
+	if sc := trace.SpanContextFromContext(e.ctx); sc.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	e.s.opts.AccessLog.LogAttrs(context.Background(), e.s.opts.AccessLogLevel, "call", attrs...)
+}
