@@ -28,6 +28,7 @@ while IFS= read -r cmd; do
   esac
   verdict=ok
   case "$cmd" in
+    *"text/event-stream"*) { grep -q '^event: ' <<<"$out" && grep -q '^id: 1$' <<<"$out"; } || verdict="expected Server-Sent Events" ;;
     *"/fail"*|*"Grpc-Timeout"*) grep -q '"code"' <<<"$out" || verdict="expected an error" ;;
     *"max-time"*"tick"*) grep -q '"tick"' <<<"$out" || verdict="expected tick notifications" ;;
     *"max-time"*"DemoService/Ticks"*) grep -q '"seq"' <<<"$out" || verdict="expected typed stream messages" ;;
