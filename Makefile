@@ -109,6 +109,19 @@ interop: $(TOOLS) ## Interoperability tests against go-ethereum's JSON-RPC clien
 browser: ## The dashboard in headless Chromium (Debian's chromium package; skips when it is missing). Screenshot in browser/artifacts/ or $$ARTIFACTS_DIR.
 	cd browser && $(GO) test -race -count=1 -v ./...
 
+.PHONY: observe
+observe: ## The gateway with the demo backend and a Prometheus on 127.0.0.1:9099 scraping it with deploy/observability/alerts.yaml, under a little load, until Ctrl-C (installs Debian's prometheus if missing).
+	GO=$(GO) scripts/observe.sh
+
+.PHONY: observe-check
+observe-check: ## Test deploy/observability/ (Grafana dashboard, alert rules) against a real Prometheus scraping the gateway under load (module observe/; installs Debian's prometheus if missing).
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "observe-check: installing prometheus (Debian package)"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+	cd observe && WSBRIDGE_REQUIRE_PROMETHEUS=1 $(GO) test -race -count=1 -v ./...
+
 .PHONY: deploy-check
 deploy-check: ## Check the Dockerfile and deploy/kubernetes/ manifests against the binary (module deploy/).
 	cd deploy && $(GO) test -race -count=1 ./...
@@ -118,7 +131,7 @@ SCALE_ARGS ?=
 scale-demo: ## Three replicas behind nginx (installed if missing), one crashed then one stopped mid-run, then one of two backends crashed; prints per-replica stats and client errors.
 	GO=$(GO) scripts/scale-demo.sh $(SCALE_ARGS)
 
-MODULES := . tools interop browser bench/tools deploy
+MODULES := . tools interop browser bench/tools deploy observe
 .PHONY: check-modules
 check-modules: ## Fail when any go.mod or go.sum is not tidy.
 	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy -diff >/dev/null) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there"; exit 1; }; done

@@ -39,6 +39,7 @@ $GO build -o bin/wsbridge ./cmd/wsbridge
 
 WORK=$(mktemp -d -t wsbridge-observe.XXXXXX)
 PIDS=()
+# shellcheck disable=SC2317 # (called by the traps)
 cleanup() {
   trap - INT TERM EXIT
   echo
@@ -121,9 +122,17 @@ if [ -n "${OBSERVE_SECONDS:-}" ]; then
   sleep "$OBSERVE_SECONDS" &
   PIDS+=($!)
   wait "$!" || true
-  echo "observe: stats after ${OBSERVE_SECONDS}s: $(curl -s "http://$ADMIN/v1/stats" | grep -o '"requestsHandled":"[0-9]*"')"
-  echo "observe: Prometheus sees: $(curl -s "http://$PROM/api/v1/query" --data-urlencode 'query=wsbridge_requests_handled_total' | grep -o '"value":\[[^]]*\]')"
-  exit 0
+  # Check that it all worked: the gateway counted the load, Prometheus
+  # scraped it and loaded the rules.
+  handled=$(curl -s "http://$ADMIN/v1/stats" | grep -o '"requestsHandled":"[0-9]*"' | grep -o '[0-9]*' || true)
+  scraped=$(curl -s "http://$PROM/api/v1/query" --data-urlencode 'query=wsbridge_requests_handled_total{job="wsbridge"}' |
+    grep -o '"value":\[[^]]*\]' | grep -o '"[0-9]*"\]' | tr -dc 0-9 || true)
+  rules=$(curl -s "http://$PROM/api/v1/rules" | grep -o '"type":"alerting"' | wc -l)
+  echo "observe: after ${OBSERVE_SECONDS}s: the gateway handled ${handled:-?} requests, Prometheus last scraped ${scraped:-none}, ${rules} alerting rules loaded"
+  if [ "${handled:-0}" -gt 0 ] && [ "${scraped:-0}" -gt 0 ] && [ "$rules" -gt 0 ]; then exit 0; fi
+  echo "observe: something did not work; the end of the logs:" >&2
+  tail -n 20 "$WORK/wsbridge.log" "$WORK/prometheus.log" >&2
+  exit 1
 fi
 # Until Ctrl-C, or until the gateway or Prometheus exits.
 wait -n "${PIDS[0]}" "${PIDS[1]}" || true
