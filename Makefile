@@ -123,7 +123,7 @@ observe-check: ## Test deploy/observability/ (Grafana dashboard, alert rules) ag
 	cd observe && WSBRIDGE_REQUIRE_PROMETHEUS=1 $(GO) test -race -count=1 -v ./...
 
 .PHONY: deploy-check
-deploy-check: ## Check the Dockerfile and deploy/kubernetes/ manifests against the binary (module deploy/).
+deploy-check: ## Check the Dockerfile, the deploy/kubernetes/ manifests and the deploy/helm/wsbridge chart against the binary (module deploy/).
 	cd deploy && $(GO) test -race -count=1 ./...
 
 SCALE_ARGS ?=

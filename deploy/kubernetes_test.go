@@ -3,12 +3,21 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -23,14 +32,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -50,27 +56,43 @@ const (
 	manifestDir = "kubernetes"
 	appName     = "wsbridge"
 
-	// What the deployment is expected to use; the live tests check that the
-	// binary registers these names.
-	readinessService = ""
-	livenessService  = "liveness"
-
 	// terminationMargin is what terminationGracePeriodSeconds must leave
 	// beyond the preStop sleep and the shutdown grace: the drain is bounded
 	// by the grace, closing the backend link and exiting come after it.
 	terminationMargin = time.Second
 )
 
-// The manifest files and the objects they must hold.
-var manifestFiles = []struct {
-	file, apiVersion, kind string
-	new                    func() any
-}{
-	{"deployment.yaml", "apps/v1", "Deployment", func() any { return new(appsv1.Deployment) }},
-	{"service.yaml", "v1", "Service", func() any { return new(corev1.Service) }},
-	{"pdb.yaml", "policy/v1", "PodDisruptionBudget", func() any { return new(policyv1.PodDisruptionBudget) }},
-	{"hpa.yaml", "autoscaling/v2", "HorizontalPodAutoscaler", func() any { return new(autoscalingv2.HorizontalPodAutoscaler) }},
+// The manifest files and the kind of the object each must hold.
+var manifestFiles = []struct{ file, kind string }{
+	{"deployment.yaml", "Deployment"},
+	{"service.yaml", "Service"},
+	{"pdb.yaml", "PodDisruptionBudget"},
+	{"hpa.yaml", "HorizontalPodAutoscaler"},
 }
+
+// apiVersions are the kinds deploy/ may render, each with the only
+// apiVersion it may have.
+var apiVersions = map[string]string{
+	"Deployment":              "apps/v1",
+	"Service":                 "v1",
+	"Secret":                  "v1",
+	"PodDisruptionBudget":     "policy/v1",
+	"HorizontalPodAutoscaler": "autoscaling/v2",
+	"ServiceMonitor":          "monitoring.coreos.com/v1",
+}
+
+// listeners are the gateway's listen flags and the container ports that
+// must carry them.
+var listeners = []struct{ flag, port string }{
+	{"grpc-addr", "grpc"},
+	{"http-addr", "http"},
+	{"admin-addr", "admin"},
+}
+
+// fileFlags are the serve flags that name a file for the gateway to read.
+// In a pod (distroless image, read-only root filesystem) such a file can
+// only come from a mounted volume.
+var fileFlags = []string{"auth-token-file", "tls-cert", "tls-key", "backend-ca", "config", "http-rules", "descriptor-set"}
 
 // ---------------------------------------------------------------------------
 // The binary, built once from ../cmd/wsbridge.
@@ -204,20 +226,6 @@ func splitDocs(data []byte) ([][]byte, error) {
 	}
 }
 
-func typeMeta(obj any) metav1.TypeMeta {
-	switch o := obj.(type) {
-	case *appsv1.Deployment:
-		return o.TypeMeta
-	case *corev1.Service:
-		return o.TypeMeta
-	case *policyv1.PodDisruptionBudget:
-		return o.TypeMeta
-	case *autoscalingv2.HorizontalPodAutoscaler:
-		return o.TypeMeta
-	}
-	panic(fmt.Sprintf("unexpected %T", obj))
-}
-
 func TestManifestFilesDecodeStrictly(t *testing.T) {
 	for _, mf := range manifestFiles {
 		t.Run(mf.file, func(t *testing.T) {
@@ -232,19 +240,18 @@ func TestManifestFilesDecodeStrictly(t *testing.T) {
 			if len(docs) != 1 {
 				t.Fatalf("%d YAML documents, want 1", len(docs))
 			}
-			obj := mf.new()
-			if err := decodeStrict(docs[0], obj); err != nil {
-				t.Fatalf("strict decoding into %T: %v", obj, err)
-			}
-			tm := typeMeta(obj)
-			if tm.APIVersion != mf.apiVersion || tm.Kind != mf.kind {
-				t.Errorf("apiVersion/kind = %s/%s, want %s/%s", tm.APIVersion, tm.Kind, mf.apiVersion, mf.kind)
+			if _, err := decodeObjects(docs); err != nil {
+				t.Fatal(err)
 			}
 			var meta struct {
-				Metadata metav1.ObjectMeta `json:"metadata"`
+				metav1.TypeMeta `json:",inline"`
+				Metadata        metav1.ObjectMeta `json:"metadata"`
 			}
 			if err := yaml.Unmarshal(docs[0], &meta); err != nil {
 				t.Fatal(err)
+			}
+			if meta.Kind != mf.kind {
+				t.Errorf("kind %s, want %s", meta.Kind, mf.kind)
 			}
 			if meta.Metadata.Name != appName {
 				t.Errorf("metadata.name = %q, want %q", meta.Metadata.Name, appName)
@@ -289,16 +296,75 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	}
 }
 
-// objects are the manifests as `kubectl apply -k deploy/kubernetes` renders
-// them (kustomize in-process), decoded strictly.
+// objects are what a source renders (the kustomization, or the Helm chart
+// with some values), decoded strictly into the Kubernetes API types.
 type objects struct {
-	dep *appsv1.Deployment
-	svc *corev1.Service
-	pdb *policyv1.PodDisruptionBudget
-	hpa *autoscalingv2.HorizontalPodAutoscaler
+	dep      *appsv1.Deployment
+	services []*corev1.Service
+	secrets  []*corev1.Secret
+	pdb      *policyv1.PodDisruptionBudget          // nil: none
+	hpa      *autoscalingv2.HorizontalPodAutoscaler // nil: none
+	sm       *monitoringv1.ServiceMonitor           // nil: none
 }
 
-func render(t *testing.T) objects {
+// decodeObjects decodes YAML documents strictly (no unknown or duplicate
+// field) into the type of their kind, which must be one of apiVersions'
+// with its apiVersion.
+func decodeObjects(docs [][]byte) (objects, error) {
+	var o objects
+	seen := map[string]int{}
+	for _, doc := range docs {
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			return o, err
+		}
+		want, ok := apiVersions[tm.Kind]
+		if !ok {
+			return o, fmt.Errorf("unexpected kind %q (apiVersion %q)", tm.Kind, tm.APIVersion)
+		}
+		if tm.APIVersion != want {
+			return o, fmt.Errorf("%s: apiVersion %s, want %s", tm.Kind, tm.APIVersion, want)
+		}
+		seen[tm.Kind]++
+		var obj any
+		switch tm.Kind {
+		case "Deployment":
+			o.dep = new(appsv1.Deployment)
+			obj = o.dep
+		case "Service":
+			svc := new(corev1.Service)
+			o.services = append(o.services, svc)
+			obj = svc
+		case "Secret":
+			sec := new(corev1.Secret)
+			o.secrets = append(o.secrets, sec)
+			obj = sec
+		case "PodDisruptionBudget":
+			o.pdb = new(policyv1.PodDisruptionBudget)
+			obj = o.pdb
+		case "HorizontalPodAutoscaler":
+			o.hpa = new(autoscalingv2.HorizontalPodAutoscaler)
+			obj = o.hpa
+		case "ServiceMonitor":
+			o.sm = new(monitoringv1.ServiceMonitor)
+			obj = o.sm
+		}
+		if err := decodeStrict(doc, obj); err != nil {
+			return o, fmt.Errorf("%s: strict decoding into %T: %v", tm.Kind, obj, err)
+		}
+	}
+	// The checks look at the one object of these kinds.
+	for _, kind := range []string{"Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"} {
+		if seen[kind] > 1 {
+			return o, fmt.Errorf("%d %s objects, want at most one", seen[kind], kind)
+		}
+	}
+	return o, nil
+}
+
+// renderKustomize renders deploy/kubernetes as `kubectl apply -k` does
+// (kustomize in-process).
+func renderKustomize(t *testing.T) objects {
 	t.Helper()
 	dir, err := filepath.Abs(manifestDir)
 	if err != nil {
@@ -308,42 +374,48 @@ func render(t *testing.T) objects {
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", manifestDir, err)
 	}
-	var o objects
-	seen := map[string]int{}
+	var docs [][]byte
 	for _, r := range resMap.Resources() {
 		doc, err := r.AsYAML()
 		if err != nil {
 			t.Fatal(err)
 		}
-		kind := r.GetKind()
-		seen[kind]++
-		var obj any
-		switch kind {
-		case "Deployment":
-			o.dep = new(appsv1.Deployment)
-			obj = o.dep
-		case "Service":
-			o.svc = new(corev1.Service)
-			obj = o.svc
-		case "PodDisruptionBudget":
-			o.pdb = new(policyv1.PodDisruptionBudget)
-			obj = o.pdb
-		case "HorizontalPodAutoscaler":
-			o.hpa = new(autoscalingv2.HorizontalPodAutoscaler)
-			obj = o.hpa
-		default:
-			t.Fatalf("kustomize rendered an unexpected %s %s", kind, r.GetName())
-		}
-		if err := decodeStrict(doc, obj); err != nil {
-			t.Fatalf("rendered %s: strict decoding: %v", kind, err)
-		}
+		docs = append(docs, doc)
 	}
-	for _, mf := range manifestFiles {
-		if seen[mf.kind] != 1 {
-			t.Fatalf("kustomize rendered %d %s objects, want 1", seen[mf.kind], mf.kind)
-		}
+	o, err := decodeObjects(docs)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", manifestDir, err)
+	}
+	// Exactly the manifests: one object of each file's kind.
+	if o.dep == nil || len(o.services) != 1 || o.pdb == nil || o.hpa == nil || len(o.secrets) > 0 || o.sm != nil {
+		t.Fatalf("kustomize rendered %d objects, want one of each manifest file's kind", len(docs))
 	}
 	return o
+}
+
+// A source renders the gateway's objects one way: the kustomization, or the
+// Helm chart with one set of values (helm_test.go).
+type source struct {
+	name   string
+	render func(t *testing.T) objects
+}
+
+func sources(t *testing.T) []source {
+	return append([]source{{"kubernetes", renderKustomize}}, chartSources(t)...)
+}
+
+// forEachSource runs check on what each source renders: the manifests and
+// the chart must keep the same guarantees, checked by the same code.
+func forEachSource(t *testing.T, check func(t *testing.T, o objects)) {
+	for _, src := range sources(t) {
+		t.Run(src.name, func(t *testing.T) {
+			o := src.render(t)
+			if o.dep == nil {
+				t.Fatal("no Deployment")
+			}
+			check(t, o)
+		})
+	}
 }
 
 // container returns the gateway's container.
@@ -355,6 +427,17 @@ func (o objects) container(t *testing.T) *corev1.Container {
 		}
 	}
 	t.Fatalf("no container named %q in the Deployment", appName)
+	return nil
+}
+
+// secret returns the Secret of that name among the objects, nil if the
+// source does not render it.
+func (o objects) secret(name string) *corev1.Secret {
+	for _, s := range o.secrets {
+		if s.Name == name {
+			return s
+		}
+	}
 	return nil
 }
 
@@ -370,8 +453,42 @@ func containerPort(t *testing.T, c *corev1.Container, name string) corev1.Contai
 	return corev1.ContainerPort{}
 }
 
+// portOf resolves a port reference (a Service's targetPort, a probe's port)
+// to the container's port; nil if it names none.
+func portOf(c *corev1.Container, ref intstr.IntOrString) *corev1.ContainerPort {
+	for i, cp := range c.Ports {
+		if (ref.Type == intstr.String && ref.StrVal == cp.Name) || (ref.Type == intstr.Int && ref.IntVal == cp.ContainerPort) {
+			return &c.Ports[i]
+		}
+	}
+	return nil
+}
+
+// listenPort returns the port of the effective listen address of flag,
+// checking that it listens on every interface (reachable from outside the
+// pod).
+func listenPort(t *testing.T, cfg map[string]string, flag string) int32 {
+	t.Helper()
+	addr := cfg[flag]
+	if addr == "" {
+		t.Fatalf("--%s is not set", flag)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("effective --%s %q: %v", flag, addr, err)
+	}
+	if host != "" && host != "0.0.0.0" && host != "::" {
+		t.Errorf("effective --%s %q: listens on %s only, unreachable from outside the pod (use 0.0.0.0)", flag, addr, host)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		t.Fatalf("effective --%s %q: %v", flag, addr, err)
+	}
+	return int32(n)
+}
+
 func TestKustomizeRenders(t *testing.T) {
-	o := render(t)
+	o := renderKustomize(t)
 	c := o.container(t)
 	if c.Image == "" {
 		t.Error("the container has no image")
@@ -380,128 +497,245 @@ func TestKustomizeRenders(t *testing.T) {
 }
 
 func TestSelectorsMatchPodLabels(t *testing.T) {
-	o := render(t)
-	podLabels := labels.Set(o.dep.Spec.Template.Labels)
-	if len(podLabels) == 0 {
-		t.Fatal("the pod template has no labels")
-	}
-	check := func(what string, ls *metav1.LabelSelector) {
-		t.Helper()
-		if ls == nil || (len(ls.MatchLabels) == 0 && len(ls.MatchExpressions) == 0) {
-			t.Errorf("%s: empty selector (it would select every pod)", what)
-			return
+	forEachSource(t, func(t *testing.T, o objects) {
+		podLabels := labels.Set(o.dep.Spec.Template.Labels)
+		if len(podLabels) == 0 {
+			t.Fatal("the pod template has no labels")
 		}
-		sel, err := metav1.LabelSelectorAsSelector(ls)
-		if err != nil {
-			t.Errorf("%s: %v", what, err)
-			return
+		check := func(what string, ls *metav1.LabelSelector) {
+			t.Helper()
+			if ls == nil || (len(ls.MatchLabels) == 0 && len(ls.MatchExpressions) == 0) {
+				t.Errorf("%s: empty selector (it would select every pod)", what)
+				return
+			}
+			sel, err := metav1.LabelSelectorAsSelector(ls)
+			if err != nil {
+				t.Errorf("%s: %v", what, err)
+				return
+			}
+			if !sel.Matches(podLabels) {
+				t.Errorf("%s %s does not match the pod labels %v", what, sel, podLabels)
+			}
 		}
-		if !sel.Matches(podLabels) {
-			t.Errorf("%s %s does not match the pod labels %v", what, sel, podLabels)
+		check("Deployment selector", o.dep.Spec.Selector)
+		if o.pdb != nil {
+			check("PodDisruptionBudget selector", o.pdb.Spec.Selector)
 		}
-	}
-	check("Deployment selector", o.dep.Spec.Selector)
-	check("PodDisruptionBudget selector", o.pdb.Spec.Selector)
-	check("Service selector", &metav1.LabelSelector{MatchLabels: o.svc.Spec.Selector})
-	for i, tsc := range o.dep.Spec.Template.Spec.TopologySpreadConstraints {
-		check(fmt.Sprintf("topologySpreadConstraints[%d]", i), tsc.LabelSelector)
-	}
+		for _, svc := range o.services {
+			check("Service "+svc.Name+" selector", &metav1.LabelSelector{MatchLabels: svc.Spec.Selector})
+		}
+		for i, tsc := range o.dep.Spec.Template.Spec.TopologySpreadConstraints {
+			check(fmt.Sprintf("topologySpreadConstraints[%d]", i), tsc.LabelSelector)
+		}
+	})
 }
 
 func TestHPATargetsTheDeployment(t *testing.T) {
-	o := render(t)
-	ref := o.hpa.Spec.ScaleTargetRef
-	if ref.APIVersion != "apps/v1" || ref.Kind != "Deployment" || ref.Name != o.dep.Name {
-		t.Errorf("scaleTargetRef = %s %s %q, want apps/v1 Deployment %q", ref.APIVersion, ref.Kind, ref.Name, o.dep.Name)
-	}
-	minR := int32(1)
-	if o.hpa.Spec.MinReplicas != nil {
-		minR = *o.hpa.Spec.MinReplicas
-	}
-	if minR < 2 || minR > o.hpa.Spec.MaxReplicas {
-		t.Errorf("replicas %d..%d: want at least 2 and min <= max", minR, o.hpa.Spec.MaxReplicas)
-	}
-	if r := o.dep.Spec.Replicas; r == nil || *r < minR || *r > o.hpa.Spec.MaxReplicas {
-		t.Errorf("Deployment replicas %v outside the HPA's %d..%d", r, minR, o.hpa.Spec.MaxReplicas)
-	}
-	if len(o.hpa.Spec.Metrics) == 0 {
-		t.Fatal("the HPA has no metrics")
-	}
-	c := o.container(t)
-	for _, m := range o.hpa.Spec.Metrics {
-		switch m.Type {
-		case autoscalingv2.ResourceMetricSourceType:
-			// Utilization is relative to the request: without one the HPA
-			// cannot compute it.
-			if m.Resource.Target.Type == autoscalingv2.UtilizationMetricType {
-				if _, ok := c.Resources.Requests[m.Resource.Name]; !ok {
-					t.Errorf("HPA scales on %s utilization but the container requests no %s", m.Resource.Name, m.Resource.Name)
+	forEachSource(t, func(t *testing.T, o objects) {
+		if o.hpa == nil {
+			// Then the Deployment's count is the count: more than one pod,
+			// or every rollout and node drain is an outage.
+			if r := o.dep.Spec.Replicas; r == nil || *r < 2 {
+				t.Errorf("no HPA, and Deployment replicas %v: want at least 2", r)
+			}
+			return
+		}
+		ref := o.hpa.Spec.ScaleTargetRef
+		if ref.APIVersion != "apps/v1" || ref.Kind != "Deployment" || ref.Name != o.dep.Name {
+			t.Errorf("scaleTargetRef = %s %s %q, want apps/v1 Deployment %q", ref.APIVersion, ref.Kind, ref.Name, o.dep.Name)
+		}
+		minR := ptrOr(o.hpa.Spec.MinReplicas, 1)
+		if minR < 2 || minR > o.hpa.Spec.MaxReplicas {
+			t.Errorf("replicas %d..%d: want at least 2 and min <= max", minR, o.hpa.Spec.MaxReplicas)
+		}
+		// No replicas leaves the count to the HPA (an upgrade does not
+		// reset it); a count outside the HPA's range would be undone.
+		if r := o.dep.Spec.Replicas; r != nil && (*r < minR || *r > o.hpa.Spec.MaxReplicas) {
+			t.Errorf("Deployment replicas %d outside the HPA's %d..%d", *r, minR, o.hpa.Spec.MaxReplicas)
+		}
+		if len(o.hpa.Spec.Metrics) == 0 {
+			t.Fatal("the HPA has no metrics")
+		}
+		c := o.container(t)
+		for _, m := range o.hpa.Spec.Metrics {
+			switch m.Type {
+			case autoscalingv2.ResourceMetricSourceType:
+				// Utilization is relative to the request: without one the HPA
+				// cannot compute it.
+				if m.Resource.Target.Type == autoscalingv2.UtilizationMetricType {
+					if _, ok := c.Resources.Requests[m.Resource.Name]; !ok {
+						t.Errorf("HPA scales on %s utilization but the container requests no %s", m.Resource.Name, m.Resource.Name)
+					}
+				}
+			case autoscalingv2.PodsMetricSourceType:
+				// The name is checked against the binary's /metrics in
+				// TestBinaryServesTheManifestsProbesAndMetrics.
+				if m.Pods.Metric.Name == "" {
+					t.Error("Pods metric without a name")
 				}
 			}
-		case autoscalingv2.PodsMetricSourceType:
-			// The name is checked against the binary's /metrics in
-			// TestBinaryServesTheManifestsProbesAndMetrics.
-			if m.Pods.Metric.Name == "" {
-				t.Error("Pods metric without a name")
-			}
 		}
-	}
+	})
 }
 
 func TestPDBAllowsEvictions(t *testing.T) {
-	o := render(t)
-	spec := o.pdb.Spec
-	if (spec.MinAvailable == nil) == (spec.MaxUnavailable == nil) {
-		t.Fatal("set exactly one of minAvailable and maxUnavailable")
+	forEachSource(t, func(t *testing.T, o objects) {
+		if o.pdb == nil {
+			t.Skip("no PodDisruptionBudget")
+		}
+		spec := o.pdb.Spec
+		if (spec.MinAvailable == nil) == (spec.MaxUnavailable == nil) {
+			t.Fatal("set exactly one of minAvailable and maxUnavailable")
+		}
+		// The smallest scale: the HPA's minimum, or the fixed count.
+		minR := ptrOr(o.dep.Spec.Replicas, 1)
+		if o.hpa != nil {
+			minR = ptrOr(o.hpa.Spec.MinReplicas, 1)
+		}
+		// A budget that can never be met at the smallest scale blocks every
+		// node drain. Percentages are scaled as the disruption controller
+		// scales them, rounding up.
+		if v := spec.MinAvailable; v != nil {
+			if n, err := intstr.GetScaledValueFromIntOrPercent(v, int(minR), true); err != nil {
+				t.Errorf("minAvailable %s: %v", v.String(), err)
+			} else if n >= int(minR) {
+				t.Errorf("minAvailable %s is %d of %d pods (the smallest scale): no pod could ever be evicted", v.String(), n, minR)
+			}
+		}
+		if v := spec.MaxUnavailable; v != nil {
+			if n, err := intstr.GetScaledValueFromIntOrPercent(v, int(minR), true); err != nil {
+				t.Errorf("maxUnavailable %s: %v", v.String(), err)
+			} else if n < 1 {
+				t.Errorf("maxUnavailable %s is %d of %d pods (the smallest scale): no pod could ever be evicted", v.String(), n, minR)
+			}
+		}
+	})
+}
+
+// wantAppProtocol is the appProtocol of a Service port, from the container
+// port it targets and whether the gateway serves TLS there.
+func wantAppProtocol(port string, tls bool) string {
+	switch {
+	case port == "admin":
+		return "http" // never TLS
+	case tls:
+		return "https"
+	case port == "grpc":
+		return "kubernetes.io/h2c"
 	}
-	minR := int32(1)
-	if o.hpa.Spec.MinReplicas != nil {
-		minR = *o.hpa.Spec.MinReplicas
-	}
-	// An int budget that can never be met at the smallest scale blocks
-	// every node drain.
-	if v := spec.MinAvailable; v != nil && v.Type == intstr.Int && v.IntVal >= minR {
-		t.Errorf("minAvailable %d >= minReplicas %d: no pod could ever be evicted", v.IntVal, minR)
-	}
-	if v := spec.MaxUnavailable; v != nil && v.Type == intstr.Int && v.IntVal < 1 {
-		t.Errorf("maxUnavailable %d: no pod could ever be evicted", v.IntVal)
-	}
+	return "http"
 }
 
 func TestServiceTargetsContainerPorts(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
-	if o.svc.Spec.Type != "" && o.svc.Spec.Type != corev1.ServiceTypeClusterIP {
-		t.Errorf("Service type %s, want ClusterIP", o.svc.Spec.Type)
-	}
-	grpcPort := containerPort(t, c, "grpc")
-	wantAppProtocol := map[string]string{"grpc": "kubernetes.io/h2c", "http": "http"}
-	if len(o.svc.Spec.Ports) != len(c.Ports) {
-		t.Errorf("Service has %d ports, the container %d", len(o.svc.Spec.Ports), len(c.Ports))
-	}
-	for _, sp := range o.svc.Spec.Ports {
-		var target *corev1.ContainerPort
-		for i, cp := range c.Ports {
-			if (sp.TargetPort.Type == intstr.String && sp.TargetPort.StrVal == cp.Name) ||
-				(sp.TargetPort.Type == intstr.Int && sp.TargetPort.IntVal == cp.ContainerPort) {
-				target = &c.Ports[i]
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		tls := effectiveConfig(t, c)["tls-cert"] != ""
+		grpcPort := containerPort(t, c, "grpc")
+		var clientPorts []string // every container port but admin
+		for _, cp := range c.Ports {
+			if cp.Name != "admin" {
+				clientPorts = append(clientPorts, cp.Name)
 			}
 		}
-		if target == nil {
-			t.Errorf("Service port %s: targetPort %s is no container port", sp.Name, sp.TargetPort.String())
-			continue
+		slices.Sort(clientPorts)
+		clientServices := 0
+		for _, svc := range o.services {
+			if svc.Spec.Type != "" && svc.Spec.Type != corev1.ServiceTypeClusterIP {
+				t.Errorf("Service %s type %s, want ClusterIP", svc.Name, svc.Spec.Type)
+			}
+			var targets []string
+			for _, sp := range svc.Spec.Ports {
+				target := portOf(c, sp.TargetPort)
+				if target == nil {
+					t.Errorf("Service %s port %s: targetPort %s is no container port", svc.Name, sp.Name, sp.TargetPort.String())
+					continue
+				}
+				targets = append(targets, target.Name)
+				if sp.Protocol != target.Protocol && !(sp.Protocol == "" && target.Protocol == corev1.ProtocolTCP) {
+					t.Errorf("Service %s port %s: protocol %s, container port %s", svc.Name, sp.Name, sp.Protocol, target.Protocol)
+				}
+				want := wantAppProtocol(target.Name, tls)
+				if got := ptrOr(sp.AppProtocol, ""); got != want {
+					t.Errorf("Service %s port %s (to container port %s): appProtocol %q, want %q", svc.Name, sp.Name, target.Name, got, want)
+				}
+				if target.ContainerPort == grpcPort.ContainerPort && sp.Name != "grpc" && !strings.HasPrefix(sp.Name, "grpc-") {
+					t.Errorf("Service %s port %s carries gRPC: name it grpc", svc.Name, sp.Name)
+				}
+			}
+			slices.Sort(targets)
+			switch {
+			case slices.Equal(targets, []string{"admin"}):
+				// For a ServiceMonitor: no virtual IP, so that nothing
+				// reaches the admin routes through it by mistake.
+				if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+					t.Errorf("Service %s of the admin port: want it headless (clusterIP: None)", svc.Name)
+				}
+			case slices.Contains(targets, "admin"):
+				t.Errorf("Service %s exposes the admin port with the client ports %v: the admin port asks no token", svc.Name, targets)
+			case slices.Equal(targets, clientPorts):
+				clientServices++
+			default:
+				t.Errorf("Service %s targets %v, want the client ports %v", svc.Name, targets, clientPorts)
+			}
 		}
-		if sp.Protocol != target.Protocol && !(sp.Protocol == "" && target.Protocol == corev1.ProtocolTCP) {
-			t.Errorf("Service port %s: protocol %s, container port %s", sp.Name, sp.Protocol, target.Protocol)
+		if clientServices != 1 {
+			t.Errorf("%d Services of the client ports %v, want 1", clientServices, clientPorts)
 		}
-		want := wantAppProtocol[target.Name]
-		if got := ptrOr(sp.AppProtocol, ""); got != want {
-			t.Errorf("Service port %s (to container port %s): appProtocol %q, want %q", sp.Name, target.Name, got, want)
+	})
+}
+
+// TestServiceMonitorScrapesTheAdminPort checks that a ServiceMonitor
+// selects Services of this release only, and through them the admin
+// listener in plain HTTP. (TestBinaryServesTheManifestsProbesAndMetrics
+// reads its path on the binary.)
+func TestServiceMonitorScrapesTheAdminPort(t *testing.T) {
+	forEachSource(t, func(t *testing.T, o objects) {
+		if o.sm == nil {
+			t.Skip("no ServiceMonitor")
 		}
-		if target.ContainerPort == grpcPort.ContainerPort && sp.Name != "grpc" && !strings.HasPrefix(sp.Name, "grpc-") {
-			t.Errorf("Service port %s carries gRPC: name it grpc", sp.Name)
+		c := o.container(t)
+		adminPort := listenPort(t, effectiveConfig(t, c), "admin-addr")
+		spec := o.sm.Spec
+		sel, err := metav1.LabelSelectorAsSelector(&spec.Selector)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		if sel.Empty() {
+			t.Fatal("empty selector: it would scrape every Service of the namespace")
+		}
+		if spec.NamespaceSelector.Any || len(spec.NamespaceSelector.MatchNames) > 0 {
+			t.Errorf("namespaceSelector %+v: want the ServiceMonitor's own namespace, the release's", spec.NamespaceSelector)
+		}
+		var selected []*corev1.Service
+		for _, svc := range o.services {
+			if sel.Matches(labels.Set(svc.Labels)) {
+				selected = append(selected, svc)
+			}
+		}
+		if len(selected) == 0 {
+			t.Fatalf("selector %s matches none of the Services", sel)
+		}
+		if len(spec.Endpoints) == 0 {
+			t.Fatal("no endpoints")
+		}
+		for _, ep := range spec.Endpoints {
+			if ep.Scheme != nil && !strings.EqualFold(string(*ep.Scheme), "http") {
+				t.Errorf("endpoint %s: scheme %s, but the admin listener speaks plain HTTP", ep.Port, *ep.Scheme)
+			}
+			for _, svc := range selected {
+				// The Prometheus Operator scrapes the selected Services'
+				// port of that name: on one without it, nothing.
+				i := slices.IndexFunc(svc.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Name == ep.Port })
+				if i < 0 {
+					t.Errorf("the ServiceMonitor selects Service %s, which has no port %q", svc.Name, ep.Port)
+					continue
+				}
+				if cp := portOf(c, svc.Spec.Ports[i].TargetPort); cp == nil || cp.ContainerPort != adminPort {
+					t.Errorf("endpoint port %s of Service %s is not the admin listener (%d)", ep.Port, svc.Name, adminPort)
+				}
+			}
+		}
+	})
 }
 
 func ptrOr[T any](p *T, def T) T {
@@ -512,59 +746,60 @@ func ptrOr[T any](p *T, def T) T {
 }
 
 func TestSecurityContext(t *testing.T) {
-	o := render(t)
-	pod := o.dep.Spec.Template.Spec
-	c := o.container(t)
-	psc := pod.SecurityContext
-	if psc == nil {
-		psc = &corev1.PodSecurityContext{}
-	}
-	csc := c.SecurityContext
-	if csc == nil {
-		t.Fatal("the container has no securityContext")
-	}
-	nonRoot := ptrOr(csc.RunAsNonRoot, ptrOr(psc.RunAsNonRoot, false))
-	if !nonRoot {
-		t.Error("runAsNonRoot is not true")
-	}
-	uid := csc.RunAsUser
-	if uid == nil {
-		uid = psc.RunAsUser
-	}
-	if uid != nil && *uid == 0 {
-		t.Error("runAsUser 0")
-	}
-	if !ptrOr(csc.ReadOnlyRootFilesystem, false) {
-		t.Error("readOnlyRootFilesystem is not true")
-	}
-	if ptrOr(csc.AllowPrivilegeEscalation, true) {
-		t.Error("allowPrivilegeEscalation is not false")
-	}
-	if csc.Privileged != nil && *csc.Privileged {
-		t.Error("privileged")
-	}
-	if csc.Capabilities == nil || !slices.Contains(csc.Capabilities.Drop, "ALL") || len(csc.Capabilities.Add) > 0 {
-		t.Errorf("capabilities %+v: want drop [ALL] and none added", csc.Capabilities)
-	}
-	seccomp := csc.SeccompProfile
-	if seccomp == nil {
-		seccomp = psc.SeccompProfile
-	}
-	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
-		t.Errorf("seccompProfile %+v, want RuntimeDefault", seccomp)
-	}
+	forEachSource(t, func(t *testing.T, o objects) {
+		pod := o.dep.Spec.Template.Spec
+		c := o.container(t)
+		psc := pod.SecurityContext
+		if psc == nil {
+			psc = &corev1.PodSecurityContext{}
+		}
+		csc := c.SecurityContext
+		if csc == nil {
+			t.Fatal("the container has no securityContext")
+		}
+		nonRoot := ptrOr(csc.RunAsNonRoot, ptrOr(psc.RunAsNonRoot, false))
+		if !nonRoot {
+			t.Error("runAsNonRoot is not true")
+		}
+		uid := csc.RunAsUser
+		if uid == nil {
+			uid = psc.RunAsUser
+		}
+		if uid != nil && *uid == 0 {
+			t.Error("runAsUser 0")
+		}
+		if !ptrOr(csc.ReadOnlyRootFilesystem, false) {
+			t.Error("readOnlyRootFilesystem is not true")
+		}
+		if ptrOr(csc.AllowPrivilegeEscalation, true) {
+			t.Error("allowPrivilegeEscalation is not false")
+		}
+		if csc.Privileged != nil && *csc.Privileged {
+			t.Error("privileged")
+		}
+		if csc.Capabilities == nil || !slices.Contains(csc.Capabilities.Drop, "ALL") || len(csc.Capabilities.Add) > 0 {
+			t.Errorf("capabilities %+v: want drop [ALL] and none added", csc.Capabilities)
+		}
+		seccomp := csc.SeccompProfile
+		if seccomp == nil {
+			seccomp = psc.SeccompProfile
+		}
+		if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("seccompProfile %+v, want RuntimeDefault", seccomp)
+		}
 
-	// The image's USER against runAsNonRoot: the kubelet can only check a
-	// numeric uid, so a user given by name needs runAsUser.
-	df := parseDockerfile(t)
-	final := df[len(df)-1]
-	user, _, _ := strings.Cut(final.last("USER"), ":")
-	if _, err := strconv.Atoi(user); err != nil && uid == nil {
-		t.Errorf("the image's USER is %q (not numeric) and runAsNonRoot is set without runAsUser: the kubelet refuses to start the container", user)
-	}
-	if user == "nonroot" && strings.Contains(final.image, "distroless") && uid != nil && *uid != 65532 {
-		t.Errorf("runAsUser %d, but distroless's nonroot is 65532", *uid)
-	}
+		// The image's USER against runAsNonRoot: the kubelet can only check a
+		// numeric uid, so a user given by name needs runAsUser.
+		df := parseDockerfile(t)
+		final := df[len(df)-1]
+		user, _, _ := strings.Cut(final.last("USER"), ":")
+		if _, err := strconv.Atoi(user); err != nil && uid == nil {
+			t.Errorf("the image's USER is %q (not numeric) and runAsNonRoot is set without runAsUser: the kubelet refuses to start the container", user)
+		}
+		if user == "nonroot" && strings.Contains(final.image, "distroless") && uid != nil && *uid != 65532 {
+			t.Errorf("runAsUser %d, but distroless's nonroot is 65532", *uid)
+		}
+	})
 }
 
 // ---------------------------------------------------------------------------
@@ -658,172 +893,286 @@ func sameSetting(given, shown string) bool {
 		b, err := strconv.ParseFloat(shown, 64)
 		return err == nil && a == b
 	}
+	// Lists: comma-separated, or white-space separated in the environment
+	// (--backend).
 	norm := func(s string) string {
-		var parts []string
-		for p := range strings.SplitSeq(s, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				parts = append(parts, p)
-			}
-		}
-		return strings.Join(parts, ",")
+		return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }), ",")
 	}
 	return norm(given) == norm(shown)
 }
 
 func TestArgsAndEnvAreServeFlags(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		flags, envFlag := serveFlags(t)
+
+		if len(c.Args) == 0 || c.Args[0] != "serve" {
+			t.Fatalf("container args %q: want the serve subcommand first", c.Args)
+		}
+		inArgs := map[string]bool{}
+		for _, name := range argFlags(c.Args[1:]) {
+			if !flags[name] {
+				t.Errorf("container arg --%s is not a flag of wsbridge serve", name)
+			}
+			inArgs[name] = true
+		}
+		for _, e := range c.Env {
+			if !strings.HasPrefix(e.Name, "WSBRIDGE_") {
+				continue
+			}
+			// The binary ignores WSBRIDGE_* variables that are no flag's
+			// (with a warning in its log), so a typo would go unnoticed:
+			// this is the check.
+			flag, ok := envFlag[e.Name]
+			if !ok {
+				t.Errorf("env %s is not read by wsbridge serve (no such flag)", e.Name)
+				continue
+			}
+			if inArgs[flag] {
+				t.Errorf("--%s is set both by args and by env %s (args win)", flag, e.Name)
+			}
+		}
+		if len(c.EnvFrom) > 0 {
+			t.Log("envFrom is not checked")
+		}
+		if t.Failed() {
+			return
+		}
+
+		// The whole configuration parses, and every variable took effect.
+		cfg := effectiveConfig(t, c)
+		for name, value := range manifestEnv(c) {
+			flag, ok := envFlag[name]
+			if !ok {
+				continue
+			}
+			shown, ok := cfg[flag]
+			if !ok {
+				t.Errorf("--print-config shows no %s", flag)
+				continue
+			}
+			if flag == "backend" && strings.Contains(value, "@") {
+				continue // credentials are redacted
+			}
+			if !sameSetting(value, shown) {
+				t.Errorf("env %s=%q, but the effective %s is %q", name, value, flag, shown)
+			}
+		}
+	})
+
+	// The tables the checks use must be the binary's: a misspelt variable
+	// must fail the check above, and a renamed flag must not leave a check
+	// with nothing to look at.
 	flags, envFlag := serveFlags(t)
-
-	if len(c.Args) == 0 || c.Args[0] != "serve" {
-		t.Fatalf("container args %q: want the serve subcommand first", c.Args)
-	}
-	inArgs := map[string]bool{}
-	for _, name := range argFlags(c.Args[1:]) {
-		if !flags[name] {
-			t.Errorf("container arg --%s is not a flag of wsbridge serve", name)
-		}
-		inArgs[name] = true
-	}
-	for _, e := range c.Env {
-		if !strings.HasPrefix(e.Name, "WSBRIDGE_") {
-			continue
-		}
-		// The binary ignores WSBRIDGE_* variables that are no flag's, so a
-		// typo would go unnoticed: this is the check.
-		flag, ok := envFlag[e.Name]
-		if !ok {
-			t.Errorf("env %s is not read by wsbridge serve (no such flag)", e.Name)
-			continue
-		}
-		if inArgs[flag] {
-			t.Errorf("--%s is set both by args and by env %s (args win)", flag, e.Name)
-		}
-	}
-	if len(c.EnvFrom) > 0 {
-		t.Log("envFrom is not checked")
-	}
-	if t.Failed() {
-		return
-	}
-
-	// The whole configuration parses, and every variable took effect.
-	cfg := effectiveConfig(t, c)
-	for name, value := range manifestEnv(c) {
-		flag, ok := envFlag[name]
-		if !ok {
-			continue
-		}
-		shown, ok := cfg[flag]
-		if !ok {
-			t.Errorf("--print-config shows no %s", flag)
-			continue
-		}
-		if flag == "backend" && strings.Contains(value, "@") {
-			continue // credentials are redacted
-		}
-		if !sameSetting(value, shown) {
-			t.Errorf("env %s=%q, but the effective %s is %q", name, value, flag, shown)
-		}
-	}
-	// The kubelet's gRPC probes speak plain h2c and send no token.
-	if cfg["tls-cert"] != "" {
-		t.Error("--tls-cert is set: the kubelet's gRPC probes cannot use TLS")
-	}
-	if cfg["auth-all"] == "true" {
-		t.Error("--auth-all is set: the kubelet's gRPC probes send no token")
-	}
-
-	// A misspelt variable must fail the check above: make sure the help
-	// parsing does not accept anything.
 	if _, ok := envFlag["WSBRIDGE_SHUTDOWN_GRACEFUL"]; ok {
 		t.Error("serve --help parsing accepts an unknown variable")
+	}
+	for _, f := range fileFlags {
+		if !flags[f] {
+			t.Errorf("fileFlags names --%s, which is no flag of wsbridge serve", f)
+		}
+	}
+	for _, l := range listeners {
+		if !flags[l.flag] {
+			t.Errorf("listeners names --%s, which is no flag of wsbridge serve", l.flag)
+		}
 	}
 }
 
 func TestListenAddressesMatchContainerPorts(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
-	cfg := effectiveConfig(t, c)
-	for _, p := range []struct{ flag, port string }{{"grpc-addr", "grpc"}, {"http-addr", "http"}} {
-		addr := cfg[p.flag]
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			t.Errorf("effective --%s %q: %v", p.flag, addr, err)
-			continue
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		cfg := effectiveConfig(t, c)
+		// The probes and the scrapers need the admin listener (see
+		// TestProbesAndTermination): it must be on.
+		for _, l := range listeners {
+			port := listenPort(t, cfg, l.flag)
+			cp := containerPort(t, c, l.port)
+			if port != cp.ContainerPort {
+				t.Errorf("effective --%s %q, but container port %s is %d", l.flag, cfg[l.flag], l.port, cp.ContainerPort)
+			}
+			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP {
+				t.Errorf("container port %s protocol %s", l.port, cp.Protocol)
+			}
 		}
-		if host != "" && host != "0.0.0.0" && host != "::" {
-			t.Errorf("effective --%s %q: listens on %s only, unreachable from outside the pod (use 0.0.0.0)", p.flag, addr, host)
+		if len(c.Ports) != len(listeners) {
+			t.Errorf("container ports %v: want exactly one per listener (%v)", c.Ports, listeners)
 		}
-		cp := containerPort(t, c, p.port)
-		if port != strconv.Itoa(int(cp.ContainerPort)) {
-			t.Errorf("effective --%s %q, but container port %s is %d", p.flag, addr, p.port, cp.ContainerPort)
+		// /metrics is on the admin listener only.
+		ann := o.dep.Spec.Template.Annotations
+		if port, ok := ann["prometheus.io/port"]; ok && port != strconv.Itoa(int(containerPort(t, c, "admin").ContainerPort)) {
+			t.Errorf("prometheus.io/port %s is not the admin port", port)
 		}
-		if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP {
-			t.Errorf("container port %s protocol %s", p.port, cp.Protocol)
+	})
+}
+
+// httpProbes returns the readiness and liveness probes, which must be HTTP
+// GETs.
+func httpProbes(t *testing.T, c *corev1.Container) (readiness, liveness *corev1.HTTPGetAction) {
+	t.Helper()
+	get := func(what string, p *corev1.Probe) *corev1.HTTPGetAction {
+		if p == nil {
+			t.Fatalf("no %s", what)
 		}
+		h := p.ProbeHandler
+		if h.HTTPGet == nil || h.GRPC != nil || h.Exec != nil || h.TCPSocket != nil {
+			t.Fatalf("%s: want an HTTP GET probe only, got %+v", what, h)
+		}
+		return h.HTTPGet
 	}
-	if len(c.Ports) != 2 {
-		t.Errorf("container ports %v: want exactly grpc and http", c.Ports)
-	}
-	ann := o.dep.Spec.Template.Annotations
-	if port, ok := ann["prometheus.io/port"]; ok && port != strconv.Itoa(int(containerPort(t, c, "http").ContainerPort)) {
-		t.Errorf("prometheus.io/port %s is not the http port", port)
-	}
+	return get("readinessProbe", c.ReadinessProbe), get("livenessProbe", c.LivenessProbe)
 }
 
 func TestProbesAndTermination(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
-	grpcPort := containerPort(t, c, "grpc").ContainerPort
-	for _, p := range []struct {
-		what    string
-		probe   *corev1.Probe
-		service string
-	}{
-		{"readinessProbe", c.ReadinessProbe, readinessService},
-		{"livenessProbe", c.LivenessProbe, livenessService},
-	} {
-		if p.probe == nil {
-			t.Errorf("no %s", p.what)
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		cfg := effectiveConfig(t, c)
+		// The kubelet probes in plain HTTP and sends no token: the admin
+		// listener, which asks for neither whatever --tls-cert and
+		// --auth-all ask of the client ports, is the place for them.
+		if cfg["admin-addr"] == "" {
+			t.Fatal("no --admin-addr: the probes need the admin listener")
+		}
+		adminPort := listenPort(t, cfg, "admin-addr")
+		readiness, liveness := httpProbes(t, c)
+		for _, p := range []struct {
+			what string
+			get  *corev1.HTTPGetAction
+		}{{"readinessProbe", readiness}, {"livenessProbe", liveness}} {
+			if cp := portOf(c, p.get.Port); cp == nil || cp.ContainerPort != adminPort {
+				t.Errorf("%s: port %s, want the admin listener's (%d)", p.what, p.get.Port.String(), adminPort)
+			}
+			if p.get.Scheme != "" && p.get.Scheme != corev1.URISchemeHTTP {
+				t.Errorf("%s: scheme %s, but the admin listener speaks plain HTTP", p.what, p.get.Scheme)
+			}
+			if p.get.Host != "" {
+				t.Errorf("%s: host %q, want the pod's IP (empty)", p.what, p.get.Host)
+			}
+			if !strings.HasPrefix(p.get.Path, "/") {
+				t.Errorf("%s: path %q", p.what, p.get.Path)
+			}
+		}
+		// What each path answers is checked on the binary by
+		// TestLivenessIgnoresBackendOutage.
+		if readiness.Path == liveness.Path {
+			t.Errorf("readiness and liveness probe the same path %s", readiness.Path)
+		}
+
+		// preStop: the native sleep (distroless has no shell for exec).
+		lc := c.Lifecycle
+		if lc == nil || lc.PreStop == nil || lc.PreStop.Sleep == nil {
+			t.Fatal("no lifecycle.preStop.sleep")
+		}
+		if lc.PreStop.Exec != nil || lc.PreStop.HTTPGet != nil {
+			t.Error("preStop must be the sleep action alone")
+		}
+		sleep := time.Duration(lc.PreStop.Sleep.Seconds) * time.Second
+		if sleep <= 0 {
+			t.Errorf("preStop sleep %v", sleep)
+		}
+
+		delay, grace := shutdownTimes(t, cfg)
+		tgps := ptrOr(o.dep.Spec.Template.Spec.TerminationGracePeriodSeconds, corev1.DefaultTerminationGracePeriodSeconds)
+		budget := time.Duration(tgps) * time.Second
+		if need := sleep + delay + grace + terminationMargin; budget < need {
+			t.Errorf("terminationGracePeriodSeconds %d (%v) < preStop sleep %v + shutdown delay %v + shutdown grace %v + margin %v",
+				tgps, budget, sleep, delay, grace, terminationMargin)
+		}
+	})
+}
+
+// TestFileFlagsAreMounted checks that every file the gateway is told to read
+// is in a volume the pod mounts: the image has none of them, and its root
+// filesystem is read-only.
+func TestFileFlagsAreMounted(t *testing.T) {
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		pod := o.dep.Spec.Template.Spec
+		for _, m := range c.VolumeMounts {
+			if !slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name }) {
+				t.Errorf("volumeMount %s names no volume of the pod", m.Name)
+			}
+			if !m.ReadOnly {
+				t.Errorf("volumeMount %s is writable: the gateway writes no file", m.Name)
+			}
+		}
+		cfg := effectiveConfig(t, c)
+		files := 0
+		for _, flag := range fileFlags {
+			for path := range strings.SplitSeq(cfg[flag], ",") {
+				if path == "" {
+					continue
+				}
+				files++
+				vol, key, err := mountedFile(o, c, path)
+				if err != nil {
+					t.Errorf("--%s %s: %v", flag, path, err)
+					continue
+				}
+				if vol.Secret == nil {
+					continue
+				}
+				// A Secret the source renders must hold the key; one it does
+				// not render is the user's to create.
+				if s := o.secret(vol.Secret.SecretName); s != nil {
+					if _, ok := secretData(s, key); !ok {
+						t.Errorf("--%s %s: Secret %s has no key %q", flag, path, s.Name, key)
+					}
+				} else {
+					t.Logf("--%s %s: from Secret %s key %s, not rendered here", flag, path, vol.Secret.SecretName, key)
+				}
+			}
+		}
+		t.Logf("%d files from volumes", files)
+	})
+}
+
+// mountedFile finds the volume a path in the container comes from and, for
+// a Secret or ConfigMap volume, the key that is the file.
+func mountedFile(o objects, c *corev1.Container, path string) (*corev1.Volume, string, error) {
+	for _, m := range c.VolumeMounts {
+		var rel string
+		switch {
+		case m.SubPath != "" && path == m.MountPath:
+			rel = m.SubPath
+		case m.SubPath == "" && strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/"):
+			rel = strings.TrimPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/")
+		default:
 			continue
 		}
-		h := p.probe.ProbeHandler
-		if h.GRPC == nil || h.HTTPGet != nil || h.Exec != nil || h.TCPSocket != nil {
-			t.Errorf("%s: want a gRPC probe only, got %+v", p.what, h)
-			continue
+		i := slices.IndexFunc(o.dep.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 {
+			return nil, "", fmt.Errorf("volumeMount %s names no volume", m.Name)
 		}
-		if h.GRPC.Port != grpcPort {
-			t.Errorf("%s: port %d, but the grpc container port is %d", p.what, h.GRPC.Port, grpcPort)
+		vol := &o.dep.Spec.Template.Spec.Volumes[i]
+		var items []corev1.KeyToPath
+		switch {
+		case vol.Secret != nil:
+			items = vol.Secret.Items
+		case vol.ConfigMap != nil:
+			items = vol.ConfigMap.Items
 		}
-		if got := ptrOr(h.GRPC.Service, ""); got != p.service {
-			t.Errorf("%s: service %q, want %q", p.what, got, p.service)
+		if len(items) == 0 {
+			return vol, rel, nil
 		}
+		// With items, only those are files, each at its path.
+		for _, it := range items {
+			if it.Path == rel {
+				return vol, it.Key, nil
+			}
+		}
+		return nil, "", fmt.Errorf("volume %s has no item at %s", vol.Name, rel)
 	}
+	return nil, "", errors.New("in no mounted volume")
+}
 
-	// preStop: the native sleep (distroless has no shell for exec).
-	lc := c.Lifecycle
-	if lc == nil || lc.PreStop == nil || lc.PreStop.Sleep == nil {
-		t.Fatal("no lifecycle.preStop.sleep")
+// secretData returns a Secret's value for key, from data or stringData.
+func secretData(s *corev1.Secret, key string) ([]byte, bool) {
+	if v, ok := s.StringData[key]; ok {
+		return []byte(v), true
 	}
-	if lc.PreStop.Exec != nil || lc.PreStop.HTTPGet != nil {
-		t.Error("preStop must be the sleep action alone")
-	}
-	sleep := time.Duration(lc.PreStop.Sleep.Seconds) * time.Second
-	if sleep <= 0 {
-		t.Errorf("preStop sleep %v", sleep)
-	}
-
-	delay, grace := shutdownTimes(t, effectiveConfig(t, c))
-	tgps := int64(corev1.DefaultTerminationGracePeriodSeconds)
-	if p := o.dep.Spec.Template.Spec.TerminationGracePeriodSeconds; p != nil {
-		tgps = *p
-	}
-	budget := time.Duration(tgps) * time.Second
-	if need := sleep + delay + grace + terminationMargin; budget < need {
-		t.Errorf("terminationGracePeriodSeconds %d (%v) < preStop sleep %v + shutdown delay %v + shutdown grace %v + margin %v",
-			tgps, budget, sleep, delay, grace, terminationMargin)
-	}
+	v, ok := s.Data[key]
+	return v, ok
 }
 
 // shutdownTimes returns the effective --shutdown-delay (0 where the binary
@@ -1074,14 +1423,32 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("no COPY --from=... %s in the final stage", entry[0])
 	}
 
-	// Against the Deployment.
-	o := render(t)
-	c := o.container(t)
-	if len(c.Command) > 0 && !slices.Equal(c.Command, entry) {
-		t.Errorf("container command %q overrides ENTRYPOINT %q", c.Command, entry)
-	}
-	if len(c.Args) > 0 && !slices.Equal(c.Args, cmd) {
-		t.Errorf("container args %q differ from the image's CMD %q", c.Args, cmd)
+	// The image's listeners: on every interface, and EXPOSEd.
+	var listening []int32
+	for _, l := range listeners {
+		addr, ok := flagValue(cmd, l.flag)
+		if !ok {
+			// The admin listener is the Deployment's to open
+			// (WSBRIDGE_ADMIN_ADDR): it serves without a token, so an image
+			// run by hand should not.
+			if l.flag != "admin-addr" {
+				t.Errorf("CMD does not set --%s (the default listens on loopback only)", l.flag)
+			}
+			continue
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Errorf("CMD --%s %q: %v", l.flag, addr, err)
+			continue
+		}
+		if host != "0.0.0.0" && host != "" && host != "::" {
+			t.Errorf("CMD --%s %q: not every interface", l.flag, addr)
+		}
+		n, err := strconv.Atoi(port)
+		if err != nil {
+			t.Errorf("CMD --%s %q: %v", l.flag, addr, err)
+		}
+		listening = append(listening, int32(n))
 	}
 	var exposed []int32
 	for _, e := range final.all("EXPOSE") {
@@ -1097,33 +1464,43 @@ func TestDockerfile(t *testing.T) {
 			exposed = append(exposed, int32(n))
 		}
 	}
-	var ports []int32
-	for _, p := range c.Ports {
-		ports = append(ports, p.ContainerPort)
-	}
 	slices.Sort(exposed)
-	slices.Sort(ports)
-	if !slices.Equal(exposed, ports) {
-		t.Errorf("EXPOSE %v, container ports %v", exposed, ports)
+	slices.Sort(listening)
+	if !slices.Equal(exposed, listening) {
+		t.Errorf("EXPOSE %v, but CMD listens on %v", exposed, listening)
 	}
-	for _, p := range []struct{ flag, port string }{{"grpc-addr", "grpc"}, {"http-addr", "http"}} {
-		addr, ok := flagValue(cmd, p.flag)
-		if !ok {
-			t.Errorf("CMD does not set --%s (the default listens on loopback only)", p.flag)
-			continue
-		}
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			t.Errorf("CMD --%s %q: %v", p.flag, addr, err)
-			continue
-		}
-		if host != "0.0.0.0" && host != "" && host != "::" {
-			t.Errorf("CMD --%s %q: not every interface", p.flag, addr)
-		}
-		if want := strconv.Itoa(int(containerPort(t, c, p.port).ContainerPort)); port != want {
-			t.Errorf("CMD --%s port %s, container port %s is %s", p.flag, port, p.port, want)
-		}
+}
+
+// TestDeploymentRunsTheImage checks the container against the image: the
+// image's ENTRYPOINT runs, and the args, which replace its CMD, repeat it
+// (listen addresses aside: their ports are the source's to choose, checked
+// by TestListenAddressesMatchContainerPorts) before any flag they add.
+func TestDeploymentRunsTheImage(t *testing.T) {
+	final := parseDockerfile(t)
+	image := final[len(final)-1]
+	entry := execForm(t, "ENTRYPOINT", image.last("ENTRYPOINT"))
+	cmd := execForm(t, "CMD", image.last("CMD"))
+	isListenFlag := func(arg string) bool {
+		return slices.ContainsFunc(listeners, func(l struct{ flag, port string }) bool { return arg == "--"+l.flag })
 	}
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		if len(c.Command) > 0 && !slices.Equal(c.Command, entry) {
+			t.Errorf("container command %q overrides ENTRYPOINT %q", c.Command, entry)
+		}
+		if len(c.Args) == 0 {
+			return // the image's CMD
+		}
+		if len(c.Args) < len(cmd) {
+			t.Fatalf("container args %q are shorter than the image's CMD %q", c.Args, cmd)
+		}
+		for i := range cmd {
+			if c.Args[i] != cmd[i] && !(i > 0 && isListenFlag(cmd[i-1])) {
+				t.Errorf("container args %q do not begin with the image's CMD %q (differ at %q)", c.Args, cmd, c.Args[i])
+				break
+			}
+		}
+	})
 }
 
 // TestVersionStamp builds with the Dockerfile's -X symbols and checks that
@@ -1224,23 +1601,32 @@ func TestDockerignoreKeepsBuildInputs(t *testing.T) {
 
 // gateway is a wsbridge serve process.
 type gateway struct {
-	cmd       *exec.Cmd
-	done      chan struct{}
-	waitErr   error
-	stderr    *lineWriter
-	grpc, web string // listen addresses
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+	stderr  *lineWriter
+	addrs   listenAddrs
+
+	// http trusts the gateway's certificate (if it has TLS); token is one
+	// it accepts ("" without tokens).
+	http  *http.Client
+	https bool
+	token string
 }
+
+// listenAddrs are the addresses in the "wsbridge listening" log line.
+type listenAddrs struct{ GRPC, HTTP, Admin string }
 
 // lineWriter collects stderr and reports the "wsbridge listening" line.
 type lineWriter struct {
 	mu        sync.Mutex
 	buf       bytes.Buffer
 	partial   []byte
-	listening chan [2]string
+	listening chan listenAddrs
 	sent      bool
 }
 
-var textAddr = regexp.MustCompile(`\b(grpc|http)=(\S+)`)
+var textAddr = regexp.MustCompile(`\b(grpc|http|admin)=(\S+)`)
 
 func (w *lineWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
@@ -1257,17 +1643,20 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		if w.sent || !bytes.Contains(line, []byte("wsbridge listening")) {
 			continue
 		}
-		var rec struct{ GRPC, HTTP string }
+		var rec listenAddrs
 		if json.Unmarshal(line, &rec) != nil {
 			for _, m := range textAddr.FindAllSubmatch(line, -1) {
-				if string(m[1]) == "grpc" {
+				switch string(m[1]) {
+				case "grpc":
 					rec.GRPC = string(m[2])
-				} else {
+				case "http":
 					rec.HTTP = string(m[2])
+				case "admin":
+					rec.Admin = string(m[2])
 				}
 			}
 		}
-		w.listening <- [2]string{rec.GRPC, rec.HTTP}
+		w.listening <- rec
 		w.sent = true
 	}
 	return len(p), nil
@@ -1279,24 +1668,32 @@ func (w *lineWriter) String() string {
 	return w.buf.String()
 }
 
-// startGateway runs wsbridge with the container's args (listening on free
-// loopback ports instead) and env, plus extraEnv.
-func startGateway(t *testing.T, ctx context.Context, c *corev1.Container, extraEnv map[string]string) *gateway {
+// startGateway runs wsbridge with the container's args and env, plus
+// extraEnv, listening on free loopback ports instead, and with local files
+// standing in for those the pod's volumes would hold (podFiles).
+func startGateway(t *testing.T, ctx context.Context, o objects, extraEnv map[string]string) *gateway {
 	t.Helper()
+	c := o.container(t)
+	cfg := effectiveConfig(t, c)
 	envMap := manifestEnv(c)
 	maps.Copy(envMap, extraEnv)
 	env := baseEnv()
 	for k, v := range envMap {
 		env = append(env, k+"="+v) // an empty value counts as unset
 	}
-	// The flag package keeps the last value: these override the manifest's
-	// 0.0.0.0 addresses.
-	args := append(slices.Clone(c.Args), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
-	g := &gateway{
-		cmd:    exec.Command(wsbridge(t), args...),
-		done:   make(chan struct{}),
-		stderr: &lineWriter{listening: make(chan [2]string, 1)},
+	// The flag package keeps the last value, and flags win over the
+	// environment: these override the container's addresses and files.
+	args := slices.Clone(c.Args)
+	for _, l := range listeners {
+		if cfg[l.flag] != "" {
+			args = append(args, "--"+l.flag, "127.0.0.1:0")
+		}
 	}
+	g := &gateway{done: make(chan struct{}), stderr: &lineWriter{listening: make(chan listenAddrs, 1)}}
+	files, roots, token := podFiles(t, o, c, cfg)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	g.http, g.https, g.token = &http.Client{Transport: tr}, roots != nil, token
+	g.cmd = exec.Command(wsbridge(t), append(args, files...)...)
 	g.cmd.Env = env
 	g.cmd.Stderr = g.stderr
 	if err := g.cmd.Start(); err != nil {
@@ -1310,188 +1707,323 @@ func startGateway(t *testing.T, ctx context.Context, c *corev1.Container, extraE
 			_ = g.cmd.Process.Kill()
 			<-g.done
 		}
+		tr.CloseIdleConnections()
 		if t.Failed() {
 			t.Logf("wsbridge stderr:\n%s", g.stderr)
 		}
 	})
 	select {
-	case addrs := <-g.stderr.listening:
-		g.grpc, g.web = addrs[0], addrs[1]
+	case g.addrs = <-g.stderr.listening:
 	case <-g.done:
 		t.Fatalf("wsbridge exited before listening: %v\n%s", g.waitErr, g.stderr)
 	case <-ctx.Done():
 		t.Fatalf("wsbridge did not log that it listens\n%s", g.stderr)
 	}
-	if g.grpc == "" || g.web == "" {
+	if g.addrs.GRPC == "" || g.addrs.HTTP == "" || (cfg["admin-addr"] != "") != (g.addrs.Admin != "") {
 		t.Fatalf("cannot read the listen addresses from\n%s", g.stderr)
 	}
 	return g
 }
 
-func healthClient(t *testing.T, addr string) healthpb.HealthClient {
+// podFiles stands in for the files the pod's volumes would hold, as flags
+// that override the container's paths: a self-signed certificate for
+// 127.0.0.1 for --tls-cert and --tls-key, and for --auth-token-file the
+// tokens of the Secret the source renders, or a made-up one. It returns the
+// flags, the certificate (nil without TLS) and a token (or "").
+func podFiles(t *testing.T, o objects, c *corev1.Container, cfg map[string]string) (args []string, roots *x509.CertPool, token string) {
 	t.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dir := t.TempDir()
+	var certPEM, keyPEM []byte
+	for _, flag := range fileFlags {
+		path := cfg[flag]
+		if path == "" {
+			continue
+		}
+		var content []byte
+		switch flag {
+		case "tls-cert", "tls-key":
+			if roots == nil {
+				certPEM, keyPEM, roots = selfSigned(t)
+			}
+			content = keyPEM
+			if flag == "tls-cert" {
+				content = certPEM
+			}
+		case "auth-token-file":
+			content = []byte("made-up-token\n")
+			if vol, key, err := mountedFile(o, c, path); err == nil && vol.Secret != nil {
+				if s := o.secret(vol.Secret.SecretName); s != nil {
+					content, _ = secretData(s, key)
+				}
+			}
+			token, _, _ = strings.Cut(strings.TrimSpace(string(content)), "\n")
+		default:
+			t.Fatalf("--%s %s: the test has no stand-in for this file", flag, path)
+		}
+		local := filepath.Join(dir, flag)
+		if err := os.WriteFile(local, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--"+flag, local)
+	}
+	return args, roots, token
+}
+
+// selfSigned returns a certificate for 127.0.0.1 and its key, in PEM, and
+// a pool that trusts it.
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte, roots *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return healthpb.NewHealthClient(conn)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "wsbridge deploy test"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots = x509.NewCertPool()
+	roots.AddCert(cert)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), roots
 }
 
-// waitHealth polls Check until service reports want, or ctx ends.
-func waitHealth(ctx context.Context, hc healthpb.HealthClient, service string, want healthpb.HealthCheckResponse_ServingStatus) error {
+// adminGet is what the kubelet and Prometheus send: a plain GET to the admin
+// listener, without a token.
+func (g *gateway) adminGet(ctx context.Context, path string) (int, []byte, error) {
+	return get(ctx, g.http, "http://"+g.addrs.Admin+path, "")
+}
+
+// clientGet is a client's GET on the HTTP port: TLS and a token if the
+// gateway asks for them, so that the answer is about the path.
+func (g *gateway) clientGet(ctx context.Context, path string) (int, []byte, error) {
+	scheme := "http://"
+	if g.https {
+		scheme = "https://"
+	}
+	return get(ctx, g.http, scheme+g.addrs.HTTP+path, g.token)
+}
+
+func get(ctx context.Context, client *http.Client, url, token string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// needAdmin stops a test of the probes on a gateway without the admin
+// listener (which TestProbesAndTermination reports).
+func (g *gateway) needAdmin(t *testing.T) {
+	t.Helper()
+	if g.addrs.Admin == "" {
+		t.Fatal("no admin listener (--admin-addr): the probes have no port to go to")
+	}
+}
+
+// waitStatus polls the admin listener's path until it answers want, for up
+// to 20 seconds (the demo backend's dial, and the failed dials that turn
+// readiness off, take far less), so that one wrong path does not use up the
+// test's time for the checks after it.
+func waitStatus(ctx context.Context, g *gateway, path string, want int) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	last := "no answer"
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: service})
-		cancel()
+		code, _, err := g.adminGet(ctx, path)
 		switch {
+		case err != nil && ctx.Err() != nil:
+			// Cut short by the deadline: the answer before says more.
 		case err != nil:
 			last = err.Error()
-		case resp.GetStatus() == want:
+		case code == want:
 			return nil
 		default:
-			last = resp.GetStatus().String()
+			last = strconv.Itoa(code)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("health service %q: want %s, last %s", service, want, last)
+			return fmt.Errorf("GET %s on the admin listener: want %d, last %s", path, want, last)
 		case <-tick.C:
 		}
 	}
 }
 
-// probeService returns the gRPC health service name a probe asks for.
-func probeService(p *corev1.Probe) string {
-	if p == nil || p.GRPC == nil {
-		return "<not a gRPC probe>"
+// scrapePaths returns where scrapers read /metrics: the prometheus.io/path
+// annotation, the ServiceMonitor's endpoints, or Prometheus's default.
+func scrapePaths(o objects) []string {
+	var paths []string
+	ann := o.dep.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] == "true" {
+		paths = append(paths, cmp.Or(ann["prometheus.io/path"], "/metrics"))
 	}
-	return ptrOr(p.GRPC.Service, "")
+	if o.sm != nil {
+		for _, ep := range o.sm.Spec.Endpoints {
+			paths = append(paths, cmp.Or(ep.Path, "/metrics"))
+		}
+	}
+	if len(paths) == 0 {
+		paths = []string{"/metrics"}
+	}
+	slices.Sort(paths)
+	return slices.Compact(paths)
 }
 
 // TestBinaryServesTheManifestsProbesAndMetrics runs wsbridge with the
-// manifest's args and environment (but the embedded demo backend instead of
-// WSBRIDGE_BACKEND, and loopback ports): the probes' health services must
-// report SERVING, the HPA's Pods metrics must be on /metrics, and SIGTERM
-// must end the process cleanly within the shutdown grace.
+// container's args and environment (but the embedded demo backend instead
+// of WSBRIDGE_BACKEND, loopback ports, and local files for the volumes'):
+// the probes' paths must answer 200 on the admin listener, as the kubelet
+// asks (plain HTTP, no token), the HPA's Pods metrics must be on the
+// scrapers' path there, none of these may be served on the client port,
+// and SIGTERM must end the process cleanly within the shutdown grace.
 func TestBinaryServesTheManifestsProbesAndMetrics(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
-	cfg := effectiveConfig(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		cfg := effectiveConfig(t, c)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
 
-	// WSBRIDGE_DEMO (with no WSBRIDGE_BACKEND) starts the embedded demo
-	// backend.
-	g := startGateway(t, ctx, c, map[string]string{"WSBRIDGE_BACKEND": "", "WSBRIDGE_DEMO": "true"})
-	if !strings.Contains(g.stderr.String(), "embedded demo backend") {
-		t.Fatalf("the embedded demo backend did not start:\n%s", g.stderr)
-	}
-	hc := healthClient(t, g.grpc)
-	for _, svc := range []string{probeService(c.ReadinessProbe), probeService(c.LivenessProbe)} {
-		if err := waitHealth(ctx, hc, svc, healthpb.HealthCheckResponse_SERVING); err != nil {
-			t.Error(err)
+		// WSBRIDGE_DEMO (with no WSBRIDGE_BACKEND) starts the embedded demo
+		// backend.
+		g := startGateway(t, ctx, o, map[string]string{"WSBRIDGE_BACKEND": "", "WSBRIDGE_DEMO": "true"})
+		if !strings.Contains(g.stderr.String(), "embedded demo backend") {
+			t.Fatalf("the embedded demo backend did not start:\n%s", g.stderr)
 		}
-	}
-	// The health server knows only the names it registers: an unknown one
-	// is NotFound, so the SERVING answers above are not a default.
-	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "no-such-service"}); status.Code(err) != codes.NotFound {
-		t.Errorf("Check(no-such-service): %v, want NotFound", err)
-	}
+		g.needAdmin(t)
+		readiness, liveness := httpProbes(t, c)
+		for _, path := range []string{readiness.Path, liveness.Path} {
+			if err := waitStatus(ctx, g, path, http.StatusOK); err != nil {
+				t.Error(err)
+			}
+		}
+		// The admin listener does not answer 200 to anything, so the 200s
+		// above are the paths'.
+		if code, _, err := g.adminGet(ctx, "/no-such-path"); err != nil || code != http.StatusNotFound {
+			t.Errorf("GET /no-such-path on the admin listener: %d %v, want 404", code, err)
+		}
 
-	// The HPA's Pods metrics, and the scrape annotations, on /metrics.
-	path := o.dep.Spec.Template.Annotations["prometheus.io/path"]
-	if path == "" {
-		path = "/metrics"
-	}
-	resp, err := http.Get("http://" + g.web + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", path, resp.Status)
-	}
-	families := map[string]string{}
-	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) (\S+)$`).FindAllStringSubmatch(string(body), -1) {
-		families[m[1]] = m[2]
-	}
-	pods := 0
-	for _, m := range o.hpa.Spec.Metrics {
-		if m.Type != autoscalingv2.PodsMetricSourceType {
-			continue
+		// The HPA's Pods metrics, where the scrapers read them.
+		paths := scrapePaths(o)
+		for _, path := range paths {
+			code, body, err := g.adminGet(ctx, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code != http.StatusOK {
+				t.Fatalf("GET %s on the admin listener: %d", path, code)
+			}
+			families := map[string]string{}
+			for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) (\S+)$`).FindAllStringSubmatch(string(body), -1) {
+				families[m[1]] = m[2]
+			}
+			if len(families) == 0 {
+				t.Errorf("GET %s on the admin listener: no metrics", path)
+			}
+			if o.hpa == nil {
+				continue
+			}
+			for _, m := range o.hpa.Spec.Metrics {
+				if m.Type != autoscalingv2.PodsMetricSourceType {
+					continue
+				}
+				name := m.Pods.Metric.Name
+				if typ, ok := families[name]; !ok {
+					t.Errorf("the HPA scales on %s, which %s does not export", name, path)
+				} else if typ != "gauge" {
+					t.Errorf("the HPA scales on %s, a %s; an average value wants a gauge", name, typ)
+				}
+			}
 		}
-		pods++
-		name := m.Pods.Metric.Name
-		if typ, ok := families[name]; !ok {
-			t.Errorf("the HPA scales on %s, which %s does not export", name, path)
-		} else if typ != "gauge" {
-			t.Errorf("the HPA scales on %s, a %s; an average value wants a gauge", name, typ)
-		}
-	}
-	if pods == 0 {
-		t.Log("the HPA has no Pods metric")
-	}
 
-	// SIGTERM (after the preStop sleep) drains and exits 0 within the
-	// shutdown delay and grace, which the termination budget covers.
-	delay, grace := shutdownTimes(t, cfg)
-	start := time.Now()
-	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-g.done:
-	case <-time.After(delay + grace + 5*time.Second):
-		t.Fatalf("still running %v after SIGTERM (shutdown delay %v, grace %v)", time.Since(start), delay, grace)
-	}
-	if g.waitErr != nil {
-		t.Errorf("exit after SIGTERM: %v", g.waitErr)
-	}
-	if d := time.Since(start); d > delay+grace {
-		t.Errorf("shutdown took %v, more than the shutdown delay %v + grace %v", d, delay, grace)
-	}
+		// None of it on the client port: with the admin listener on, clients
+		// see no metrics, stats or health routes.
+		for _, path := range append([]string{readiness.Path, liveness.Path}, paths...) {
+			if code, _, err := g.clientGet(ctx, path); err != nil || code != http.StatusNotFound {
+				t.Errorf("GET %s on the client HTTP port: %d %v, want 404 (admin listener only)", path, code, err)
+			}
+		}
+
+		// SIGTERM (after the preStop sleep) drains and exits 0 within the
+		// shutdown delay and grace, which the termination budget covers.
+		delay, grace := shutdownTimes(t, cfg)
+		start := time.Now()
+		if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-g.done:
+		case <-time.After(delay + grace + 5*time.Second):
+			t.Fatalf("still running %v after SIGTERM (shutdown delay %v, grace %v)", time.Since(start), delay, grace)
+		}
+		if g.waitErr != nil {
+			t.Errorf("exit after SIGTERM: %v", g.waitErr)
+		}
+		if d := time.Since(start); d > delay+grace {
+			t.Errorf("shutdown took %v, more than the shutdown delay %v + grace %v", d, delay, grace)
+		}
+	})
 }
 
-// TestLivenessIgnoresBackendOutage runs wsbridge as the manifest does with
-// a backend that refuses connections: readiness must turn NOT_SERVING (the
-// pod leaves the Service) while liveness stays SERVING (the kubelet does
-// not restart pods for the backend's outage).
+// TestLivenessIgnoresBackendOutage runs wsbridge as the container does with
+// a backend that refuses connections: the readiness probe's path must turn
+// 503 (the pod leaves the Service) while the liveness probe's stays 200
+// (the kubelet does not restart pods for the backend's outage).
 func TestLivenessIgnoresBackendOutage(t *testing.T) {
-	o := render(t)
-	c := o.container(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	forEachSource(t, func(t *testing.T, o objects) {
+		c := o.container(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "ws://" + ln.Addr().String() + "/"
-	ln.Close()
-	g := startGateway(t, ctx, c, map[string]string{
-		"WSBRIDGE_BACKEND":       dead,
-		"WSBRIDGE_BACKEND_EAGER": "true",
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := "ws://" + ln.Addr().String() + "/"
+		ln.Close()
+		g := startGateway(t, ctx, o, map[string]string{
+			"WSBRIDGE_BACKEND":       dead,
+			"WSBRIDGE_DEMO":          "",
+			"WSBRIDGE_BACKEND_EAGER": "true",
+		})
+		g.needAdmin(t)
+		readiness, liveness := httpProbes(t, c)
+		if readiness.Path == liveness.Path {
+			t.Fatalf("readiness and liveness probe the same path %s", readiness.Path)
+		}
+		if err := waitStatus(ctx, g, readiness.Path, http.StatusServiceUnavailable); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, err := g.adminGet(ctx, liveness.Path); err != nil || code != http.StatusOK {
+			t.Errorf("liveness %s: %d %v while the backend is down, want 200", liveness.Path, code, err)
+		}
 	})
-	hc := healthClient(t, g.grpc)
-	readiness, liveness := probeService(c.ReadinessProbe), probeService(c.LivenessProbe)
-	if readiness == liveness {
-		t.Fatalf("readiness and liveness probe the same health service %q", readiness)
-	}
-	if err := waitHealth(ctx, hc, readiness, healthpb.HealthCheckResponse_NOT_SERVING); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: liveness})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("liveness %q is %s while the backend is down", liveness, resp.GetStatus())
-	}
 }
