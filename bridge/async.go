@@ -94,7 +94,7 @@ func (a *asyncCall) startOn() {
 	}
 	a.op, a.conn = o, c
 	a.mu.Unlock()
-	c.sendq.Push(o)
+	c.send(o)
 }
 
 // expire gives up on o: for its deadline, or because the caller cancelled.

@@ -29,6 +29,7 @@ type conn struct {
 	b     *Bridge
 	ws    *websocket.Conn
 	raw   net.Conn          // the TCP connection under ws, when known
+	sock  *cork.Conn        // the corkable, non-blocking conn under ws; nil if none
 	sendq *queue.Queue[*op] // requests for the writer; MaxInFlight bounds it
 	lost  chan struct{}     // closed by fail: the connection is out of service
 
@@ -45,14 +46,21 @@ type conn struct {
 var errIdle = errors.New("closed after being idle")
 
 func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
-	return &conn{
+	c := &conn{
 		slot:  s,
 		b:     s.b,
 		ws:    ws,
 		raw:   raw,
+		sock:  cork.Of(raw),
 		sendq: queue.New[*op](0),
 		lost:  make(chan struct{}),
 	}
+	if c.sock != nil {
+		// No write waits for the socket: a frame it cannot take at once is
+		// held, and the writer flushes it (see send).
+		c.sock.NonBlocking(c.sendq.Kick)
+	}
+	return c
 }
 
 // fail takes the connection out of service. The first cause wins.
@@ -160,7 +168,7 @@ func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
 	if !c.pending.add(o) {
 		return nil, errNotSent
 	}
-	c.sendq.Push(o)
+	c.send(o)
 	select {
 	case r := <-o.resp:
 		return r.value, r.err
@@ -195,14 +203,55 @@ func (c *conn) sendCancel(id uint64) {
 	}
 	params := strconv.AppendUint([]byte(`{"id":`), id, 10)
 	o := newOp(0, true, jsonrpc.AppendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
-	c.sendq.Push(o)
+	c.send(o) // not in pending: nothing answers a notification
 }
 
-// writeLoop writes queued requests: all that are queued at once, under one
-// cork, so that they leave in one system call (coder/websocket flushes
-// every message).
+// send writes o or queues it for the writer. When the socket is idle (no
+// one writing, nothing queued) the calling goroutine writes o itself: at
+// low load a call then costs no hand-off to the writer goroutine and no
+// wake-up. The socket is non-blocking, so this never waits for the
+// backend, whichever goroutine calls it (a client's reader, the backend's
+// own reader, a timer): what the socket cannot take at once is held and
+// the writer flushes it. Under load frames meet, the writer takes over and
+// batches them under one cork.
+func (c *conn) send(o *op) {
+	if c.sock == nil {
+		c.sendq.Push(o)
+		return
+	}
+	if direct, _ := c.sendq.Offer(o); !direct {
+		return
+	}
+	if c.b.opts.IdleTimeout > 0 {
+		c.lastUse.Store(time.Now().UnixNano())
+	}
+	c.sock.Cork() // the frame leaves in one system call
+	sent, err := c.writeOne(context.Background(), o)
+	held, uerr := c.sock.Uncork(time.Time{})
+	if err == nil {
+		err = uerr
+	}
+	if err != nil {
+		// The request's state says whether it was written; serve settles
+		// it when the connection is torn down.
+		c.fail(err)
+		c.sendq.Release()
+		return
+	}
+	if held {
+		c.sendq.Kick() // the writer flushes the rest
+	}
+	c.sendq.Release()
+	if sent && o.notify && c.pending.take(o.id) != nil {
+		o.complete(result{})
+	}
+}
+
+// writeLoop writes what send queued when the socket was busy: all that is
+// queued at once, under one cork, so that it leaves in one system call
+// (coder/websocket flushes every message), and flushes what the socket
+// held back, waiting up to WriteTimeout.
 func (c *conn) writeLoop(ctx context.Context) error {
-	corked := cork.Of(c.raw)
 	var batch, written []*op // written: the notifications of the batch
 	for {
 		select {
@@ -215,39 +264,46 @@ func (c *conn) writeLoop(ctx context.Context) error {
 		// Let the goroutines that are about to queue more do so, so that
 		// they join this batch (a no-op when nothing else is runnable).
 		runtime.Gosched()
-		batch = c.sendq.Take(batch)
-		if len(batch) == 0 {
-			continue
-		}
-		if c.b.opts.IdleTimeout > 0 {
-			c.lastUse.Store(time.Now().UnixNano())
-		}
-		wctx, end := cork.Batch(corked, ctx, c.b.opts.WriteTimeout)
-		written = written[:0]
-		var err error
-		if c.b.opts.Batch && len(batch) > 1 {
-			written, err = c.writeBatches(wctx, batch, written)
-		} else {
-			for _, o := range batch {
-				var sent bool
-				if sent, err = c.writeOne(wctx, o); err != nil {
-					break // the rest were not written: they go out on the next connection
-				}
-				if sent && o.notify {
-					written = append(written, o)
+		var ok bool
+		for batch, ok = c.sendq.Claim(batch); ok; batch, ok = c.sendq.Next(batch) {
+			var err error
+			if written, err = c.writeBatch(ctx, batch, written[:0]); err != nil {
+				return err // the claim stays: nothing more is written here
+			}
+			clear(batch)
+			for _, o := range written {
+				if c.pending.take(o.id) != nil {
+					o.complete(result{})
 				}
 			}
+			runtime.Gosched()
 		}
-		clear(batch)
-		if err := end(err); err != nil {
-			return err
-		}
-		for _, o := range written {
-			if c.pending.take(o.id) != nil {
-				o.complete(result{})
+	}
+}
+
+// writeBatch writes batch under one cork and flushes the socket; it
+// appends the notifications written to written. An error means the
+// connection is lost (ops not written go out on the next one).
+func (c *conn) writeBatch(ctx context.Context, batch, written []*op) ([]*op, error) {
+	if len(batch) > 0 && c.b.opts.IdleTimeout > 0 {
+		c.lastUse.Store(time.Now().UnixNano())
+	}
+	wctx, end := cork.Batch(c.sock, ctx, c.b.opts.WriteTimeout)
+	var err error
+	if c.b.opts.Batch && len(batch) > 1 {
+		written, err = c.writeBatches(wctx, batch, written)
+	} else {
+		for _, o := range batch {
+			var sent bool
+			if sent, err = c.writeOne(wctx, o); err != nil {
+				break // the rest were not written: they go out on the next connection
+			}
+			if sent && o.notify {
+				written = append(written, o)
 			}
 		}
 	}
+	return written, end(err)
 }
 
 // writeBatches writes the ops as JSON-RPC batches (arrays), each within

@@ -426,6 +426,14 @@ func (ss *session) hold() {
 	ss.mu.Unlock()
 }
 
+// othersDue reports whether replies are due besides one being handed
+// over now (overlap: a face then lets replies meet and leave together).
+func (ss *session) othersDue(handing int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.unanswered > handing
+}
+
 // answered notes that a reply was handed over (or none was due), and
 // leaves once nothing is unanswered when the session is going away.
 func (ss *session) answered() {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -26,31 +26,54 @@ import (
 
 // wsClient is the /ws face: the transport of one client's session
 // (JSON-RPC 2.0 over WebSocket). The handler goroutine reads and hands
-// each message to the session; a writer goroutine sends from out; the
-// writer pings the client now and then, each ping on a short-lived
-// goroutine. Calls need no goroutine (see session). The handler owns the
-// writer and the pings (tasks) and returns after they have exited.
+// each message to the session. An idle client has no other goroutine:
+// a reply or notification is written by the goroutine that produces it
+// when the socket is idle (the socket never blocks, see cork), and a
+// writer goroutine is started only when frames meet or the socket holds
+// bytes back; it exits when the queue is empty. Pings run from a timer,
+// each on a short-lived goroutine. The handler owns every goroutine of the
+// client (tasks) and returns after they have exited.
 type wsClient struct {
 	// Static after serveWS set them up.
 	s     *Server
 	conn  *websocket.Conn
 	raw   net.Conn             // the hijacked connection under conn
-	out   *queue.Queue[[]byte] // frames for the writer; bounded by ClientBuffer
+	sock  *cork.Conn           // the non-blocking socket under raw; nil if none
+	br    *bufio.Reader        // coder/websocket's read buffer, when ours (see hijackRecorder)
+	out   *queue.Queue[[]byte] // frames queued while the socket is busy; bounded by ClientBuffer
 	ended chan struct{}        // closed by end
-	tasks sync.WaitGroup       // writer, pings, close handshake
-	ss    *session             // the client's session; set before the writer starts
+	tasks sync.WaitGroup       // writers, pings, close handshake
+	ss    *session             // the client's session; set before the first frame
+	ping  *time.Timer          // the next ping
 
 	endOnce sync.Once
+
+	taskMu  sync.Mutex
+	stopped bool // guarded by taskMu: the handler waits for tasks; start no more
+	pinging bool // guarded by taskMu: a ping waits for its pong
 }
 
+// serveWS upgrades the request and hands the client to a goroutine of the
+// Server (tracked by wsClients), then returns: the handler's goroutine has
+// grown its stack on the HTTP handshake, and an idle client should not
+// keep that stack for as long as it stays connected.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.wsAdmit() {
 		http.Error(w, "gateway is shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer s.wsClients.Done()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			s.wsClients.Done()
+		}
+	}()
 	n := s.wsReserved.Add(1)
-	defer s.wsReserved.Add(-1)
+	defer func() {
+		if !handedOver {
+			s.wsReserved.Add(-1)
+		}
+	}()
 	if max := s.opts.MaxClients; max > 0 && n > int64(max) {
 		s.counters.refusedClients.Add(1)
 		http.Error(w, "too many WebSocket clients", http.StatusServiceUnavailable)
@@ -68,34 +91,53 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(s.bridge.MaxMessageBytes())
 	s.counters.wsUpgrades.Add(1)
-	s.counters.activeWS.Add(1)
-	defer s.counters.activeWS.Add(-1)
 
 	c := &wsClient{
-		s: s, conn: conn, raw: hj.conn,
+		s: s, conn: conn, raw: hj.conn, sock: cork.Of(hj.conn), br: hj.br,
 		out:   queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, func(b []byte) int { return len(b) }),
 		ended: make(chan struct{}),
 	}
-	// The session outlives the handshake's request: its context carries
-	// only the connection's client.
+	c.out.OnReady(c.startWriter)
+	if c.sock != nil {
+		c.sock.NonBlocking(c.out.Kick)
+	}
 	// The session outlives the upgrade request; it keeps the request's
 	// client and, for tracing, its span as the parent of its calls'.
 	base := context.WithValue(context.Background(), clientKey{}, clientOf(r.Context()))
 	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
 		base = trace.ContextWithSpanContext(base, sc)
 	}
+	var token string
+	if id := identityOf(r.Context()); id != nil {
+		token = id.token
+	}
+	handedOver = true
+	go c.serve(base, token)
+}
+
+// serve runs the client until it has gone: it reads and hands each message
+// to the session, then ends the session and waits for every goroutine of
+// the client.
+func (c *wsClient) serve(base context.Context, token string) {
+	s := c.s
+	defer s.wsClients.Done()
+	defer s.wsReserved.Add(-1)
+	s.counters.activeWS.Add(1)
+	defer s.counters.activeWS.Add(-1)
+
 	ss := s.newSession(base, faceWS, c, true)
 	c.ss = ss
 	s.trackSession(ss, func() { c.end(websocket.StatusGoingAway, "gateway shutting down") })
 	defer s.untrackSession(ss)
-
-	if id := identityOf(r.Context()); id != nil {
-		unhold := s.holdToken(id.token, func() { c.end(websocket.StatusPolicyViolation, "token revoked") })
+	if token != "" {
+		unhold := s.holdToken(token, func() { c.end(websocket.StatusPolicyViolation, "token revoked") })
 		defer unhold()
 	}
 
-	c.tasks.Go(c.writeLoop)
-	err = c.readLoop(ss)
+	c.taskMu.Lock()
+	c.ping = time.AfterFunc(s.opts.ClientPingInterval, c.pingTick)
+	c.taskMu.Unlock()
+	err := c.readLoop(ss)
 
 	// The client is gone (or being closed): end its session (its calls
 	// are cancelled, its subscriptions released), and wait for every
@@ -108,8 +150,22 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.end(websocket.StatusNormalClosure, "")
 	}
 	ss.close()
+	c.taskMu.Lock()
+	c.stopped = true
+	c.taskMu.Unlock()
+	c.ping.Stop()
 	c.tasks.Wait()
-	_ = conn.CloseNow()
+	_ = c.conn.CloseNow()
+}
+
+// startTask runs f on a goroutine of the client unless the handler has
+// stopped waiting for them.
+func (c *wsClient) startTask(f func()) {
+	c.taskMu.Lock()
+	defer c.taskMu.Unlock()
+	if !c.stopped {
+		c.tasks.Go(f)
+	}
 }
 
 // end closes the client with code and reason, once. The close handshake
@@ -129,8 +185,15 @@ const closeTimeout = time.Second
 type hijackRecorder struct {
 	http.ResponseWriter
 	conn net.Conn
+	br   *bufio.Reader // the reader handed over, when ours
 }
 
+// Hijack hands coder/websocket the connection with buffers of the
+// smallest size instead of the HTTP server's 4 KiB ones, which it would
+// keep for the life of the connection: under them the socket reads into a
+// pooled buffer only when it has bytes (cork.Conn.ReadLazily), and writes
+// are corked, so that an idle client holds no buffer and a frame still
+// leaves in one system call.
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	hj, ok := h.ResponseWriter.(http.Hijacker)
 	if !ok {
@@ -138,7 +201,19 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c, rw, err := hj.Hijack()
 	h.conn = c
-	return c, rw, err
+	sock := cork.Of(c)
+	if err != nil || sock == nil || c != net.Conn(sock) {
+		return c, rw, err // TLS or an unknown conn: as the server made it
+	}
+	sock.ReadLazily()
+	// Bytes the client sent behind the handshake must stay in the reader
+	// handed over (coder/websocket keeps what it has buffered).
+	n := rw.Reader.Buffered()
+	pending, _ := rw.Reader.Peek(n)
+	br := bufio.NewReaderSize(bytes.NewReader(bytes.Clone(pending)), max(n, 16))
+	_, _ = br.Peek(n)
+	h.br = br
+	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, 16)), nil
 }
 
 // readLoop reads until the connection ends and returns why. A text frame
@@ -147,6 +222,12 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // -32700; replies always go out as text.
 func (c *wsClient) readLoop(ss *session) error {
 	for {
+		if c.br != nil && c.br.Buffered() == 0 {
+			// Wait here, near the top of the stack, with no buffer: an
+			// idle client's goroutine then keeps the smallest stack. An
+			// error is for the read below to report.
+			_ = c.sock.WaitReadable()
+		}
 		// Reads use a context that is never cancelled: cancelling a read
 		// drops the TCP connection without the close handshake.
 		typ, data, err := wsutil.ReadMessage(context.Background(), c.conn)
@@ -163,18 +244,18 @@ func (c *wsClient) readLoop(ss *session) error {
 
 // reply queues the JSON-RPC reply, or a batch's (sessionOut).
 func (c *wsClient) reply(batch bool, replies []reply) bool {
-	return c.send(jsonReplies(batch, replies))
+	return c.send(jsonReplies(batch, replies), !c.ss.othersDue(1))
 }
 
 // notify queues a notification (sessionOut).
 func (c *wsClient) notify(method string, params json.RawMessage) bool {
-	return c.send(jsonrpc.AppendNotification(nil, method, params))
+	return c.send(jsonrpc.AppendNotification(nil, method, params), !c.ss.othersDue(0))
 }
 
 // leave queues the close (1001) behind the frames already queued
 // (sessionOut).
 func (c *wsClient) leave() {
-	if !c.out.Push(nil) { // nil: the writer closes with 1001 there
+	if !c.send(nil, true) { // nil: closes with 1001 behind what is queued
 		c.end(websocket.StatusGoingAway, "gateway shutting down")
 	}
 }
@@ -182,52 +263,75 @@ func (c *wsClient) leave() {
 // endSlow closes a client that cannot keep up with 1008 (sessionOut).
 func (c *wsClient) endSlow(reason string) { c.end(websocket.StatusPolicyViolation, reason) }
 
-// send queues a frame for the client. It reports false when the queue is
-// full: the client cannot keep up (the session ends it). Frames for a
-// client that has ended are dropped.
-func (c *wsClient) send(frame []byte) bool {
+// send writes a frame to the client, or queues it when the socket is busy.
+// It reports false when the queue is full: the client cannot keep up (the
+// session ends it). Frames for a client that has ended are dropped.
+//
+// When alone is true (no other reply is due: the client is not pipelining)
+// and nothing is queued and nobody is writing, the calling goroutine (often
+// the backend's reader, delivering a reply) writes the frame itself: no
+// hand-off, no wake-up. The socket is non-blocking, so a client that does
+// not read cannot stall it; what the socket does not take is flushed by a
+// writer. Frames of a pipelining client are queued, so that they meet and
+// leave together under one cork.
+func (c *wsClient) send(frame []byte, alone bool) bool {
 	select {
 	case <-c.ended:
 		return true
 	default:
 	}
-	return c.out.Push(frame)
+	if c.sock == nil || !alone {
+		return c.out.Push(frame)
+	}
+	direct, ok := c.out.Offer(frame)
+	if !direct {
+		return ok
+	}
+	if frame == nil { // leave: nothing was queued before it
+		c.out.Release()
+		c.end(websocket.StatusGoingAway, "gateway shutting down")
+		return true
+	}
+	c.sock.Cork() // the frame leaves in one system call
+	err := c.conn.Write(context.Background(), websocket.MessageText, frame)
+	held, uerr := c.sock.Uncork(time.Time{})
+	if err == nil {
+		err = uerr
+	}
+	if err != nil {
+		c.out.Release()
+		c.end(websocket.StatusPolicyViolation, "write failed")
+		return true
+	}
+	if held {
+		c.out.Kick() // a writer flushes the rest
+	}
+	c.out.Release()
+	return true
 }
 
-// writeLoop sends queued frames, all that are queued under one cork so that
-// they leave in one system call, and pings the client every
-// ClientPingInterval (each ping on a short-lived goroutine, since it waits
-// for the pong).
+// startWriter starts a writer for frames queued while the socket was busy
+// (the queue's OnReady).
+func (c *wsClient) startWriter() { c.startTask(c.writeLoop) }
+
+// writeLoop writes what is queued, all at once under one cork so that it
+// leaves in one system call, and waits up to ClientWriteTimeout for the
+// socket to take it; it returns when the queue is empty.
 func (c *wsClient) writeLoop() {
-	corked := cork.Of(c.raw)
-	ping := time.NewTicker(c.s.opts.ClientPingInterval)
-	defer ping.Stop()
-	var pinging atomic.Bool
+	runtime.Gosched() // let replies about to be queued join this batch
 	var batch [][]byte
-	for {
+	var ok bool
+	for batch, ok = c.out.Claim(batch); ok; batch, ok = c.out.Next(batch) {
 		select {
-		case <-c.out.Ready():
-		case <-ping.C:
-			if pinging.CompareAndSwap(false, true) {
-				c.tasks.Go(func() {
-					defer pinging.Store(false)
-					c.pingOnce()
-				})
-			}
-			continue
 		case <-c.ended:
-			return
+			return // keeping the claim: nothing more is written
+		default:
 		}
-		runtime.Gosched() // let replies about to be queued join this batch
-		batch = c.out.Take(batch)
-		if len(batch) == 0 {
-			continue
-		}
-		ctx, end := cork.Batch(corked, context.Background(), c.s.opts.ClientWriteTimeout)
+		ctx, end := cork.Batch(c.sock, context.Background(), c.s.opts.ClientWriteTimeout)
 		var err error
 		leave := false
 		for _, frame := range batch {
-			if frame == nil { // queued by leaveIfIdle behind the last reply
+			if frame == nil { // queued by leave behind the last reply
 				leave = true
 				break
 			}
@@ -247,7 +351,27 @@ func (c *wsClient) writeLoop() {
 			c.end(websocket.StatusGoingAway, "gateway shutting down")
 			return
 		}
+		runtime.Gosched()
 	}
+}
+
+// pingTick starts a ping unless one waits for its pong, and sets the next.
+func (c *wsClient) pingTick() {
+	c.taskMu.Lock()
+	defer c.taskMu.Unlock()
+	if c.stopped {
+		return
+	}
+	if !c.pinging {
+		c.pinging = true
+		c.tasks.Go(func() {
+			c.pingOnce()
+			c.taskMu.Lock()
+			c.pinging = false
+			c.taskMu.Unlock()
+		})
+	}
+	c.ping.Reset(c.s.opts.ClientPingInterval)
 }
 
 // pingOnce pings the client; no pong in time ends it.

@@ -36,7 +36,7 @@ func TestCorkBatchesWrites(t *testing.T) {
 	if counted.writes != 0 {
 		t.Fatalf("%d writes while corked", counted.writes)
 	}
-	if err := c.Uncork(time.Now().Add(time.Second)); err != nil {
+	if _, err := c.Uncork(time.Now().Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if s := string(<-got); s != "one two six!" || counted.writes != 1 {
@@ -61,12 +61,12 @@ func TestCorkedWritesPastTheCapGoThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.mu.Lock()
-	held := len(c.buf)
+	held := len(c.held)
 	c.mu.Unlock()
 	if held != 0 {
 		t.Fatalf("%d bytes held past the cap", held)
 	}
-	_ = c.Uncork(time.Now().Add(time.Second))
+	_, _ = c.Uncork(time.Now().Add(time.Second))
 }
 
 func TestOf(t *testing.T) {
