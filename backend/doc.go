@@ -1,4 +1,5 @@
-// Package backend is wsbridge's demo JSON-RPC 2.0 backend, spoken over WebSocket.
+// Package backend is wsbridge's demo JSON-RPC 2.0 backend, spoken over
+// WebSocket and, one message per request, over plain HTTP POST.
 //
 // `wsbridge serve --demo` starts one in-process, and `wsbridge backend
 // --listen ADDR` runs one on its own. It exists so that the bridge always
@@ -19,6 +20,14 @@
 // went out. Ids are echoed byte for byte. A batch is answered by one array
 // holding the replies of the requests that had ids, or by nothing at all when
 // it held only notifications.
+//
+// The same message may instead be POSTed to any path with Content-Type
+// application/json (at most Options.ReadLimit bytes): the reply is the
+// response body, with status 200, or 204 when there is nothing to reply.
+// This is how HTTP-only JSON-RPC clients, and benchmarks of a direct call
+// without a socket, reach the same methods. A POST is a call with no
+// connection, so demo_subscribe and demo_unsubscribe answer it with an error,
+// and a call still running when the Server shuts down is answered with 503.
 //
 // # Methods
 //
@@ -42,8 +51,8 @@
 //
 // # Lifetime
 //
-// A Server serves WebSockets through ServeHTTP, or on a listener of its own
-// through Serve. Shutdown (which Serve calls when its context ends) closes
+// A Server serves WebSockets and POSTs through ServeHTTP, or on a listener of
+// its own through Serve. Shutdown (which Serve calls when its context ends) closes
 // every connection with status 1001 (going away) and waits for every
 // goroutine the Server started. A Server that has shut down stays shut: it
 // refuses new connections with 503.

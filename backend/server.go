@@ -98,9 +98,10 @@ func New(opts Options) *Server {
 // requests (answered with -32600) are not counted; unknown methods are.
 func (s *Server) Requests() uint64 { return s.requests.Load() }
 
-// ServeHTTP accepts a WebSocket on any path and serves JSON-RPC on it until
-// the connection or the Server closes. It returns only after every goroutine
-// it started for the connection has exited.
+// ServeHTTP serves JSON-RPC on any path. A WebSocket upgrade is accepted
+// and served until the connection or the Server closes; a POST with a JSON
+// body is answered in the response (see servePost). It returns only after
+// every goroutine it started for the request has exited.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.enter() {
 		http.Error(w, "backend is shutting down", http.StatusServiceUnavailable)
@@ -108,6 +109,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.handlers.Done()
 
+	if r.Method == http.MethodPost && !isWebSocketUpgrade(r) {
+		s.servePost(w, r)
+		return
+	}
+	// Anything else is meant to be a handshake; Accept answers those that
+	// are not (426 Upgrade Required, 405 for other methods).
 	ws, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		// Accept has already written an HTTP error.

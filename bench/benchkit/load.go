@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -28,6 +29,7 @@ type result struct {
 	P50ms   float64 `json:"p50_ms"`
 	P90ms   float64 `json:"p90_ms"`
 	P99ms   float64 `json:"p99_ms"`
+	P999ms  float64 `json:"p999_ms"`
 	MaxMs   float64 `json:"max_ms"`
 }
 
@@ -41,7 +43,7 @@ func summarize(h *hdrhistogram.Histogram, errs int64, d time.Duration) result {
 		Calls: h.TotalCount(), Errors: errs, Seconds: d.Seconds(),
 		RPS:   float64(h.TotalCount()) / d.Seconds(),
 		P50ms: ms(h.ValueAtQuantile(50)), P90ms: ms(h.ValueAtQuantile(90)),
-		P99ms: ms(h.ValueAtQuantile(99)), MaxMs: ms(h.Max()),
+		P99ms: ms(h.ValueAtQuantile(99)), P999ms: ms(h.ValueAtQuantile(99.9)), MaxMs: ms(h.Max()),
 	}
 }
 
@@ -50,6 +52,7 @@ func load(args []string) error {
 	mode := fs.String("mode", "http", "http (one request per call, N workers) or ws (one connection, N calls in flight)")
 	url := fs.String("url", "", "endpoint")
 	body := fs.String("body", "", "http: the request body")
+	okText := fs.String("ok", "", "http: a reply counts only when its body contains this (besides status 200)")
 	method := fs.String("method", "echo", "ws: the JSON-RPC method")
 	params := fs.String("params", "[]", "ws: the JSON-RPC params")
 	conc := fs.Int("c", 1, "concurrency")
@@ -60,7 +63,7 @@ func load(args []string) error {
 	var err error
 	switch *mode {
 	case "http":
-		r, err = loadHTTP(*url, *body, *conc, *warm, *dur)
+		r, err = loadHTTP(*url, *body, *okText, *conc, *warm, *dur)
 	case "ws":
 		r, err = loadWS(*url, *method, *params, *conc, *warm, *dur)
 	default:
@@ -72,7 +75,9 @@ func load(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
-func loadHTTP(url, body string, conc int, warm, dur time.Duration) (result, error) {
+// loadHTTP runs conc workers, each posting body and waiting for the reply
+// before the next, over keep-alive connections (one per worker).
+func loadHTTP(url, body, okText string, conc int, warm, dur time.Duration) (result, error) {
 	tr := &http.Transport{MaxIdleConns: conc, MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
@@ -83,9 +88,11 @@ func loadHTTP(url, body string, conc int, warm, dur time.Duration) (result, erro
 	var errs atomic.Int64
 	var wg sync.WaitGroup
 	payload := []byte(body)
+	want := []byte(okText)
 	for i := range conc {
 		hists[i] = newHist()
 		wg.Go(func() {
+			var reply bytes.Buffer
 			for {
 				t0 := time.Now()
 				if t0.After(end) {
@@ -96,9 +103,12 @@ func loadHTTP(url, body string, conc int, warm, dur time.Duration) (result, erro
 				resp, err := client.Do(req)
 				ok := err == nil
 				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
+					// Read whole: a gateway that answers 200 with a
+					// JSON-RPC error must not count as a call served.
+					reply.Reset()
+					_, err = reply.ReadFrom(resp.Body)
 					resp.Body.Close()
-					ok = resp.StatusCode == 200
+					ok = err == nil && resp.StatusCode == 200 && bytes.Contains(reply.Bytes(), want)
 				}
 				if t0.Before(measureFrom) {
 					continue
@@ -119,7 +129,10 @@ func loadHTTP(url, body string, conc int, warm, dur time.Duration) (result, erro
 	return summarize(total, errs.Load(), dur), nil
 }
 
-// loadWS keeps conc JSON-RPC calls in flight on one WebSocket.
+// loadWS keeps conc JSON-RPC calls in flight on one WebSocket. The next call
+// is written only when a reply has freed a place in the window, so at conc 1
+// it makes one call at a time, each after the previous reply: latency, not
+// pipelining.
 func loadWS(url, method, params string, conc int, warm, dur time.Duration) (result, error) {
 	ctx := context.Background()
 	conn, _, err := websocket.Dial(ctx, url, nil)
@@ -210,36 +223,98 @@ func loadWS(url, method, params string, conc int, warm, dur time.Duration) (resu
 	return summarize(hist, errs.Load(), dur), nil
 }
 
-// idleClients opens n /ws clients, says "ready", and holds them until
-// stdin closes.
+// idleClients opens n /ws clients, says "ready N", and holds them until
+// stdin closes; then it says "held N closed M", M being the clients the
+// server closed or lost meanwhile.
+//
+// One source address has one ephemeral port range (net.ipv4.ip_local_port_range,
+// about 28,000 ports), and every connection to the one server port needs its
+// own 4-tuple. So every -per-source clients move to the next loopback source
+// address (127.0.0.1, then 127.0.0.2, ...), all of which Linux routes to lo.
 func idleClients(args []string) error {
 	fs := flag.NewFlagSet("idle-clients", flag.ExitOnError)
 	url := fs.String("url", "", "the /ws endpoint")
 	n := fs.Int("n", 10000, "clients")
+	perSource := fs.Int("per-source", 20000, "clients per loopback source address")
+	dialers := fs.Int("dialers", 8, "handshakes in progress at once")
 	_ = fs.Parse(args)
-	conns := make([]*websocket.Conn, 0, *n)
+	per := *perSource
+	if per <= 0 || *n/per >= 254 {
+		return fmt.Errorf("-per-source %d: %d clients need more than 254 source addresses", per, *n)
+	}
+
+	// One HTTP client per source address: the handshake goes through it,
+	// then coder/websocket takes the connection over.
+	clients := make([]*http.Client, (*n+per-1)/per)
+	for i := range clients {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}}
+		clients[i] = &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	conns := make([]*websocket.Conn, *n)
+	var closed atomic.Int64
+	var readers sync.WaitGroup
 	defer func() {
 		for _, c := range conns {
-			c.CloseNow()
+			if c != nil {
+				c.CloseNow()
+			}
 		}
+		readers.Wait()
 	}()
-	for i := range *n {
-		c, _, err := websocket.Dial(context.Background(), *url, nil)
-		if err != nil {
-			return fmt.Errorf("client %d: %w", i, err)
-		}
-		// Read in the background so pings are answered, as a live client would.
-		go func() {
-			for {
-				if _, _, err := c.Read(context.Background()); err != nil {
+	next := make(chan int)
+	errc := make(chan error, *dialers)
+	var wg sync.WaitGroup
+	for range *dialers {
+		wg.Go(func() {
+			for i := range next {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				c, _, err := websocket.Dial(ctx, *url, &websocket.DialOptions{HTTPClient: clients[i/per]})
+				cancel()
+				if err != nil {
+					errc <- fmt.Errorf("client %d (from 127.0.0.%d): %w", i, 1+i/per, err)
+					for range next {
+						// drain: the others stop too
+					}
 					return
 				}
+				conns[i] = c
+				// Read in the background so that pings are answered, as a
+				// live client would; a read that ends means the client was
+				// dropped.
+				readers.Go(func() {
+					for {
+						if _, _, err := c.Read(context.Background()); err != nil {
+							closed.Add(1)
+							return
+						}
+					}
+				})
 			}
-		}()
-		conns = append(conns, c)
+		})
 	}
-	fmt.Printf("ready %d\n", len(conns))
+	var dialErr error
+feed:
+	for i := range *n {
+		select {
+		case next <- i:
+		case dialErr = <-errc:
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if dialErr == nil {
+		select {
+		case dialErr = <-errc:
+		default:
+		}
+	}
+	if dialErr != nil {
+		return dialErr
+	}
+	fmt.Printf("ready %d\n", *n)
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	fmt.Printf("held %d closed %d\n", *n, closed.Load())
 	return nil
 }
 

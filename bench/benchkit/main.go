@@ -9,9 +9,12 @@
 //	               the design wsbridge replaces)
 //	wan-proxy      toxiproxy in front of the backend adding latency (the WAN
 //	               profile)
-//	load           HTTP and WebSocket load with HDR histograms (cases B, D,
-//	               E, F); prints one JSON result
-//	idle-clients   opens N idle /ws clients and holds them
+//	load           HTTP and WebSocket load with HDR histograms (cases B,
+//	               B-RPC, D, E, F, P-RPC, P-WS); prints one JSON result with
+//	               p50, p99 and p99.9
+//	idle-clients   opens N idle /ws clients, from several loopback source
+//	               addresses when N outgrows one address's ephemeral ports,
+//	               and holds them
 //	pending        keeps N calls in flight over /ws and waits for them all
 package main
 

@@ -1,8 +1,14 @@
 // Command runner is `make bench`: it starts every server as its own
 // process on loopback, runs the cases of docs/performance.md interleaved
 // (for each payload and concurrency, every case in turn, so that the
-// machine's drift hits all alike), prints a Markdown table with the targets
-// met or missed, and writes the raw figures as JSON under bench/results/.
+// machine's drift hits all alike), prints Markdown tables (every cell; the
+// latency of one caller with what each face adds over its direct baseline)
+// with the targets met or missed, and writes the raw figures as JSON under
+// bench/results/.
+//
+// The peer cases (P-RPC, P-WS) run proxyd, a JSON-RPC gateway of the same
+// field, against the same demo backend; they are skipped, and their targets
+// reported as not measured, when there is no proxyd binary (see peer.go).
 package main
 
 import (
@@ -13,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,52 +29,95 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
 type options struct {
-	bin, out              string
-	duration, warmup      time.Duration
-	cases                 []string
-	concurrency           []int
-	payloads              []string
-	idleClients, pendingN int
+	bin, out, proxyd string
+	duration, warmup time.Duration
+	cases            []string
+	concurrency      []int
+	// largeConcurrency replaces concurrency for the largePayload.
+	largeConcurrency []int
+	payloads         []string
+	idleClients      []int
+	pendingN         int
 }
+
+// largePayload is measured at fewer concurrency levels (-large-c): at 64 KiB
+// each cell moves far more bytes, and the levels above 16 would add minutes
+// to make bench while saying little that 20 B and 1 KiB do not.
+const largePayload = "64KiB"
 
 func main() {
 	var o options
-	var cases, conc, payloads string
-	flag.StringVar(&o.bin, "bin", "bench/bin", "directory holding wsbridge, benchkit and ghz")
+	var cases, conc, largeConc, payloads, idle string
+	flag.StringVar(&o.bin, "bin", "bench/bin", "directory holding wsbridge, benchkit, ghz and proxyd")
 	flag.StringVar(&o.out, "out", "bench/results", "where to write the JSON results")
+	flag.StringVar(&o.proxyd, "proxyd", "", "the peer gateway's binary (default BIN/proxyd); P-RPC and P-WS are skipped without one")
 	flag.DurationVar(&o.duration, "d", 3*time.Second, "measured duration of each cell")
 	flag.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured warm-up of each cell")
-	flag.StringVar(&cases, "cases", "A,A-REST,B,C,D,E,F,G,WAN,BACKENDS,TYPED,MEM", "cases to run")
+	flag.StringVar(&cases, "cases", "A,A-REST,B,B-RPC,C,D,E,F,G,P-RPC,P-WS,WAN,BACKENDS,TYPED,MEM", "cases to run")
 	flag.StringVar(&conc, "c", "1,16,64,256", "concurrency levels")
-	flag.StringVar(&payloads, "payloads", "20B,1KiB", "param payloads")
-	flag.IntVar(&o.idleClients, "idle-clients", 10000, "MEM: idle /ws clients")
+	flag.StringVar(&largeConc, "large-c", "1,16", "concurrency levels for the "+largePayload+" payload")
+	flag.StringVar(&payloads, "payloads", "20B,1KiB,"+largePayload, "param payloads")
+	flag.StringVar(&idle, "idle-clients", "10000,50000", "MEM: idle /ws client counts, each on a fresh gateway")
 	flag.IntVar(&o.pendingN, "pending", 100000, "MEM: calls in flight at once")
 	flag.Parse()
+	if o.proxyd == "" {
+		o.proxyd = filepath.Join(o.bin, "proxyd")
+	}
 	o.cases = strings.Split(cases, ",")
-	for _, c := range strings.Split(conc, ",") {
-		n, err := strconv.Atoi(c)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bad -c:", err)
-			os.Exit(2)
+	var err error
+	if o.concurrency, err = ints(conc); err == nil {
+		if o.largeConcurrency, err = ints(largeConc); err == nil {
+			o.idleClients, err = ints(idle)
 		}
-		o.concurrency = append(o.concurrency, n)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
 	}
 	o.payloads = strings.Split(payloads, ",")
+	for _, p := range o.payloads {
+		if _, ok := payloadJSON[p]; !ok {
+			fmt.Fprintf(os.Stderr, "bench: unknown payload %q\n", p)
+			os.Exit(2)
+		}
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
+func ints(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("bad number list %q: %w", list, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// concFor is the concurrency levels a payload is measured at.
+func (o options) concFor(payload string) []int {
+	if payload == largePayload {
+		return o.largeConcurrency
+	}
+	return o.concurrency
+}
+
 var payloadJSON = map[string]string{
-	"20B":  `{"k":"0123456789abcd"}`,
-	"1KiB": `{"k":"` + strings.Repeat("x", 1014) + `"}`,
+	"20B":        `{"k":"0123456789abcd"}`,
+	"1KiB":       `{"k":"` + strings.Repeat("x", 1014) + `"}`,
+	largePayload: `{"k":"` + strings.Repeat("x", 64<<10-8) + `"}`,
 }
 
 // proc is a server under test.
@@ -176,6 +226,7 @@ type Row struct {
 	RPS         float64 `json:"calls_per_second"`
 	P50ms       float64 `json:"p50_ms"`
 	P99ms       float64 `json:"p99_ms"`
+	P999ms      float64 `json:"p999_ms"`
 	CPUPer10k   float64 `json:"cpu_seconds_per_10k_calls"`
 	PeakRSSKiB  int64   `json:"peak_rss_kib"`
 	Measured    string  `json:"measured_process"`
@@ -187,6 +238,7 @@ type loadResult struct {
 	RPS    float64 `json:"rps"`
 	P50ms  float64 `json:"p50_ms"`
 	P99ms  float64 `json:"p99_ms"`
+	P999ms float64 `json:"p999_ms"`
 }
 
 // measure runs fn while sampling target's CPU and peak RSS.
@@ -214,7 +266,7 @@ func measure(target *proc, fn func() (loadResult, error)) (loadResult, float64, 
 }
 
 func (o options) ghz(addr, payload string, conc int) (loadResult, error) {
-	return o.ghzCall(addr, "wsbridge.v1.BridgeService/Call", `{"method":"echo","params":`+payloadJSON[payload]+`}`, conc)
+	return o.ghzCall(addr, "wsbridge.v1.BridgeService/Call", restBody(payload), conc)
 }
 
 // ghzCall runs ghz on one rpc (found by server reflection) with body.
@@ -228,13 +280,18 @@ func (o options) ghzCall(addr, call, body string, conc int) (loadResult, error) 
 		return loadResult{}, fmt.Errorf("ghz: %w", err)
 	}
 	var g struct {
-		Count   int64   `json:"count"`
-		Total   float64 `json:"total"`
 		RPS     float64 `json:"rps"`
 		Latency []struct {
 			Percentage int     `json:"percentage"`
 			Latency    float64 `json:"latency"`
 		} `json:"latencyDistribution"`
+		// One entry per call (after --skipFirst): ghz's own distribution
+		// stops at p99, so p99.9 is taken from here, and p50 and p99 too,
+		// so that all three are read the same way.
+		Details []struct {
+			Latency int64  `json:"latency"` // ns
+			Error   string `json:"error"`
+		} `json:"details"`
 		Codes map[string]int64 `json:"statusCodeDistribution"`
 	}
 	if err := json.Unmarshal(out, &g); err != nil {
@@ -251,6 +308,17 @@ func (o options) ghzCall(addr, call, body string, conc int) (loadResult, error) 
 	if un := g.Codes["Unavailable"] + g.Codes["Canceled"]; un > int64(conc) {
 		r.Errors += un - int64(conc)
 	}
+	var lat []int64
+	for _, d := range g.Details {
+		if d.Error == "" {
+			lat = append(lat, d.Latency)
+		}
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		r.P50ms, r.P99ms, r.P999ms = quantileMS(lat, 0.50), quantileMS(lat, 0.99), quantileMS(lat, 0.999)
+		return r, nil
+	}
 	for _, l := range g.Latency {
 		switch l.Percentage {
 		case 50:
@@ -262,16 +330,37 @@ func (o options) ghzCall(addr, call, body string, conc int) (loadResult, error) 
 	return r, nil
 }
 
-func (o options) load(mode, url, payload string, conc int) (loadResult, error) {
-	args := []string{"load", "-mode", mode, "-url", url, "-c", strconv.Itoa(conc), "-d", o.duration.String(), "-warmup", o.warmup.String()}
-	switch {
-	case mode == "ws":
-		args = append(args, "-params", payloadJSON[payload])
-	case strings.HasSuffix(url, "/rpc"):
-		args = append(args, "-body", `{"jsonrpc":"2.0","id":1,"method":"echo","params":`+payloadJSON[payload]+`}`)
-	default:
-		args = append(args, "-body", `{"method":"echo","params":`+payloadJSON[payload]+`}`)
-	}
+// quantileMS is the nearest-rank quantile q of sorted latencies in ns, in ms:
+// the smallest value that at least q of the calls did not exceed (what an HDR
+// histogram reports, as benchkit's do).
+func quantileMS(sorted []int64, q float64) float64 {
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return float64(sorted[max(i, 0)]) / 1e6
+}
+
+// rpcBody is one JSON-RPC echo call; restBody is the same call on /v1/call.
+func rpcBody(payload string) string {
+	return `{"jsonrpc":"2.0","id":1,"method":"echo","params":` + payloadJSON[payload] + `}`
+}
+
+func restBody(payload string) string {
+	return `{"method":"echo","params":` + payloadJSON[payload] + `}`
+}
+
+// loadHTTP posts body to url from conc workers, one call per request over
+// keep-alive connections. A reply counts only with status 200 and a result.
+func (o options) loadHTTP(url, body string, conc int) (loadResult, error) {
+	return o.benchkitLoad("-mode", "http", "-url", url, "-c", strconv.Itoa(conc), "-body", body, "-ok", `"result":`)
+}
+
+// loadWS keeps conc echo calls in flight on one WebSocket; at conc 1 that is
+// one call at a time.
+func (o options) loadWS(url, payload string, conc int) (loadResult, error) {
+	return o.benchkitLoad("-mode", "ws", "-url", url, "-c", strconv.Itoa(conc), "-params", payloadJSON[payload])
+}
+
+func (o options) benchkitLoad(args ...string) (loadResult, error) {
+	args = append([]string{"load", "-d", o.duration.String(), "-warmup", o.warmup.String()}, args...)
 	out, err := exec.Command(filepath.Join(o.bin, "benchkit"), args...).Output()
 	if err != nil {
 		return loadResult{}, fmt.Errorf("benchkit load: %w", err)
@@ -282,7 +371,14 @@ func (o options) load(mode, url, payload string, conc int) (loadResult, error) {
 
 type env struct {
 	backend, gateway, echo, rest, naive, wan, gatewayWAN, naiveWAN *proc
-	backendURL, grpc, http                                         string
+	// backendURL is the backend's WebSocket URL, backendHTTP the same
+	// server for plain JSON-RPC POSTs.
+	backendURL, backendHTTP, grpc, http string
+
+	// The peer (P-RPC, P-WS): nil, with the reason in peerSkipped, when it
+	// is not run.
+	peer        *peer
+	peerSkipped string
 
 	// BACKENDS: a second demo backend, a proxy making the first 200 ms
 	// slower (100 ms each way), and gateways in front of two backends.
@@ -322,6 +418,7 @@ func (o options) startAll() (*env, []*proc, error) {
 	}
 	e.backendURL = e.backend.addr
 	backendHost := strings.TrimSuffix(strings.TrimPrefix(e.backendURL, "ws://"), "/")
+	e.backendHTTP = "http://" + backendHost + "/"
 	startGW := func(name, backend string, extra ...string) (*proc, error) {
 		args := []string{"serve", "--backend", backend, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 			"--max-inflight", "1000000", "--max-inflight-per-client", "0", "--log-format", "json"}
@@ -350,6 +447,15 @@ func (o options) startAll() (*env, []*proc, error) {
 	all = append(all, e.gatewayWAN)
 	if e.naiveWAN = must(start("naive-gateway-wan", kit, []string{"naive-gateway", "--backend", "ws://" + e.wan.addr + "/"})); e.naiveWAN == nil {
 		return nil, all, errors.New("naive-gateway-wan did not start")
+	}
+	if slices.Contains(o.cases, "P-RPC") || slices.Contains(o.cases, "P-WS") {
+		e.peer, e.peerSkipped, err = o.startPeer(e.backendHTTP, e.backendURL)
+		if err != nil {
+			return nil, all, err
+		}
+		if e.peer != nil {
+			all = append(all, e.peer.rpc, e.peer.ws)
+		}
 	}
 	if slices.Contains(o.cases, "TYPED") {
 		set, err := typedtest.Compile(map[string]string{"bench/v1/bench.proto": benchProto}, []string{"proto"}, "bench/v1/bench.proto")
@@ -406,17 +512,25 @@ func (o options) cell(e *env, name, payload string, conc int) (Row, error) {
 	case "A":
 		target, fn = e.echo, func() (loadResult, error) { return o.ghz(e.echo.addr, payload, conc) }
 	case "A-REST":
-		target, fn = e.rest, func() (loadResult, error) { return o.load("http", "http://"+e.rest.addr+"/v1/call", payload, conc) }
+		target, fn = e.rest, func() (loadResult, error) {
+			return o.loadHTTP("http://"+e.rest.addr+"/v1/call", restBody(payload), conc)
+		}
 	case "B":
-		target, fn = e.backend, func() (loadResult, error) { return o.load("ws", e.backendURL, payload, conc) }
+		target, fn = e.backend, func() (loadResult, error) { return o.loadWS(e.backendURL, payload, conc) }
+	case "B-RPC":
+		target, fn = e.backend, func() (loadResult, error) { return o.loadHTTP(e.backendHTTP, rpcBody(payload), conc) }
 	case "C":
 		target, fn = e.gateway, func() (loadResult, error) { return o.ghz(gwGRPC, payload, conc) }
 	case "D":
-		target, fn = e.gateway, func() (loadResult, error) { return o.load("http", "http://"+e.http+"/v1/call", payload, conc) }
+		target, fn = e.gateway, func() (loadResult, error) { return o.loadHTTP("http://"+e.http+"/v1/call", restBody(payload), conc) }
 	case "E":
-		target, fn = e.gateway, func() (loadResult, error) { return o.load("http", "http://"+e.http+"/rpc", payload, conc) }
+		target, fn = e.gateway, func() (loadResult, error) { return o.loadHTTP("http://"+e.http+"/rpc", rpcBody(payload), conc) }
 	case "F":
-		target, fn = e.gateway, func() (loadResult, error) { return o.load("ws", "ws://"+e.http+"/ws", payload, conc) }
+		target, fn = e.gateway, func() (loadResult, error) { return o.loadWS("ws://"+e.http+"/ws", payload, conc) }
+	case "P-RPC":
+		target, fn = e.peer.rpc, func() (loadResult, error) { return o.loadHTTP("http://"+e.peer.rpc.addr+"/", rpcBody(payload), conc) }
+	case "P-WS":
+		target, fn = e.peer.ws, func() (loadResult, error) { return o.loadWS("ws://"+e.peer.ws.addr+"/", payload, conc) }
 	case "G":
 		target, fn = e.naive, func() (loadResult, error) { return o.ghz(e.naive.addr, payload, conc) }
 	case "C-WAN":
@@ -443,7 +557,7 @@ func (o options) cell(e *env, name, payload string, conc int) (Row, error) {
 	if err != nil {
 		return row, fmt.Errorf("%s %s c%d: %w", name, payload, conc, err)
 	}
-	row.Calls, row.Errors, row.RPS, row.P50ms, row.P99ms = r.Calls, r.Errors, r.RPS, r.P50ms, r.P99ms
+	row.Calls, row.Errors, row.RPS, row.P50ms, row.P99ms, row.P999ms = r.Calls, r.Errors, r.RPS, r.P50ms, r.P99ms, r.P999ms
 	if r.Calls > 0 {
 		// CPU was measured over warm-up and run; calls over the run only.
 		total := float64(r.Calls) * float64(o.duration+o.warmup) / float64(o.duration)
@@ -455,16 +569,60 @@ func (o options) cell(e *env, name, payload string, conc int) (Row, error) {
 
 // Mem is the result of the memory runs.
 type Mem struct {
-	IdleClients       int     `json:"idle_clients"`
-	IdleRSSDeltaKiB   int64   `json:"idle_rss_delta_kib"`
-	KiBPerIdleClient  float64 `json:"kib_per_idle_client"`
-	Pending           int     `json:"pending_calls"`
-	PendingOK         int64   `json:"pending_ok"`
-	PendingErrors     int64   `json:"pending_errors"`
-	PendingRSSDelta   int64   `json:"pending_rss_delta_kib"`
-	BytesPerPending   float64 `json:"bytes_per_pending_call"`
-	PendingInFlightAt int64   `json:"in_flight_when_measured"`
-	Error             string  `json:"error,omitempty"`
+	Idle              []IdleRun `json:"idle"`
+	Pending           int       `json:"pending_calls"`
+	PendingOK         int64     `json:"pending_ok"`
+	PendingErrors     int64     `json:"pending_errors"`
+	PendingRSSDelta   int64     `json:"pending_rss_delta_kib"`
+	BytesPerPending   float64   `json:"bytes_per_pending_call"`
+	PendingInFlightAt int64     `json:"in_flight_when_measured"`
+	Error             string    `json:"error,omitempty"`
+}
+
+// IdleRun is one count of idle /ws clients held by a fresh gateway.
+type IdleRun struct {
+	Clients          int     `json:"clients"`
+	RSSDeltaKiB      int64   `json:"rss_delta_kib"`
+	KiBPerIdleClient float64 `json:"kib_per_idle_client"`
+	// Held is true when every client connected and none was dropped while
+	// the gateway's RSS settled; Closed counts the dropped.
+	Held   bool   `json:"held"`
+	Closed int64  `json:"closed"`
+	Error  string `json:"error,omitempty"`
+}
+
+func (m *Mem) idle(n int) *IdleRun {
+	for i := range m.Idle {
+		if m.Idle[i].Clients == n {
+			return &m.Idle[i]
+		}
+	}
+	return nil
+}
+
+// fdMargin is what a process needs besides one descriptor per client: the
+// backend link, listeners, the runtime's own.
+const fdMargin = 1024
+
+// raiseNoFile lifts this process's RLIMIT_NOFILE so that the servers and
+// load drivers it starts inherit it: the soft limit to the hard one and, where
+// the process may (CAP_SYS_RESOURCE), both to want. It returns the soft limit
+// in force.
+func raiseNoFile(want uint64) uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Max < want && syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}) == nil {
+		return want
+	}
+	// Set even when Cur == Max already: Go restores a child's soft limit
+	// to what it was at start unless the program set one itself.
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return lim.Cur
 }
 
 func settleRSS(pid int) int64 {
@@ -490,36 +648,20 @@ func (o options) memGateway(e *env) (*proc, string, int64, error) {
 	return gw, httpAddr, settleRSS(gw.pid()), nil
 }
 
-// memory measures the gateway's RSS per idle /ws client and per pending
-// call, each on a fresh gateway process.
-func (o options) memory(e *env) (Mem, error) {
-	m := Mem{IdleClients: o.idleClients, Pending: o.pendingN}
-	gw, httpAddr, base, err := o.memGateway(e)
-	if err != nil {
-		return m, err
+// memory measures the gateway's RSS per idle /ws client (at each count of
+// o.idleClients) and per pending call, each on a fresh gateway process.
+func (o options) memory(e *env, fdLimit uint64) (Mem, error) {
+	m := Mem{Pending: o.pendingN}
+	for _, n := range o.idleClients {
+		run, err := o.idleRun(e, n, fdLimit)
+		if err != nil {
+			return m, err
+		}
+		fmt.Fprintf(os.Stderr, "MEM    %d idle /ws clients: %.1f KiB each, held %v %s\n", n, run.KiBPerIdleClient, run.Held, run.Error)
+		m.Idle = append(m.Idle, run)
 	}
-	idle := exec.Command(filepath.Join(o.bin, "benchkit"), "idle-clients", "-n", strconv.Itoa(o.idleClients), "-url", "ws://"+httpAddr+"/ws")
-	stdin, _ := idle.StdinPipe()
-	out, _ := idle.StdoutPipe()
-	idle.Stderr = os.Stderr
-	if err := idle.Start(); err != nil {
-		gw.stop()
-		return m, err
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	if !strings.HasPrefix(line, "ready") {
-		_ = idle.Process.Kill()
-		_ = idle.Wait()
-		gw.stop()
-		return m, fmt.Errorf("idle clients: %q", line)
-	}
-	m.IdleRSSDeltaKiB = settleRSS(gw.pid()) - base
-	m.KiBPerIdleClient = float64(m.IdleRSSDeltaKiB) / float64(o.idleClients)
-	stdin.Close()
-	_ = idle.Wait()
-	gw.stop()
 
-	gw, httpAddr, base, err = o.memGateway(e)
+	gw, httpAddr, base, err := o.memGateway(e)
 	if err != nil {
 		return m, err
 	}
@@ -532,7 +674,7 @@ func (o options) memory(e *env) (Mem, error) {
 		return m, err
 	}
 	rd := bufio.NewReader(pout)
-	line, _ = rd.ReadString('\n')
+	line, _ := rd.ReadString('\n')
 	if strings.TrimSpace(line) != "sent" {
 		_ = pend.Process.Kill()
 		_ = pend.Wait()
@@ -553,6 +695,54 @@ func (o options) memory(e *env) (Mem, error) {
 	return m, nil
 }
 
+// idleRun holds n idle /ws clients on a fresh gateway. A run that cannot
+// work here (too few file descriptors), or whose clients fail, is reported
+// in IdleRun.Error rather than failing the whole bench.
+func (o options) idleRun(e *env, n int, fdLimit uint64) (IdleRun, error) {
+	run := IdleRun{Clients: n}
+	if need := uint64(n + fdMargin); fdLimit < need {
+		run.Error = fmt.Sprintf("not run: the gateway and the client process each need %d open files (one per connection, plus %d), "+
+			"and RLIMIT_NOFILE is %d here: the hard limit, which this process may not raise", need, fdMargin, fdLimit)
+		return run, nil
+	}
+	gw, httpAddr, base, err := o.memGateway(e)
+	if err != nil {
+		return run, err
+	}
+	defer gw.stop()
+	idle := exec.Command(filepath.Join(o.bin, "benchkit"), "idle-clients", "-n", strconv.Itoa(n), "-url", "ws://"+httpAddr+"/ws")
+	stdin, _ := idle.StdinPipe()
+	out, _ := idle.StdoutPipe()
+	var stderr bytes.Buffer
+	idle.Stderr = &stderr
+	if err := idle.Start(); err != nil {
+		return run, err
+	}
+	rd := bufio.NewReader(out)
+	line, _ := rd.ReadString('\n')
+	if !strings.HasPrefix(line, "ready") {
+		stdin.Close()
+		_ = idle.Wait()
+		run.Error = strings.TrimSpace(strings.TrimSpace(line) + " " + stderr.String())
+		return run, nil
+	}
+	run.RSSDeltaKiB = settleRSS(gw.pid()) - base
+	run.KiBPerIdleClient = float64(run.RSSDeltaKiB) / float64(n)
+	stdin.Close()
+	line, _ = rd.ReadString('\n')
+	_ = idle.Wait()
+	var held int
+	if _, err := fmt.Sscanf(line, "held %d closed %d", &held, &run.Closed); err != nil {
+		run.Error = fmt.Sprintf("idle clients: %q %s", line, stderr.String())
+		return run, nil
+	}
+	run.Held = held == n && run.Closed == 0
+	if !run.Held {
+		run.Error = fmt.Sprintf("%d of %d clients were dropped while held", run.Closed, n)
+	}
+	return run, nil
+}
+
 func inFlight(httpAddr string) int64 {
 	resp, err := http.Get("http://" + httpAddr + "/__stats")
 	if err != nil {
@@ -567,31 +757,52 @@ func inFlight(httpAddr string) int64 {
 }
 
 func run(o options) error {
+	// Before any child starts: they inherit the limit.
+	fdLimit := raiseNoFile(uint64(slices.Max(o.idleClients) + fdMargin))
 	e, all, err := o.startAll()
 	defer func() {
 		for _, p := range slices.Backward(all) {
 			p.stop()
+		}
+		if e != nil && e.peer != nil {
+			os.RemoveAll(e.peer.dir)
 		}
 	}()
 	if err != nil {
 		return err
 	}
 	want := func(c string) bool { return slices.Contains(o.cases, c) }
+	var notes []string
+	if e.peerSkipped != "" {
+		notes = append(notes, "P-RPC and P-WS skipped: "+e.peerSkipped)
+		fmt.Fprintln(os.Stderr, notes[len(notes)-1])
+	}
+	order := []string{"A", "A-REST", "B", "B-RPC", "C", "D", "E", "F", "G", "P-RPC", "P-WS"}
+	if slices.Contains(o.payloads, largePayload) && !slices.Equal(o.largeConcurrency, o.concurrency) &&
+		(slices.ContainsFunc(order, want) || want("TYPED")) {
+		notes = append(notes, fmt.Sprintf("The %s payload is measured at concurrency %s only (-large-c), to keep the run short.", largePayload, joinInts(o.largeConcurrency)))
+	}
+	if want("B") || want("F") || want("P-WS") {
+		notes = append(notes, "WebSocket cases (B, F, P-WS) use one socket: at concurrency 1 one call at a time, each after the previous reply; above 1 that many calls pipelined.")
+	}
 	started := time.Now()
 	var rows []Row
-	order := []string{"A", "A-REST", "B", "C", "D", "E", "F", "G"}
+	add := func(row Row) {
+		fmt.Fprintf(os.Stderr, "%-7s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms p99.9 %7.3f ms  %.3f CPU s/10k\n",
+			row.Case, row.Payload, row.Concurrency, row.RPS, row.P50ms, row.P99ms, row.P999ms, row.CPUPer10k)
+		rows = append(rows, row)
+	}
 	for _, payload := range o.payloads {
-		for _, conc := range o.concurrency {
+		for _, conc := range o.concFor(payload) {
 			for _, c := range order {
-				if !want(c) {
+				if !want(c) || (strings.HasPrefix(c, "P-") && e.peer == nil) {
 					continue
 				}
 				row, err := o.cell(e, c, payload, conc)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(os.Stderr, "%-6s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms\n", c, payload, conc, row.RPS, row.P50ms, row.P99ms)
-				rows = append(rows, row)
+				add(row)
 			}
 		}
 	}
@@ -601,8 +812,7 @@ func run(o options) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "%-6s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms\n", c, "20B", 16, row.RPS, row.P50ms, row.P99ms)
-			rows = append(rows, row)
+			add(row)
 		}
 	}
 	if want("BACKENDS") {
@@ -612,36 +822,43 @@ func run(o options) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "%-7s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms\n", row.Case, "20B", 16, row.RPS, row.P50ms, row.P99ms)
-			rows = append(rows, row)
+			add(row)
 		}
 	}
 	if want("TYPED") {
-		// Typed and generic calls on one gateway process, side by side.
+		// Typed and generic calls on one gateway process, side by side; at
+		// concurrency 1 for the latency table too.
 		for _, payload := range o.payloads {
-			for _, conc := range []int{16, 64} {
+			for _, conc := range o.concFor(payload) {
+				if conc != 1 && conc != 16 && conc != 64 {
+					continue
+				}
 				for _, c := range []string{"C-T", "T"} {
 					row, err := o.cell(e, c, payload, conc)
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(os.Stderr, "%-7s %-5s c%-4d %9.0f calls/s p50 %7.3f ms p99 %7.3f ms  %.3f CPU s/10k\n", c, payload, conc, row.RPS, row.P50ms, row.P99ms, row.CPUPer10k)
-					rows = append(rows, row)
+					add(row)
 				}
 			}
 		}
 	}
 	var mem *Mem
 	if want("MEM") {
-		m, err := o.memory(e)
+		m, err := o.memory(e, fdLimit)
 		if err != nil {
 			return err
 		}
 		mem = &m
 	}
 	report := Report{Started: started.UTC().Format(time.RFC3339), Took: time.Since(started).Round(time.Second).String(),
-		Machine: machine(), Duration: o.duration.String(), Rows: rows, Memory: mem}
-	report.Targets = targets(rows, mem)
+		Commit: commit(), Machine: machine(), Duration: o.duration.String(), FDLimit: fdLimit,
+		Notes: notes, Rows: rows, Memory: mem}
+	if e.peer != nil {
+		report.Peer = &e.peer.info
+	}
+	report.Latency = latencyTable(rows)
+	report.Targets = targets(rows, mem, e.peerSkipped)
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
@@ -655,85 +872,26 @@ func run(o options) error {
 	return nil
 }
 
-// Report is the JSON written under bench/results.
-type Report struct {
-	Started  string   `json:"started"`
-	Took     string   `json:"took"`
-	Machine  string   `json:"machine"`
-	Duration string   `json:"cell_duration"`
-	Rows     []Row    `json:"rows"`
-	Memory   *Mem     `json:"memory,omitempty"`
-	Targets  []Target `json:"targets"`
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
-// Target is one of the issue's targets, evaluated.
-type Target struct {
-	Name     string `json:"name"`
-	Measured string `json:"measured"`
-	Met      bool   `json:"met"`
-}
-
-func find(rows []Row, c, payload string, conc int) *Row {
-	for i := range rows {
-		if rows[i].Case == c && rows[i].Payload == payload && rows[i].Concurrency == conc {
-			return &rows[i]
-		}
+// commit names the code measured: the short HEAD, "-dirty" when tracked
+// files differ from it, so that a run can be filed under its commit.
+func commit() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
 	}
-	return nil
-}
-
-func targets(rows []Row, mem *Mem) []Target {
-	var ts []Target
-	add := func(name string, ok bool, format string, args ...any) {
-		ts = append(ts, Target{Name: name, Measured: fmt.Sprintf(format, args...), Met: ok})
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err != nil || len(bytes.TrimSpace(st)) > 0 {
+		c += "-dirty"
 	}
-	p := "20B"
-	if a, c := find(rows, "A", p, 64), find(rows, "C", p, 64); a != nil && c != nil {
-		r := c.RPS / a.RPS
-		add("C >= 60% of A's calls/s at concurrency 64", r >= 0.6, "%.0f%%", r*100)
-	}
-	if a, c := find(rows, "A", p, 1), find(rows, "C", p, 1); a != nil && c != nil {
-		d := c.P50ms - a.P50ms
-		add("C p50 at concurrency 1 within 0.2 ms of A's", d <= 0.2, "+%.3f ms (A %.3f, C %.3f)", d, a.P50ms, c.P50ms)
-	}
-	if ar, d := find(rows, "A-REST", p, 64), find(rows, "D", p, 64); ar != nil && d != nil {
-		add("D >= A-REST (grpc-gateway proxying to a grpc-go server) at concurrency 64", d.RPS >= ar.RPS, "%.0f vs %.0f calls/s (%.2fx)", d.RPS, ar.RPS, d.RPS/ar.RPS)
-	}
-	if b, f := find(rows, "B", p, 64), find(rows, "F", p, 64); b != nil && f != nil {
-		r := f.RPS / b.RPS
-		add("F (/ws pipelined) >= 50% of B at concurrency 64", r >= 0.5, "%.0f%%", r*100)
-	}
-	if c, g := find(rows, "C", p, 16), find(rows, "G", p, 16); c != nil && g != nil {
-		r := c.RPS / g.RPS
-		add("Loopback, concurrency 16: C >= 3x G", r >= 3, "%.1fx", r)
-	}
-	if c, g := find(rows, "C-WAN", p, 16), find(rows, "G-WAN", p, 16); c != nil && g != nil {
-		r := c.RPS / g.RPS
-		add("WAN, concurrency 16: C >= 2.5x G in calls/s", r >= 2.5, "%.1fx", r)
-		q := c.P50ms / g.P50ms
-		add("WAN, concurrency 16: C p50 <= 0.4x G p50", q <= 0.4, "%.2fx (C %.2f ms, G %.2f ms)", q, c.P50ms, g.P50ms)
-	}
-	if c, b2 := find(rows, "C-1B", p, 16), find(rows, "C-2B", p, 16); c != nil && b2 != nil {
-		r := b2.RPS / c.RPS
-		add("Two backends (least-inflight), concurrency 16: calls/s vs one backend (no target; for the record)", true, "%.2fx (%.0f vs %.0f calls/s)", r, b2.RPS, c.RPS)
-	}
-	if h, sl := find(rows, "C-HEDGE", p, 16), find(rows, "C-SLOW", p, 16); h != nil && sl != nil {
-		add("One backend 200 ms slow, --hedge-methods echo --hedge-after 20ms: echo p99 < 60 ms", h.P99ms < 60, "p99 %.1f ms (without hedging %.1f ms)", h.P99ms, sl.P99ms)
-	}
-	for _, payload := range []string{"20B", "1KiB"} {
-		if c, ty := find(rows, "C-T", payload, 64), find(rows, "T", payload, 64); c != nil && ty != nil && c.CPUPer10k > 0 {
-			r := ty.CPUPer10k / c.CPUPer10k
-			add(fmt.Sprintf("Typed call (bench.v1.Bench/Echo) <= 1.15x the gateway CPU of Call, %s, concurrency 64", payload), r <= 1.15,
-				"%.2fx (%.3f vs %.3f CPU s per 10k calls)", r, ty.CPUPer10k, c.CPUPer10k)
-		}
-	}
-	if mem != nil {
-		add("<= 40 KiB gateway RSS per idle /ws client", mem.KiBPerIdleClient <= 40, "%.1f KiB", mem.KiBPerIdleClient)
-		add("<= 2 KiB per pending call", mem.BytesPerPending <= 2048, "%.0f bytes", mem.BytesPerPending)
-		ok := mem.PendingErrors == 0 && mem.PendingOK == int64(mem.Pending) && mem.Error == ""
-		add("zero errors in both memory runs", ok, "%d of %d pending calls ok, %d errors %s", mem.PendingOK, mem.Pending, mem.PendingErrors, mem.Error)
-	}
-	return ts
+	return c
 }
 
 func machine() string {
@@ -747,26 +905,4 @@ func machine() string {
 		}
 	}
 	return fmt.Sprintf("%s, %d cores, %s %s/%s", cpu, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-}
-
-func printMarkdown(w io.Writer, r Report) {
-	fmt.Fprintf(w, "Machine: %s. Each cell: %s measured after a warm-up. Run took %s.\n\n", r.Machine, r.Duration, r.Took)
-	fmt.Fprintln(w, "| case | payload | conc | calls/s | p50 ms | p99 ms | CPU s /10k calls | peak RSS MiB | errors | measured |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
-	for _, row := range r.Rows {
-		fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.3f | %.3f | %.3f | %.1f | %d | %s |\n", row.Case, row.Payload, row.Concurrency,
-			row.RPS, row.P50ms, row.P99ms, row.CPUPer10k, float64(row.PeakRSSKiB)/1024, row.Errors, row.Measured)
-	}
-	if m := r.Memory; m != nil {
-		fmt.Fprintf(w, "\nMemory: %d idle /ws clients: +%d KiB RSS (%.1f KiB each). %d calls in flight (in_flight %d when measured): +%d KiB RSS (%.0f bytes each); %d ok, %d errors.\n",
-			m.IdleClients, m.IdleRSSDeltaKiB, m.KiBPerIdleClient, m.Pending, m.PendingInFlightAt, m.PendingRSSDelta, m.BytesPerPending, m.PendingOK, m.PendingErrors)
-	}
-	fmt.Fprintln(w, "\n| target | measured | met |\n|---|---|---|")
-	for _, t := range r.Targets {
-		met := "missed"
-		if t.Met {
-			met = "met"
-		}
-		fmt.Fprintf(w, "| %s | %s | %s |\n", t.Name, t.Measured, met)
-	}
 }
