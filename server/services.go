@@ -132,9 +132,10 @@ func (svc statsService) GetStats(context.Context, *wsbridgev1.GetStatsRequest) (
 }
 
 // resultValue turns a backend result into a Value: an error for the caller
-// (INTERNAL) when it cannot be one.
+// (INTERNAL) when it cannot be one. Results are valid JSON: parts of
+// backend frames the bridge has checked, or the gateway's own.
 func resultValue(raw json.RawMessage) (*structpb.Value, error) {
-	v, err := jsonpb.ToValue(raw)
+	v, err := jsonpb.ToValueOfValid(raw)
 	if err != nil {
 		return nil, &bridge.Error{Code: bridge.CodeMalformedReply, Message: "backend result cannot be represented as a google.protobuf.Value", Err: err}
 	}
