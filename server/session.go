@@ -44,7 +44,7 @@ type session struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	inflight   map[string]func() // calls in flight by jsonrpc.IDKey of their id, with their cancel (nil until known)
+	inflight   map[string]func() // calls in flight by jsonrpc.IDKey of their id, with their cancel (nil until known); nil before the first call
 	notifies   int               // notifications being forwarded
 	unanswered int               // calls and batches whose reply is not handed to out yet
 	idle       chan struct{}     // closed when unanswered drops to 0, for wait and close
@@ -82,7 +82,7 @@ type reply struct {
 // subscribe; out.notify then receives them. ctx is the client's lifetime
 // (the session's own ends at close).
 func (s *Server) newSession(ctx context.Context, f face, out sessionOut, push bool) *session {
-	ss := &session{s: s, face: f, out: out, inflight: map[string]func(){}, client: clientOf(ctx)}
+	ss := &session{s: s, face: f, out: out, client: clientOf(ctx)}
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	if push {
 		ss.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
@@ -381,6 +381,9 @@ func (ss *session) claim(key string) error {
 	}
 	if err := ss.s.acquire(ss.client); err != nil {
 		return err
+	}
+	if ss.inflight == nil {
+		ss.inflight = map[string]func(){} // made on the first call: an idle client holds none
 	}
 	ss.inflight[key] = nil
 	return nil
