@@ -77,7 +77,6 @@ func (a *asyncCall) startOn() {
 		a.co.OnBackend(c.slot.be.displayURL)
 	}
 	o := newAsyncOp(id, jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(a.quoted, a.params)), id, true, a.quoted, a.params), a.settle)
-	o.batched = a.co.MoreFollow
 	// The timer exists before o can complete (complete stops it).
 	o.timer = time.AfterFunc(time.Until(a.deadline), func() { a.expire(o, c, CodeDeadlineExceeded) })
 	a.mu.Lock()

@@ -214,12 +214,6 @@ type CallOptions struct {
 	// request of the call is written to (an access log's "backend"). It
 	// runs on the goroutine that writes, and must not block.
 	OnBackend func(url string)
-	// MoreFollow says the caller starts more calls at once (a client's
-	// pipelined requests already read, a batch's other elements): the
-	// request then waits for the writer, so that they leave together in
-	// one write, instead of being written at once by the calling goroutine
-	// (the low-load fast path).
-	MoreFollow bool
 }
 
 // Bridge multiplexes calls over the backend connection(s). It is safe for
@@ -678,7 +672,6 @@ func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.R
 		frame := jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
 		o := newOp(id, spec.notify, frame)
 		o.onResult = spec.onResult
-		o.batched = co.MoreFollow
 		res, err := c.roundTrip(ctx, o)
 		switch {
 		case errors.Is(err, errNotSent):

@@ -25,9 +25,6 @@ type op struct {
 	timer *time.Timer
 	// onResult, if set, runs on the reader with a successful result.
 	onResult resultHook
-	// batched sends o through the writer even when the socket is idle
-	// (CallOptions.MoreFollow).
-	batched bool
 	// callerDone is the caller's ctx.Done(): the writer skips an op whose
 	// caller has given up.
 	callerDone <-chan struct{}

@@ -42,7 +42,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	// rules as on /ws, and the response waits for all of them.
 	out := &rpcOut{}
 	ss := s.newSession(r.Context(), faceRPC, out, false)
-	ss.serveMessage(body, false)
+	ss.serveMessage(body)
 	ss.wait(r.Context())
 	ss.close()
 	frame := out.take()

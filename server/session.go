@@ -105,11 +105,9 @@ var (
 
 // serveMessage serves one message of a JSON-RPC face: a request, a
 // notification or a batch.
-// more says the face has more messages already read (a pipelining client):
-// the calls then go through the backend writer together.
-func (ss *session) serveMessage(data []byte, more bool) {
+func (ss *session) serveMessage(data []byte) {
 	reqs, batch := jsonrpc.ParseRequests(data)
-	ss.serve(reqs, batch, bridge.CallOptions{MoreFollow: more})
+	ss.serve(reqs, batch, bridge.CallOptions{})
 }
 
 // serve serves requests: one (batch false) or a batch, each call with co.
@@ -143,8 +141,7 @@ func (ss *session) serve(reqs []jsonrpc.Request, batch bool, co bridge.CallOptio
 	}
 	b := &batchReplies{ss: ss, waiting: 1} // 1: serve is still starting calls
 	ss.hold()                              // the batch's reply
-	last := co.MoreFollow
-	for i, r := range reqs {
+	for _, r := range reqs {
 		switch {
 		case r.Err != nil:
 			b.refused(ss.refusal(r, r.Err))
@@ -152,7 +149,6 @@ func (ss *session) serve(reqs []jsonrpc.Request, batch bool, co bridge.CallOptio
 			ss.forward(r)
 		default:
 			b.started()
-			co.MoreFollow = last || i < len(reqs)-1 // the batch's calls leave together
 			ss.call(r, co, b.ended)
 		}
 	}

@@ -238,8 +238,7 @@ func (c *wsClient) readLoop(ss *session) error {
 			c.end(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
 			return nil
 		}
-		more := c.br != nil && (c.br.Buffered() > 0 || c.sock.Buffered() > 0)
-		ss.serveMessage(data, more)
+		ss.serveMessage(data)
 	}
 }
 

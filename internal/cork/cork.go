@@ -344,10 +344,6 @@ func (c *Conn) WaitReadable() error {
 	return c.waitReadable()
 }
 
-// Buffered reports how many bytes were read from the socket and not yet
-// returned. For the reader only.
-func (c *Conn) Buffered() int { return len(c.rbuf) }
-
 func (c *Conn) release() {
 	readPool.Put(c.rpool)
 	c.rpool, c.rbuf = nil, nil
