@@ -263,12 +263,16 @@ func TestDedupReachesBackendOnce(t *testing.T) {
 	const n = 1000
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
+	// The first call sleeps long enough for all the others to join it even
+	// on a slow machine (1,000 goroutines and their gRPC calls under the
+	// race detector); the stats say when they all have.
 	for range n {
 		wg.Go(func() {
-			_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `{"ms":300}`)})
+			_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `{"ms":3000}`)})
 			errs <- err
 		})
 	}
+	g.waitStats(t, "every identical call to join the first", func(st *wsbridgev1.Stats) bool { return st.Coalesced == n-1 })
 	wg.Wait()
 	close(errs)
 	for err := range errs {
