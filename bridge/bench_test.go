@@ -57,6 +57,25 @@ func BenchmarkCall(b *testing.B) {
 	})
 }
 
+// BenchmarkCallOneCaller: one caller at a time, each call after the
+// previous reply: the latency of a call at low load, where hand-offs
+// between goroutines show (the fast path writes from the caller).
+func BenchmarkCallOneCaller(b *testing.B) {
+	srv := bridgetest.NewServer(b, nil)
+	br, err := New(Options{URL: srv.URL()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := br.Call(ctx, "echo", benchParams, CallOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkGo: the same with Bridge.Go, which needs no goroutine per call.
 func BenchmarkGo(b *testing.B) {
 	srv := bridgetest.NewServer(b, nil)

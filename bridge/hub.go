@@ -185,8 +185,9 @@ const maxHeld = 4096
 // consumer if it cannot keep up), and must not call the consumer's Close.
 // Close the consumer when the client leaves.
 func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)) *Consumer {
-	c := &Consumer{h: b.hub, deliver: deliver, methods: map[string]bool{}, subs: map[*subscription]int{},
-		holding: map[*subscription][]heldNote{}}
+	// The maps are made on the first listen or subscription: most clients
+	// never make one, and each idle client should cost little.
+	c := &Consumer{h: b.hub, deliver: deliver}
 	b.hub.mu.Lock()
 	b.hub.consumers[c] = struct{}{}
 	b.hub.mu.Unlock()
@@ -220,6 +221,9 @@ func (c *Consumer) Listen(methods ...string) error {
 	if max := c.h.b.opts.MaxListensPerConsumer; max > 0 && n > max {
 		c.h.mu.Unlock()
 		return newError(CodeOverloaded, fmt.Sprintf("would listen to %d methods; the limit per client is %d", n, max), nil)
+	}
+	if c.methods == nil {
+		c.methods = map[string]bool{}
 	}
 	for _, m := range methods {
 		c.methods[m] = true
@@ -344,6 +348,9 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 		h.byKey[key] = sub
 	}
 	sub.owners[c]++
+	if c.subs == nil {
+		c.subs, c.holding = map[*subscription]int{}, map[*subscription][]heldNote{}
+	}
 	c.subs[sub]++
 	c.nsubs++
 	if _, ok := c.holding[sub]; !ok {

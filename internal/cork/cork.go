@@ -48,12 +48,17 @@ type Conn struct {
 	mu sync.Mutex
 	// Guarded by mu.
 	corked      bool
-	nonBlocking bool   // set once by NonBlocking
-	onHeld      func() // called (without mu) when a write outside a cork leaves bytes held
-	flushing    bool   // Flush is writing held bytes without mu: writes queue behind
-	held        []byte // bytes written but not yet on the socket, in order
-	limit       int    // the most held that a write outside a batch may grow to
-	err         error  // the first write error, returned ever after
+	nonBlocking bool    // set once by NonBlocking
+	onHeld      func()  // called (without mu) when a write outside a cork leaves bytes held
+	flushing    bool    // Flush is writing held bytes without mu: writes queue behind
+	held        []byte  // bytes written but not yet on the socket, in order
+	heldBuf     *[]byte // the pooled buffer under held, nil when none
+	limit       int     // the most held that a write outside a batch may grow to
+	err         error   // the first write error, returned ever after
+	// tryWrite's state (see there).
+	wbuf []byte
+	wn   int
+	werr error
 
 	// The read side, used by one reader at a time (coder/websocket reads
 	// under its own lock), set up by ReadLazily before any read.
@@ -61,6 +66,9 @@ type Conn struct {
 	rbuf  []byte  // what was read and not yet returned: a slice of *rpool
 	rpool *[]byte // the pooled buffer under rbuf, nil when none is held
 	peek  [1]byte // where the readiness check's MSG_PEEK lands (never read)
+
+	// Static after Wrap: the callbacks handed to raw, made once.
+	writeFn, readableFn func(fd uintptr) bool
 }
 
 // Wrap returns c as a Conn.
@@ -68,6 +76,7 @@ func Wrap(c net.Conn) *Conn {
 	cc := &Conn{Conn: c}
 	if sc, ok := c.(syscall.Conn); ok {
 		cc.raw, _ = sc.SyscallConn()
+		cc.writeFn, cc.readableFn = cc.writeSome, cc.readable
 	}
 	return cc
 }
@@ -94,7 +103,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if !c.nonBlocking {
 		defer c.mu.Unlock()
 		if c.corked && len(c.held)+len(p) <= maxBuffer {
-			c.held = append(c.held, p...)
+			c.hold(p)
 			return len(p), nil
 		}
 		if len(c.held) > 0 {
@@ -149,7 +158,8 @@ var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b
 // hold appends p to the held bytes. Called with mu held.
 func (c *Conn) hold(p []byte) {
 	if c.held == nil {
-		c.held = (*heldPool.Get().(*[]byte))[:0]
+		c.heldBuf = heldPool.Get().(*[]byte)
+		c.held = (*c.heldBuf)[:0]
 	}
 	c.held = append(c.held, p...)
 }
@@ -157,11 +167,11 @@ func (c *Conn) hold(p []byte) {
 // drop gives the held buffer back once it is all written. Called with mu
 // held.
 func (c *Conn) drop() {
-	if c.held != nil && cap(c.held) <= maxBuffer {
-		b := c.held[:0]
-		heldPool.Put(&b)
+	if c.heldBuf != nil && cap(c.held) <= maxBuffer {
+		*c.heldBuf = c.held[:0]
+		heldPool.Put(c.heldBuf)
 	}
-	c.held = nil
+	c.held, c.heldBuf = nil, nil
 }
 
 func (c *Conn) flushLocked() error {
@@ -226,8 +236,8 @@ func (c *Conn) Flush(deadline time.Time) error {
 	c.flushing = true
 	_ = c.Conn.SetWriteDeadline(deadline)
 	for len(c.held) > 0 && c.err == nil {
-		buf := c.held
-		c.held = nil
+		buf, bufPtr := c.held, c.heldBuf
+		c.held, c.heldBuf = nil, nil
 		c.mu.Unlock()
 		_, err := c.Conn.Write(buf)
 		c.mu.Lock()
@@ -235,10 +245,10 @@ func (c *Conn) Flush(deadline time.Time) error {
 			c.err = err
 		}
 		if c.held == nil {
-			c.held = buf[:0] // keep the buffer: drop below gives it back
-		} else if cap(buf) <= maxBuffer {
-			b := buf[:0]
-			heldPool.Put(&b)
+			c.held, c.heldBuf = buf[:0], bufPtr // keep the buffer: drop below gives it back
+		} else if bufPtr != nil && cap(buf) <= maxBuffer {
+			*bufPtr = buf[:0]
+			heldPool.Put(bufPtr)
 		}
 	}
 	_ = c.Conn.SetWriteDeadline(time.Time{})
