@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -206,12 +205,12 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return c, rw, err // TLS or an unknown conn: as the server made it
 	}
 	sock.ReadLazily()
-	// Bytes the client sent behind the handshake must stay in the reader
-	// handed over (coder/websocket keeps what it has buffered).
-	n := rw.Reader.Buffered()
-	pending, _ := rw.Reader.Peek(n)
-	br := bufio.NewReaderSize(bytes.NewReader(bytes.Clone(pending)), max(n, 16))
-	_, _ = br.Peek(n)
+	// Bytes the client sent right behind the handshake go back in front of
+	// the socket, where the reader (and its wait for readability) finds
+	// them.
+	pending, _ := rw.Reader.Peek(rw.Reader.Buffered())
+	sock.Unread(pending)
+	br := bufio.NewReaderSize(sock, 16)
 	h.br = br
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, 16)), nil
 }

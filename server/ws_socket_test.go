@@ -1,11 +1,17 @@
 package server
 
 import (
+	"bufio"
+	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // maskedFrame is a client frame of opcode op, masked with a zero key
@@ -70,5 +76,89 @@ func TestWSPingFloodWithoutReadingStallsNoOne(t *testing.T) {
 	}
 	if got := fine.roundTrip(`{"jsonrpc":"2.0","id":2,"method":"echo","params":["after"]}`); got != `{"jsonrpc":"2.0","id":2,"result":["after"]}` {
 		t.Fatalf("after the flood: %s", got)
+	}
+}
+
+// A client may send its first frame right behind the upgrade request, in
+// the same packet, before it has read the 101. The gateway hands
+// coder/websocket its own small reader (see hijackRecorder), which must
+// keep those bytes.
+func TestWSFrameRightBehindTheHandshake(t *testing.T) {
+	h := start(t, demoBackend(t), nil)
+	c, err := net.Dial("tcp", h.srv.HTTPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	call := `{"jsonrpc":"2.0","id":7,"method":"echo","params":["` + strings.Repeat("x", 300) + `"]}`
+	req := "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := c.Write(append([]byte(req), maskedFrame(0x1, []byte(call))...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		t.Fatal(err)
+	}
+	n := int(hdr[1] & 0x7f)
+	if n == 126 {
+		ext := make([]byte, 2)
+		if _, err := io.ReadFull(br, ext); err != nil {
+			t.Fatal(err)
+		}
+		n = int(ext[0])<<8 | int(ext[1])
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"jsonrpc":"2.0","id":7,"result":["` + strings.Repeat("x", 300) + `"]}`
+	if hdr[0] != 0x81 || string(payload) != want {
+		t.Fatalf("reply: opcode %#x, %q", hdr[0], payload)
+	}
+}
+
+// Over TLS the socket's non-blocking writes sit under the TLS records;
+// replies of every size, from one at a time to large pipelined bursts,
+// arrive whole and in order.
+func TestWSOverTLS(t *testing.T) {
+	cert, pool := selfSigned(t)
+	h := startTLS(t, demoBackend(t), &tls.Config{Certificates: []tls.Certificate{cert}})
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer client.CloseIdleConnections()
+	conn, _, err := websocket.Dial(ctxT(t), "wss://"+h.srv.HTTPAddr().String()+"/ws", &websocket.DialOptions{HTTPClient: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(-1)
+	c := &wsTestClient{t: t, conn: conn}
+	for i, size := range []int{1, 100, 5000, 70000, 300000} {
+		p := strings.Repeat("y", size)
+		want := `{"jsonrpc":"2.0","id":` + strconv.Itoa(i) + `,"result":["` + p + `"]}`
+		if got := c.roundTrip(`{"jsonrpc":"2.0","id":` + strconv.Itoa(i) + `,"method":"echo","params":["` + p + `"]}`); got != want {
+			t.Fatalf("%d bytes: got %d bytes back", size, len(got))
+		}
+	}
+	const n = 200
+	for i := range n {
+		c.send(`{"jsonrpc":"2.0","id":` + strconv.Itoa(i) + `,"method":"echo","params":["` + strings.Repeat("z", 2000) + `"]}`)
+	}
+	seen := map[string]bool{}
+	for range n {
+		got := c.recv()
+		if !strings.HasSuffix(got, `,"result":["`+strings.Repeat("z", 2000)+`"]}`) {
+			t.Fatalf("pipelined reply: %.80s", got)
+		}
+		seen[strings.SplitN(got, ",", 3)[1]] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d distinct replies for %d calls", len(seen), n)
 	}
 }

@@ -17,6 +17,7 @@
 package cork
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -318,11 +319,8 @@ func (c *Conn) ReadLazily() { c.lazy = c.raw != nil }
 
 // Read reads from the socket; see ReadLazily.
 func (c *Conn) Read(p []byte) (int, error) {
-	if !c.lazy {
-		return c.Conn.Read(p)
-	}
 	if len(c.rbuf) == 0 {
-		if len(p) >= readChunk {
+		if !c.lazy || len(p) >= readChunk {
 			return c.Conn.Read(p)
 		}
 		if err := c.waitReadable(); err != nil {
@@ -354,8 +352,25 @@ func (c *Conn) WaitReadable() error {
 	return c.waitReadable()
 }
 
+// Unread puts p in front of what the socket will return: bytes a previous
+// reader (the HTTP server's, before a hijack) read past its end. Call it
+// after ReadLazily and before any read.
+func (c *Conn) Unread(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if len(p) <= readChunk {
+		c.rpool = readPool.Get().(*[]byte)
+		c.rbuf = (*c.rpool)[:copy(*c.rpool, p)]
+		return
+	}
+	c.rbuf = bytes.Clone(p)
+}
+
 func (c *Conn) release() {
-	readPool.Put(c.rpool)
+	if c.rpool != nil {
+		readPool.Put(c.rpool)
+	}
 	c.rpool, c.rbuf = nil, nil
 }
 
