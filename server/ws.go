@@ -323,7 +323,12 @@ func (c *wsClient) writeLoop() {
 	for batch, ok = c.out.Claim(batch); ok; batch, ok = c.out.Next(batch) {
 		select {
 		case <-c.ended:
-			return // keeping the claim: nothing more is written
+			// Keeping the claim: nothing more is written, but what the
+			// socket holds (a last reply, the close frame) still goes.
+			if c.sock != nil {
+				_ = c.sock.Flush(time.Now().Add(c.s.opts.ClientWriteTimeout))
+			}
+			return
 		default:
 		}
 		ctx, end := cork.Batch(c.sock, context.Background(), c.s.opts.ClientWriteTimeout)
