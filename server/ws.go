@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -46,6 +47,20 @@ type wsClient struct {
 	ping  *time.Timer          // the next ping
 
 	endOnce sync.Once
+	// rstate is where the reader is: inside coder/websocket (readerIn),
+	// between messages looking at its buffer and waiting on the socket
+	// (readerBetween), or stopped for a close (readerStopped). A close
+	// handshake reads too; coder/websocket orders it with its own reader,
+	// but not with the reader's look between messages, so end and the
+	// reader hand over through this state: a close never runs beside that
+	// look. closeByServe: end found the reader between messages and left
+	// the close handshake to serve (closeCode, closeReason), once the
+	// reader has returned.
+	rstate       atomic.Int32
+	closeByServe atomic.Bool
+	closeCode    websocket.StatusCode
+	closeReason  string
+	closeDone    chan struct{} // closed when the close handshake has ended
 
 	taskMu  sync.Mutex
 	stopped bool // guarded by taskMu: the handler waits for tasks; start no more
@@ -94,7 +109,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &wsClient{
 		s: s, conn: conn, raw: hj.conn, sock: cork.Of(hj.conn), br: hj.br,
 		out:   queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, func(b []byte) int { return len(b) }),
-		ended: make(chan struct{}),
+		ended: make(chan struct{}), closeDone: make(chan struct{}),
 	}
 	c.out.OnReady(c.startWriter)
 	if c.sock != nil {
@@ -148,7 +163,14 @@ func (c *wsClient) serve(base context.Context, token string) {
 	} else {
 		c.end(websocket.StatusNormalClosure, "")
 	}
+	if c.closeByServe.Load() {
+		_ = c.raw.SetReadDeadline(time.Time{}) // set by end to wake the reader
+		c.tasks.Go(func() { c.closeHandshake(c.closeCode, c.closeReason) })
+	}
 	ss.close()
+	// The close frame may still be held by the socket: a writer must be
+	// able to start for it until the handshake is over.
+	<-c.closeDone
 	c.taskMu.Lock()
 	c.stopped = true
 	c.taskMu.Unlock()
@@ -172,8 +194,33 @@ func (c *wsClient) startTask(f func()) {
 func (c *wsClient) end(code websocket.StatusCode, reason string) {
 	c.endOnce.Do(func() {
 		close(c.ended)
-		c.tasks.Go(func() { wsutil.Bounded(c.conn, c.raw, code, reason, closeTimeout) })
+		if c.rstate.CompareAndSwap(readerBetween, readerStopped) {
+			// The reader is looking at its buffer or waiting on the
+			// socket: wake it, and serve closes once it has returned.
+			c.closeCode, c.closeReason = code, reason
+			c.closeByServe.Store(true)
+			_ = c.raw.SetReadDeadline(time.Now())
+			return
+		}
+		// The reader is inside coder/websocket (or has returned): the
+		// close runs beside it, ordered by coder/websocket's read lock.
+		c.rstate.Store(readerStopped)
+		c.tasks.Go(func() { c.closeHandshake(code, reason) })
 	})
+}
+
+// Where the reader is (wsClient.rstate).
+const (
+	readerIn int32 = iota
+	readerBetween
+	readerStopped
+)
+
+// closeHandshake closes the client with code and reason, bounded by
+// closeTimeout.
+func (c *wsClient) closeHandshake(code websocket.StatusCode, reason string) {
+	defer close(c.closeDone)
+	wsutil.Bounded(c.conn, c.raw, code, reason, closeTimeout)
 }
 
 // closeTimeout bounds a close handshake with a client that does not answer.
@@ -221,11 +268,17 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // -32700; replies always go out as text.
 func (c *wsClient) readLoop(ss *session) error {
 	for {
+		if !c.rstate.CompareAndSwap(readerIn, readerBetween) {
+			return nil // a close has taken over
+		}
 		if c.br != nil && c.br.Buffered() == 0 {
 			// Wait here, near the top of the stack, with no buffer: an
 			// idle client's goroutine then keeps the smallest stack. An
 			// error is for the read below to report.
 			_ = c.sock.WaitReadable()
+		}
+		if !c.rstate.CompareAndSwap(readerBetween, readerIn) {
+			return nil // end woke the reader: serve closes
 		}
 		// Reads use a context that is never cancelled: cancelling a read
 		// drops the TCP connection without the close handshake.
@@ -323,11 +376,7 @@ func (c *wsClient) writeLoop() {
 	for batch, ok = c.out.Claim(batch); ok; batch, ok = c.out.Next(batch) {
 		select {
 		case <-c.ended:
-			// Keeping the claim: nothing more is written, but what the
-			// socket holds (a last reply, the close frame) still goes.
-			if c.sock != nil {
-				_ = c.sock.Flush(time.Now().Add(c.s.opts.ClientWriteTimeout))
-			}
+			c.stopWriting()
 			return
 		default:
 		}
@@ -349,14 +398,31 @@ func (c *wsClient) writeLoop() {
 				c.ss.slow("write timeout: client too slow")
 			}
 			c.end(websocket.StatusPolicyViolation, "write failed")
+			c.stopWriting()
 			return
 		}
 		if leave {
 			c.end(websocket.StatusGoingAway, "gateway shutting down")
+			c.stopWriting()
 			return
 		}
 		runtime.Gosched()
 	}
+}
+
+// stopWriting ends a writer of a client that has ended: what the socket
+// holds (a last reply, the close frame) still goes, within the write
+// timeout; frames still queued are dropped; and the claim is given back,
+// so that bytes the close handshake leaves held start another writer.
+func (c *wsClient) stopWriting() {
+	if c.sock != nil {
+		_ = c.sock.Flush(time.Now().Add(c.s.opts.ClientWriteTimeout))
+	}
+	c.out.Take(nil) // (this clears a kick too: said again below if still due)
+	if c.sock != nil && c.sock.Held() {
+		c.out.Kick()
+	}
+	c.out.Release()
 }
 
 // pingTick starts a ping unless one waits for its pong, and sets the next.

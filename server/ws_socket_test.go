@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -12,6 +13,10 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
+	"github.com/wsbridge/wsbridge/internal/cork"
 )
 
 // maskedFrame is a client frame of opcode op, masked with a zero key
@@ -160,5 +165,111 @@ func TestWSOverTLS(t *testing.T) {
 	}
 	if len(seen) != n {
 		t.Fatalf("%d distinct replies for %d calls", len(seen), n)
+	}
+}
+
+// noRawListener hands out connections that are not syscall.Conns: every
+// non-blocking write is held, as on a socket that is always full, so that
+// every frame goes through the held-bytes path.
+type noRawListener struct{ net.Listener }
+
+func (l noRawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return struct{ net.Conn }{c}, nil
+}
+
+// At shutdown a client gets its last reply and then 1001, even when every
+// byte has to wait for a writer (the reply, then the close frame written
+// by the close handshake after the writer that sent the reply has ended).
+func TestWSGoingAwayWhenEveryByteIsHeld(t *testing.T) {
+	srv, err := New(Options{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Bridge: bridge.Options{URL: demoBackend(t)}, ConnDrain: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.httpLn = cork.Listener{Listener: noRawListener{srv.httpLn.(cork.Listener).Listener}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	conn, _, err := websocket.Dial(ctxT(t), "ws://"+srv.HTTPAddr().String()+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	if err := conn.Write(ctxT(t), websocket.MessageText, []byte(`{"jsonrpc":"2.0","id":1,"method":"sleep","params":[300]}`)); err != nil {
+		t.Fatal(err)
+	}
+	bridgetest.Eventually(t, "the call in flight", func() bool { return srv.Bridge().Stats().Pending == 1 })
+	cancel() // shutdown: the client gets 1001 once its call is answered
+	_, data, err := conn.Read(ctxT(t))
+	if err != nil || string(data) != `{"jsonrpc":"2.0","id":1,"result":{"slept_ms":300}}` {
+		t.Fatalf("reply: %s %v", data, err)
+	}
+	if _, _, err = conn.Read(ctxT(t)); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("after the reply: %v, want close 1001", err)
+	}
+}
+
+// The gateway ends clients (shutdown's kill, a revoked token, a slow
+// consumer) while they send: the close handshake, which reads the socket,
+// never runs beside the reader's own look at its buffer (run with -race).
+func TestWSEndWhileTheClientSends(t *testing.T) {
+	h := start(t, demoBackend(t), nil)
+	for range 5 {
+		raw := dialRaw(t, h)
+		_ = raw.c.SetDeadline(time.Time{})
+		stop := make(chan struct{})
+		go func(c net.Conn) {
+			f := maskedFrame(0x1, []byte(`{"jsonrpc":"2.0","method":"echo","params":[1]}`))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Write(f); err != nil {
+					return
+				}
+			}
+		}(raw.c)
+		gone := make(chan struct{})
+		go func(c net.Conn) { // reads what comes, so that the close handshake can complete
+			defer close(gone)
+			b := make([]byte, 4096)
+			for {
+				if _, err := c.Read(b); err != nil {
+					return
+				}
+			}
+		}(raw.c)
+		var kills []func()
+		bridgetest.Eventually(t, "the client's session", func() bool {
+			h.srv.sessMu.Lock()
+			defer h.srv.sessMu.Unlock()
+			kills = kills[:0]
+			for _, k := range h.srv.sessions {
+				kills = append(kills, k)
+			}
+			return len(kills) == 1
+		})
+		for _, k := range kills {
+			k()
+		}
+		select {
+		case <-gone:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the ended client's connection stays open")
+		}
+		close(stop)
+		raw.c.Close()
+		bridgetest.Eventually(t, "the client gone", func() bool {
+			h.srv.sessMu.Lock()
+			defer h.srv.sessMu.Unlock()
+			return len(h.srv.sessions) == 0
+		})
 	}
 }

@@ -292,8 +292,12 @@ func Batch(c *Conn, parent context.Context, timeout time.Duration) (ctx context.
 		if err == nil {
 			err = uerr
 		}
-		if err == nil && held {
-			err = c.Flush(deadline)
+		if held {
+			// Even after a failed message (the WebSocket closing) what was
+			// written before it goes; a broken socket fails at once.
+			if ferr := c.Flush(deadline); err == nil {
+				err = ferr
+			}
 		}
 		return err
 	}
