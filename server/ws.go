@@ -60,7 +60,7 @@ type wsClient struct {
 	closeByServe atomic.Bool
 	closeCode    websocket.StatusCode
 	closeReason  string
-	closeDone    chan struct{} // closed when the close handshake has ended
+	closing      sync.WaitGroup // the close handshake (a WaitGroup: no allocation per client)
 
 	taskMu  sync.Mutex
 	stopped bool // guarded by taskMu: the handler waits for tasks; start no more
@@ -109,7 +109,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &wsClient{
 		s: s, conn: conn, raw: hj.conn, sock: cork.Of(hj.conn), br: hj.br,
 		out:   queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, func(b []byte) int { return len(b) }),
-		ended: make(chan struct{}), closeDone: make(chan struct{}),
+		ended: make(chan struct{}),
 	}
 	c.out.OnReady(c.startWriter)
 	if c.sock != nil {
@@ -165,12 +165,13 @@ func (c *wsClient) serve(base context.Context, token string) {
 	}
 	if c.closeByServe.Load() {
 		_ = c.raw.SetReadDeadline(time.Time{}) // set by end to wake the reader
+		c.closing.Add(1)
 		c.tasks.Go(func() { c.closeHandshake(c.closeCode, c.closeReason) })
 	}
 	ss.close()
 	// The close frame may still be held by the socket: a writer must be
 	// able to start for it until the handshake is over.
-	<-c.closeDone
+	c.closing.Wait()
 	c.taskMu.Lock()
 	c.stopped = true
 	c.taskMu.Unlock()
@@ -205,6 +206,7 @@ func (c *wsClient) end(code websocket.StatusCode, reason string) {
 		// The reader is inside coder/websocket (or has returned): the
 		// close runs beside it, ordered by coder/websocket's read lock.
 		c.rstate.Store(readerStopped)
+		c.closing.Add(1)
 		c.tasks.Go(func() { c.closeHandshake(code, reason) })
 	})
 }
@@ -219,7 +221,7 @@ const (
 // closeHandshake closes the client with code and reason, bounded by
 // closeTimeout.
 func (c *wsClient) closeHandshake(code websocket.StatusCode, reason string) {
-	defer close(c.closeDone)
+	defer c.closing.Done()
 	wsutil.Bounded(c.conn, c.raw, code, reason, closeTimeout)
 }
 
