@@ -34,19 +34,25 @@ func BenchmarkRouteReply(b *testing.B) {
 	}
 }
 
-// BenchmarkCall: a whole call through a Bridge to an in-process backend
-// over loopback (both ends in this process).
-func BenchmarkCall(b *testing.B) {
+// benchBridge is a Bridge to an in-process backend over loopback (both
+// ends in this process), with its connection open.
+func benchBridge(b *testing.B) *Bridge {
 	srv := bridgetest.NewServer(b, nil)
 	br, err := New(Options{URL: srv.URL()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer br.Close()
-	ctx := context.Background()
-	if _, err := br.Call(ctx, "echo", benchParams, CallOptions{}); err != nil {
+	b.Cleanup(func() { _ = br.Close() })
+	if _, err := br.Call(context.Background(), "echo", benchParams, CallOptions{}); err != nil {
 		b.Fatal(err)
 	}
+	return br
+}
+
+// BenchmarkCall: a whole call through a Bridge, two callers at once.
+func BenchmarkCall(b *testing.B) {
+	br := benchBridge(b)
+	ctx := context.Background()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -61,12 +67,7 @@ func BenchmarkCall(b *testing.B) {
 // previous reply: the latency of a call at low load, where hand-offs
 // between goroutines show (the fast path writes from the caller).
 func BenchmarkCallOneCaller(b *testing.B) {
-	srv := bridgetest.NewServer(b, nil)
-	br, err := New(Options{URL: srv.URL()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer br.Close()
+	br := benchBridge(b)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for range b.N {
@@ -78,15 +79,7 @@ func BenchmarkCallOneCaller(b *testing.B) {
 
 // BenchmarkGo: the same with Bridge.Go, which needs no goroutine per call.
 func BenchmarkGo(b *testing.B) {
-	srv := bridgetest.NewServer(b, nil)
-	br, err := New(Options{URL: srv.URL()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer br.Close()
-	if _, err := br.Call(context.Background(), "echo", benchParams, CallOptions{}); err != nil {
-		b.Fatal(err)
-	}
+	br := benchBridge(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		done := make(chan error, 1)

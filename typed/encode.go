@@ -2,6 +2,7 @@ package typed
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -194,23 +195,9 @@ func compareKeys(a, b protoreflect.MapKey) int {
 		}
 		return 1
 	case int32, int64:
-		x, y := a.Int(), b.Int()
-		switch {
-		case x < y:
-			return -1
-		case x > y:
-			return 1
-		}
-		return 0
+		return cmp.Compare(a.Int(), b.Int())
 	}
-	x, y := a.Uint(), b.Uint()
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
+	return cmp.Compare(a.Uint(), b.Uint())
 }
 
 func (e *encoding) integerEncoding(fd protoreflect.FieldDescriptor) wsbridgev1.IntegerEncoding {
