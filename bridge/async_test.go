@@ -12,14 +12,14 @@ import (
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 )
 
-type outcome struct {
+type goOutcome struct {
 	res json.RawMessage
 	err error
 }
 
-func goCall(b *Bridge, method, params string, co CallOptions) (chan outcome, func()) {
-	out := make(chan outcome, 1)
-	cancel := b.Go(method, json.RawMessage(params), co, func(res json.RawMessage, err error) { out <- outcome{res, err} })
+func goCall(b *Bridge, method, params string, co CallOptions) (chan goOutcome, func()) {
+	out := make(chan goOutcome, 1)
+	cancel := b.Go(method, json.RawMessage(params), co, func(res json.RawMessage, err error) { out <- goOutcome{res, err} })
 	return out, cancel
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -375,32 +374,9 @@ func TestBackendsWaitForReadyTakesAnyBackend(t *testing.T) {
 // handshake to it hangs); it returns its ws:// URL.
 func hangingListener(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return "ws://" + ln.Addr().String() + "/"
+	l := newSwitchListener(t)
+	l.hang()
+	return l.url()
 }
 
 // The reply cache is bounded in entries and in bytes: the oldest entry

@@ -25,12 +25,12 @@ func BenchmarkEncodeRequest(b *testing.B) {
 func BenchmarkRouteReply(b *testing.B) {
 	_, c := bareConn()
 	frame := []byte(`{"jsonrpc":"2.0","id":12345,"result":{"k":"0123456789abcd"}}`)
-	o := newOp(12345, false, nil)
+	o := newTestOp(12345)
 	b.ReportAllocs()
 	for range b.N {
 		c.pending.add(o)
 		c.handleFrame(frame)
-		<-o.resp
+		<-o.owner.(resultChan)
 	}
 }
 

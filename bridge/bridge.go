@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wsbridge/wsbridge/internal/defaults"
@@ -229,8 +228,7 @@ type Bridge struct {
 	failLat     *window.Latency // calls that failed
 	policies    *policies       // per-method retry, hedging, dedup, cache
 
-	nextBackend atomic.Uint64 // ties among backends taken in turn
-	rrMu        sync.Mutex    // guards every backend's current (BalanceRoundRobin)
+	router *router // picks each request's backend
 
 	// Lifetime: cancel stops every slot's run loop and the state notifier;
 	// wg waits for them.
@@ -310,7 +308,11 @@ func New(opts Options) (*Bridge, error) {
 	if opts.TracerProvider != nil {
 		b.tracer = opts.TracerProvider.Tracer(tracerName)
 	}
-	b.hub = newHub(b, opts.SubscribeMethods, opts.UnsubscribeMethods)
+	b.hub = newHub(b, hubOptions{
+		SubscribeMethods: opts.SubscribeMethods, UnsubscribeMethods: opts.UnsubscribeMethods,
+		MaxSubscriptionsPerConsumer: opts.MaxSubscriptionsPerConsumer, MaxListensPerConsumer: opts.MaxListensPerConsumer,
+		Resubscribe: opts.Resubscribe, Logger: opts.Logger,
+	})
 	if opts.CancelMethod != "" {
 		b.cancelMethod = jsonrpc.AppendString(nil, opts.CancelMethod)
 	}
@@ -328,6 +330,7 @@ func New(opts Options) (*Bridge, error) {
 			b.slots = append(b.slots, s)
 		}
 	}
+	b.router = newRouter(b, opts.Balance, b.backends)
 	b.hub.listen = lowestPriority(b.backends)[0].slots[0].idx
 	for _, s := range b.slots {
 		b.wg.Go(func() { s.run(ctx) })
@@ -468,13 +471,7 @@ func (b *Bridge) LogURL() string { return b.redactedURL }
 // from the cache, joined to an identical call under way, retried on
 // another backend, or hedged.
 func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage, co CallOptions) (json.RawMessage, error) {
-	if err := b.plainMethod(method); err != nil {
-		return nil, err
-	}
-	if p := b.policies.of(method); !p.plain() {
-		return b.policies.call(ctx, method, params, co, p)
-	}
-	return b.do(ctx, method, params, co, callSpec{slot: -1})
+	return b.callOrNotify(ctx, method, params, co, false)
 }
 
 // Notify sends a JSON-RPC notification. It returns once the notification has
@@ -482,11 +479,26 @@ func (b *Bridge) Call(ctx context.Context, method string, params json.RawMessage
 // in Call: a subscribe sent as a notification could not be routed, and an
 // unsubscribe could end another client's subscription.
 func (b *Bridge) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
-	if err := b.plainMethod(method); err != nil {
-		return err
-	}
-	_, err := b.do(ctx, method, params, co, callSpec{slot: -1, notify: true})
+	_, err := b.callOrNotify(ctx, method, params, co, true)
 	return err
+}
+
+func (b *Bridge) callOrNotify(ctx context.Context, method string, params json.RawMessage, co CallOptions, notify bool) (json.RawMessage, error) {
+	if err := b.plainMethod(method); err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return nil, b.abortError(b.ctxCode(ctx)) // not even a dial for a caller already gone
+	}
+	c, err := b.newCall(ctx, request{method: method, params: params, slot: -1, notify: notify, waitForReady: co.WaitForReady, onBackend: co.OnBackend}, co)
+	if err != nil {
+		return nil, err
+	}
+	inv := b.send // notifications get no policy
+	if !notify {
+		inv = b.policies.chain(method)
+	}
+	return b.wait(ctx, c, inv, b.deadlineOf(ctx, co))
 }
 
 // plainMethod refuses a subscription method outside a Consumer's call.
@@ -495,64 +507,6 @@ func (b *Bridge) plainMethod(method string) error {
 		return newError(CodeUnsupported, fmt.Sprintf("%s makes or ends a subscription, which only a client that receives notifications can own", method), nil)
 	}
 	return nil
-}
-
-// callSpec is what the package's own callers (subscriptions) add to a call.
-type callSpec struct {
-	notify bool
-	// slot pins the call to one connection slot; -1 lets the balancer pick
-	// the backend, and a call whose request could not be written moves to
-	// another.
-	slot int
-	// retryable: a call whose request was written when its connection
-	// broke is sent once more, to another backend (MethodPolicy.Retry).
-	retryable bool
-	// hedgeAfter, if positive, hedges the call (see hedged).
-	hedgeAfter time.Duration
-	// onResult runs on the connection's reader when a successful reply
-	// arrives, before the reader handles the next message (also for a reply
-	// that comes after the caller gave up). Subscriptions use it to route
-	// the notifications that may follow the reply at once.
-	onResult resultHook
-}
-
-type resultHook func(slot int, result json.RawMessage)
-
-func (b *Bridge) do(ctx context.Context, method string, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
-	if ctx.Err() != nil {
-		return nil, b.ctxError(ctx) // not even a dial for a caller already gone
-	}
-	quoted, err := b.begin(method, params)
-	if err != nil {
-		return nil, err
-	}
-	defer b.done()
-	if b.tracer != nil {
-		var span trace.Span
-		ctx, span = b.startSpan(ctx, method, co)
-		defer func() { endSpan(span, err) }()
-		if b.opts.TraceParam != "" && !spec.notify {
-			params = withTraceParam(ctx, b.opts.TraceParam, params)
-		}
-	}
-	timeout := b.timeout(co)
-	// A caller whose own deadline comes first needs no timer of ours.
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	start := time.Now()
-	var res json.RawMessage
-	if spec.hedgeAfter > 0 && spec.slot < 0 && len(b.backends) > 1 && !spec.notify {
-		res, err = b.hedged(ctx, quoted, params, co, spec)
-	} else {
-		res, err = b.attempt(ctx, quoted, params, co, spec)
-	}
-	if !spec.notify {
-		b.recordLatency(time.Since(start), err)
-	}
-	return res, err
 }
 
 // recordLatency records a call's duration, apart for failed calls: a
@@ -629,79 +583,6 @@ func (b *Bridge) timeout(co CallOptions) time.Duration {
 	return b.opts.CallTimeout
 }
 
-// attempt sends the request on a connection and waits for its outcome. A
-// request that could not be written (its connection broke first, or its
-// backend could not be dialled) goes, with a new id, to another connection
-// (of another backend, unless the call is pinned to a slot); one that was
-// written when its connection broke is sent again only when retryable, and
-// once.
-func (b *Bridge) attempt(ctx context.Context, quotedMethod []byte, params json.RawMessage, co CallOptions, spec callSpec) (json.RawMessage, error) {
-	s := b.pickSlot(spec.slot, nil)
-	retried, moved := false, 0
-	// Among several backends a wait-for-ready call waits for any of them,
-	// not for the one it happened to pick: that one may never come back.
-	several := spec.slot < 0 && len(b.backends) > 1
-	for {
-		if b.tracer != nil && s.currentState() != StateConnected {
-			b.traceEvent(ctx, "backend.dial", attribute.String("server.address", s.be.displayURL))
-		}
-		c, err := s.conn(ctx, co.WaitForReady && !several)
-		if err != nil {
-			if several && CodeOf(err) == CodeUnavailable && ctx.Err() == nil {
-				if moved < len(b.backends)-1 {
-					moved++ // never written: another backend may take it
-					s = b.pickSlot(-1, s.be)
-					continue
-				}
-				if co.WaitForReady && b.awaitChange(ctx) {
-					moved = 0 // every backend refused: pick again once one changes
-					s = b.pickSlot(-1, nil)
-					continue
-				}
-			}
-			if ctx.Err() != nil {
-				return nil, b.ctxError(ctx)
-			}
-			return nil, err
-		}
-		id := b.nextID.Add(1)
-		b.traceRequest(ctx, id, s)
-		if co.OnBackend != nil {
-			co.OnBackend(s.be.displayURL)
-		}
-		frame := jsonrpc.AppendRequest(make([]byte, 0, jsonrpc.RequestSize(quotedMethod, params)), id, !spec.notify, quotedMethod, params)
-		o := newOp(id, spec.notify, frame)
-		o.onResult = spec.onResult
-		res, err := c.roundTrip(ctx, o)
-		switch {
-		case errors.Is(err, errNotSent):
-			if spec.slot < 0 {
-				s = b.pickSlot(-1, nil)
-			}
-			continue
-		case spec.retryable && !retried && spec.slot < 0 && CodeOf(err) == CodeReplyLost && ctx.Err() == nil && !b.closing.Load():
-			retried = true
-			b.counters.retries.Add(1)
-			s = b.pickSlot(-1, c.slot.be)
-			b.traceEvent(ctx, "retry", attribute.String("cause", err.Error()))
-			continue
-		}
-		return res, err
-	}
-}
-
-// pickSlot returns slot idx, or with idx < 0 a slot of the backend the
-// balancer picks (other than avoid, when another is available). Within a
-// backend a slot backing off after failures is passed over for a connected
-// one, so that one bad connection of a pool does not fail calls the others
-// can carry.
-func (b *Bridge) pickSlot(idx int, avoid *backend) *slot {
-	if idx >= 0 {
-		return b.slots[idx]
-	}
-	return b.pickBackend(avoid).pickSlot()
-}
-
 func (b *Bridge) tooLarge() *Error {
 	return newError(CodeTooLarge, fmt.Sprintf("request exceeds the %d-byte message limit; nothing was sent", b.opts.MaxMessageBytes), nil)
 }
@@ -727,24 +608,6 @@ func (b *Bridge) done() {
 	if b.inFlight.Add(-1) == 0 && b.draining.Load() {
 		b.idleOnce.Do(func() { close(b.idle) })
 	}
-}
-
-// deadlineSlack is how close to its deadline a cancellation counts as a
-// timeout: a gRPC client cancels the stream when its deadline passes, and
-// that can reach the server a little before the server's own timer fires.
-const deadlineSlack = 20 * time.Millisecond
-
-// ctxError turns a context error into a coded error.
-func (b *Bridge) ctxError(ctx context.Context) *Error {
-	dl, hasDeadline := ctx.Deadline()
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && time.Until(dl) < deadlineSlack) {
-		b.counters.timeouts.Add(1)
-		return newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", ctx.Err())
-	}
-	if b.closing.Load() {
-		return newError(CodeDraining, "gateway is shutting down", nil)
-	}
-	return newError(CodeCanceled, "call cancelled by the caller", ctx.Err())
 }
 
 // BeginDrain makes every later call fail with CodeDraining. Calls in flight

@@ -122,7 +122,7 @@ func (c *conn) serve(ctx context.Context) error {
 		case written && o.notify:
 			o.complete(result{err: newError(CodeReplyLost, "backend connection lost while the notification was written; it may not have been delivered", c.cause)})
 		case written:
-			o.complete(result{err: newError(CodeReplyLost, "backend connection lost after the request was written; the reply was lost and the call was not retried (the backend may have run it)", c.cause)})
+			o.complete(result{err: newError(CodeReplyLost, "backend connection lost after the request was written; the reply was lost (the backend may have run the call)", c.cause)})
 		default:
 			o.complete(result{err: errNotSent})
 		}
@@ -159,36 +159,6 @@ func (c *conn) closeGoingAway() {
 	wsutil.Bounded(c.ws, c.raw, websocket.StatusGoingAway, "gateway shutting down", closeTimeout)
 }
 
-// roundTrip registers o, queues it for the writer and waits for its outcome.
-func (c *conn) roundTrip(ctx context.Context, o *op) ([]byte, error) {
-	if ctx.Err() != nil {
-		return nil, c.b.ctxError(ctx)
-	}
-	o.callerDone = ctx.Done()
-	if !c.pending.add(o) {
-		return nil, errNotSent
-	}
-	c.send(o)
-	select {
-	case r := <-o.resp:
-		return r.value, r.err
-	case <-ctx.Done():
-		if !c.pending.abandon(o) {
-			// Someone else removed it and is delivering the outcome now.
-			r := <-o.resp
-			return r.value, r.err
-		}
-		written := o.state.Load() == opWritten
-		if written && !o.notify {
-			c.sendCancel(o.id)
-		}
-		if written && c.b.closing.Load() {
-			return nil, errShutDownWritten()
-		}
-		return nil, c.b.ctxError(ctx)
-	}
-}
-
 // errShutDownWritten is the outcome of a call whose request was written
 // when the Bridge closed: the backend may have run it.
 func errShutDownWritten() *Error {
@@ -202,7 +172,7 @@ func (c *conn) sendCancel(id uint64) {
 		return
 	}
 	params := strconv.AppendUint([]byte(`{"id":`), id, 10)
-	o := newOp(0, true, jsonrpc.AppendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}')))
+	o := &op{notify: true, frame: jsonrpc.AppendRequest(nil, 0, false, c.b.cancelMethod, append(params, '}'))}
 	c.send(o) // not in pending: nothing answers a notification
 }
 
@@ -340,8 +310,6 @@ func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, err
 		select {
 		case <-c.lost:
 			return written, errors.New("connection lost")
-		case <-o.callerDone:
-			continue
 		default:
 		}
 		if int64(len(frame)+len(o.frame)+2) > c.b.opts.MaxMessageBytes {
@@ -370,8 +338,6 @@ func (c *conn) writeOne(ctx context.Context, o *op) (sent bool, err error) {
 	select {
 	case <-c.lost:
 		return false, errors.New("connection lost")
-	case <-o.callerDone:
-		return false, nil // the caller gave up: it takes o out of pending itself
 	default:
 	}
 	if !o.state.CompareAndSwap(opQueued, opWritten) {

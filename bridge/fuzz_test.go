@@ -26,7 +26,7 @@ func FuzzBackendFrame(f *testing.F) {
 		_, c := bareConn()
 		var ops []*op
 		for id := uint64(1); id <= 3; id++ {
-			o := newOp(id, false, nil)
+			o := newTestOp(id)
 			o.state.Store(opWritten)
 			c.pending.add(o)
 			ops = append(ops, o)
@@ -34,7 +34,7 @@ func FuzzBackendFrame(f *testing.F) {
 		c.handleFrame(frame)
 		for _, o := range ops {
 			select {
-			case r := <-o.resp:
+			case r := <-o.owner.(resultChan):
 				if r.err == nil && !json.Valid(r.value) {
 					t.Fatalf("id %d got invalid JSON %q", o.id, r.value)
 				}
@@ -47,7 +47,7 @@ func FuzzBackendFrame(f *testing.F) {
 					t.Fatalf("id %d delivered but still pending", o.id)
 				}
 				select {
-				case r2 := <-o.resp:
+				case r2 := <-o.owner.(resultChan):
 					t.Fatalf("id %d delivered twice: %v", o.id, r2)
 				default:
 				}
@@ -64,11 +64,22 @@ func FuzzBackendFrame(f *testing.F) {
 // reply router frames by hand.
 func bareConn() (*Bridge, *conn) {
 	b := &Bridge{opts: Options{URL: "ws://x/"}.withDefaults()}
-	b.hub = newHub(b, nil, nil)
+	b.hub = newHub(b, hubOptions{Logger: b.opts.Logger})
 	b.policies = newPolicies(b)
 	be := newBackend(b, 0, b.opts.Backends[0])
 	s := newSlot(b, be, 0)
 	be.slots = []*slot{s}
 	b.backends, b.slots = []*backend{be}, []*slot{s}
+	b.router = newRouter(b, b.opts.Balance, b.backends)
 	return b, &conn{b: b, slot: s}
+}
+
+// resultChan receives an op's outcome, for tests that drive ops by hand.
+type resultChan chan result
+
+func (ch resultChan) opEnded(r result) { ch <- r }
+
+// newTestOp is a call's op whose outcome goes to its owner, a resultChan.
+func newTestOp(id uint64) *op {
+	return &op{id: id, owner: make(resultChan, 1)}
 }

@@ -3,6 +3,8 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -38,14 +40,20 @@ const (
 // slot's backend is lost, listeners move with Resubscribe to another
 // available backend (after wsbridge_gap), or end.
 type hub struct {
-	b *Bridge
-	// Static: paired glob patterns.
+	// Static after newHub.
+	link hubLink
+	opts hubOptions
+	// subPatterns and unsubPatterns are the paired glob patterns.
 	subPatterns, unsubPatterns []string
 
 	mu        sync.Mutex
 	consumers map[*Consumer]struct{}   // guarded by mu
 	byKey     map[string]*subscription // guarded by mu: method and params -> subscription
 	byID      map[subRef]*subscription // guarded by mu: live subscriptions by backend id
+	// byClientID holds the subscriptions by the id their clients know
+	// (jsonrpc.IDKey): each is unique, whichever backend or connection
+	// made it. Guarded by mu.
+	byClientID map[string]*subscription
 	// ending holds the subscriptions being unsubscribed at the backend:
 	// notifications it still sends for them until it replies belong to no
 	// one, and must not fall through to method listeners. Guarded by mu.
@@ -55,6 +63,8 @@ type hub struct {
 	methodGap bool
 	// listen is the listen slot's index. Guarded by mu.
 	listen int
+	// moveMu serializes moveListeners.
+	moveMu sync.Mutex
 
 	delivered    atomic.Uint64
 	resubscribes atomic.Uint64
@@ -94,17 +104,19 @@ type subscription struct {
 	err       error           // why the subscribe call failed
 }
 
-func newHub(b *Bridge, sub, unsub []string) *hub {
+func newHub(link hubLink, opts hubOptions) *hub {
+	sub, unsub := opts.SubscribeMethods, opts.UnsubscribeMethods
 	if sub == nil && unsub == nil {
 		sub, unsub = []string{"*_subscribe"}, []string{"*_unsubscribe"}
 	}
 	return &hub{
-		b:           b,
+		link: link, opts: opts,
 		subPatterns: sub, unsubPatterns: unsub,
-		consumers: map[*Consumer]struct{}{},
-		byKey:     map[string]*subscription{},
-		byID:      map[subRef]*subscription{},
-		ending:    map[subRef]int{},
+		consumers:  map[*Consumer]struct{}{},
+		byKey:      map[string]*subscription{},
+		byID:       map[subRef]*subscription{},
+		byClientID: map[string]*subscription{},
+		ending:     map[subRef]int{},
 	}
 }
 
@@ -158,10 +170,13 @@ type Consumer struct {
 	dmu     sync.Mutex
 	dclosed bool // guarded by dmu
 
+	// budget counts this consumer's subscriptions and listened methods,
+	// with those of the consumers it shares it with (one client's).
+	budget *Budget
+
 	// Guarded by h.mu.
 	methods map[string]bool // listened methods; "*" means all
 	subs    map[*subscription]int
-	nsubs   int // the sum of subs' counts, for MaxSubscriptionsPerConsumer
 	// holding keeps the notifications of subscriptions whose subscribe
 	// reply the client has not been sent yet (see CallHeld).
 	holding map[*subscription][]heldNote
@@ -177,6 +192,27 @@ type heldNote struct {
 // past it are dropped and counted (Stats.Dropped).
 const maxHeld = 4096
 
+// A Budget is what the consumers that share it may hold together: one
+// client connection's, however many streams it opens. Its limits are
+// Options.MaxSubscriptionsPerConsumer (subscribe calls held, pending ones
+// included; a shared subscription counts for each consumer and call) and
+// Options.MaxListensPerConsumer (listened methods, each consumer's
+// counted). The zero value is an empty budget; a consumer made without
+// one has its own.
+type Budget struct {
+	// Guarded by the hub's mu.
+	subs, listens int
+}
+
+// ConsumerOption configures a consumer (NewConsumer).
+type ConsumerOption func(*Consumer)
+
+// WithBudget makes the consumer share budget with the other consumers
+// that have it.
+func WithBudget(budget *Budget) ConsumerOption {
+	return func(c *Consumer) { c.budget = budget }
+}
+
 // NewConsumer registers a consumer. deliver receives each notification
 // routed to it. It runs on a goroutine of the Bridge (a connection's
 // reader, or the goroutine of a call that releases held notifications),
@@ -184,10 +220,16 @@ const maxHeld = 4096
 // Close has returned. It must not block (queue or drop, and end the
 // consumer if it cannot keep up), and must not call the consumer's Close.
 // Close the consumer when the client leaves.
-func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage)) *Consumer {
+func (b *Bridge) NewConsumer(deliver func(method string, params json.RawMessage), opts ...ConsumerOption) *Consumer {
 	// The maps are made on the first listen or subscription: most clients
 	// never make one, and each idle client should cost little.
 	c := &Consumer{h: b.hub, deliver: deliver}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.budget == nil {
+		c.budget = new(Budget)
+	}
 	b.hub.mu.Lock()
 	b.hub.consumers[c] = struct{}{}
 	b.hub.mu.Unlock()
@@ -212,13 +254,16 @@ func (c *Consumer) send(method string, params json.RawMessage) bool {
 // none.
 func (c *Consumer) Listen(methods ...string) error {
 	c.h.mu.Lock()
-	n := len(c.methods)
+	added := 0
+	seen := map[string]bool{}
 	for _, m := range methods {
-		if !c.methods[m] {
-			n++
+		if !c.methods[m] && !seen[m] {
+			added++
+			seen[m] = true
 		}
 	}
-	if max := c.h.b.opts.MaxListensPerConsumer; max > 0 && n > max {
+	if max := c.h.opts.MaxListensPerConsumer; max > 0 && c.budget.listens+added > max {
+		n := c.budget.listens + added
 		c.h.mu.Unlock()
 		return newError(CodeOverloaded, fmt.Sprintf("would listen to %d methods; the limit per client is %d", n, max), nil)
 	}
@@ -228,8 +273,9 @@ func (c *Consumer) Listen(methods ...string) error {
 	for _, m := range methods {
 		c.methods[m] = true
 	}
+	c.budget.listens += added
 	c.h.mu.Unlock()
-	c.h.b.slots[c.h.listenSlot()].kickDial()
+	c.h.link.dial(c.h.listenSlot())
 	return nil
 }
 
@@ -237,7 +283,10 @@ func (c *Consumer) Listen(methods ...string) error {
 func (c *Consumer) Unlisten(methods ...string) {
 	c.h.mu.Lock()
 	for _, m := range methods {
-		delete(c.methods, m)
+		if c.methods[m] {
+			delete(c.methods, m)
+			c.budget.listens--
+		}
 	}
 	c.h.mu.Unlock()
 }
@@ -259,7 +308,7 @@ func listening(c *Consumer) []string {
 
 // Notify forwards a notification to the backend (see Bridge.Notify).
 func (c *Consumer) Notify(ctx context.Context, method string, params json.RawMessage, co CallOptions) error {
-	return c.h.b.Notify(ctx, method, params, co)
+	return c.h.link.Notify(ctx, method, params, co)
 }
 
 // Call is Bridge.Call for this consumer. A subscribe method creates (or
@@ -285,7 +334,7 @@ func (c *Consumer) CallHeld(ctx context.Context, method string, params json.RawM
 		res, err := c.unsubscribe(ctx, method, params, co)
 		return res, noRelease, err
 	}
-	res, err := c.h.b.Call(ctx, method, params, co)
+	res, err := c.h.link.Call(ctx, method, params, co)
 	return res, noRelease, err
 }
 
@@ -295,11 +344,11 @@ func noRelease() {}
 // the reply is queued. Subscribe and unsubscribe calls, which the hub
 // tracks, run on a goroutine of the Bridge.
 func (c *Consumer) Go(method string, params json.RawMessage, co CallOptions, done func(res json.RawMessage, release func(), err error)) (cancel func()) {
-	if !c.h.b.IsSubscriptionMethod(method) {
-		return c.h.b.Go(method, params, co, func(res json.RawMessage, err error) { done(res, noRelease, err) })
+	if !c.h.isSubscriptionMethod(method) {
+		return c.h.link.Go(method, params, co, func(res json.RawMessage, err error) { done(res, noRelease, err) })
 	}
-	ctx, stop := context.WithCancel(c.h.b.bgCtx)
-	started := c.h.b.goBackground(func(context.Context) {
+	ctx, stop := context.WithCancel(c.h.link.bgContext())
+	started := c.h.link.background(func(context.Context) {
 		defer stop()
 		res, release, err := c.CallHeld(ctx, method, params, co)
 		done(res, release, err)
@@ -330,17 +379,17 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 		h.mu.Unlock()
 		return nil, noRelease, newError(CodeCanceled, "consumer closed", nil)
 	}
-	if max := h.b.opts.MaxSubscriptionsPerConsumer; max > 0 && c.nsubs >= max {
+	if max := h.opts.MaxSubscriptionsPerConsumer; max > 0 && c.budget.subs >= max {
 		h.mu.Unlock()
 		return nil, noRelease, newError(CodeOverloaded, fmt.Sprintf("too many subscriptions for this client (limit %d)", max), nil)
 	}
 	sub := h.byKey[key]
 	if sub == nil {
-		callCtx, cancel := context.WithCancel(h.b.bgCtx)
+		callCtx, cancel := context.WithCancel(h.link.bgContext())
 		sub = &subscription{key: key, method: method, unsubMethod: unsub, params: params,
 			ready: make(chan struct{}), cancel: cancel, owners: map[*Consumer]int{}}
 		wait := CallOptions{WaitForReady: co.WaitForReady}
-		if !h.b.goBackground(func(context.Context) { h.subscribeAtBackend(callCtx, sub, wait) }) {
+		if !h.link.background(func(context.Context) { h.subscribeAtBackend(callCtx, sub, wait) }) {
 			h.mu.Unlock()
 			cancel()
 			return nil, noRelease, newError(CodeDraining, "gateway is shutting down", nil)
@@ -352,7 +401,7 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 		c.subs, c.holding = map[*subscription]int{}, map[*subscription][]heldNote{}
 	}
 	c.subs[sub]++
-	c.nsubs++
+	c.budget.subs++
 	if _, ok := c.holding[sub]; !ok {
 		c.holding[sub] = nil
 	}
@@ -369,10 +418,10 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 	case <-sub.ready:
 	case <-ctx.Done():
 		h.drop(c, sub)
-		return nil, release, h.b.ctxError(ctx)
+		return nil, release, h.link.ctxError(ctx)
 	case <-timeout:
 		h.drop(c, sub)
-		h.b.counters.timeouts.Add(1)
+		h.link.countTimeout()
 		return nil, release, newError(CodeDeadlineExceeded, "deadline exceeded waiting for the backend", context.DeadlineExceeded)
 	}
 	h.mu.Lock()
@@ -391,9 +440,9 @@ func (c *Consumer) subscribe(ctx context.Context, method, unsub string, params j
 // have left (see dropLocked) or the Bridge closes.
 func (h *hub) subscribeAtBackend(ctx context.Context, sub *subscription, co CallOptions) {
 	defer sub.cancel()
-	res, err := h.b.do(ctx, sub.method, sub.params, co, callSpec{slot: -1, onResult: func(slot int, value json.RawMessage) {
+	res, err := h.link.request(ctx, &request{method: sub.method, params: sub.params, slot: -1, onResult: func(slot int, value json.RawMessage) {
 		h.activate(sub, slot, value)
-	}})
+	}}, co)
 	h.mu.Lock()
 	sub.res, sub.err = res, err
 	if err != nil || sub.state == subPending {
@@ -444,10 +493,25 @@ func (h *hub) activate(sub *subscription, slot int, id json.RawMessage) {
 	}
 	sub.state = subLive
 	sub.slot = slot
-	sub.clientID = id
 	sub.backendID = id
+	// Clients see the backend's id unless another subscription has it
+	// (each backend, and each connection to one, numbers its own): then
+	// a gateway id, mapped back to the backend's on the way.
+	sub.clientID = id
+	for h.byClientID[jsonrpc.IDKey(sub.clientID)] != nil {
+		sub.clientID = newSubscriptionID()
+	}
+	h.byClientID[jsonrpc.IDKey(sub.clientID)] = sub
 	h.byID[subRef{slot, jsonrpc.IDKey(id)}] = sub
 	h.mu.Unlock()
+}
+
+// newSubscriptionID returns a subscription id of the gateway's own, as
+// go-ethereum makes them: "0x" and 32 random hex digits.
+func newSubscriptionID() json.RawMessage {
+	var r [16]byte
+	_, _ = rand.Read(r[:])
+	return json.RawMessage(`"0x` + hex.EncodeToString(r[:]) + `"`)
 }
 
 // isScalarID reports whether a subscribe result can be a subscription id.
@@ -461,6 +525,9 @@ func (h *hub) removeLocked(sub *subscription) {
 	if h.byKey[sub.key] == sub {
 		delete(h.byKey, sub.key)
 	}
+	if sub.clientID != nil && h.byClientID[jsonrpc.IDKey(sub.clientID)] == sub {
+		delete(h.byClientID, jsonrpc.IDKey(sub.clientID))
+	}
 	if sub.backendID != nil {
 		ref := subRef{sub.slot, jsonrpc.IDKey(sub.backendID)}
 		if h.byID[ref] == sub {
@@ -468,7 +535,7 @@ func (h *hub) removeLocked(sub *subscription) {
 		}
 	}
 	for o := range sub.owners {
-		o.nsubs -= o.subs[sub]
+		o.budget.subs -= o.subs[sub]
 		delete(o.subs, sub)
 	}
 	clear(sub.owners)
@@ -496,7 +563,7 @@ func (h *hub) dropLocked(c *Consumer, sub *subscription, n int) bool {
 		delete(sub.owners, c)
 	}
 	if held, ok := c.subs[sub]; ok {
-		c.nsubs -= min(n, held)
+		c.budget.subs -= min(n, held)
 		if c.subs[sub] -= n; c.subs[sub] <= 0 {
 			delete(c.subs, sub)
 		}
@@ -549,7 +616,7 @@ func (c *Consumer) unsubscribe(ctx context.Context, method string, params json.R
 		return json.RawMessage("true"), nil // others still share it
 	}
 	defer h.ended(slot, backendID)
-	return h.b.do(ctx, method, rewrite(backendID), co, callSpec{slot: slot})
+	return h.link.request(ctx, &request{method: method, params: rewrite(backendID), slot: slot}, co)
 }
 
 // ended forgets a subscription being unsubscribed once the backend has
@@ -601,6 +668,8 @@ func (c *Consumer) Close() {
 	}
 	c.closed = true
 	delete(h.consumers, c)
+	c.budget.listens -= len(c.methods)
+	clear(c.methods)
 	clear(c.holding)
 	type undo struct {
 		method string
@@ -623,11 +692,11 @@ func (c *Consumer) Close() {
 // background.
 func (h *hub) unsubscribeAtBackend(method string, slot int, id json.RawMessage) {
 	params := append(append([]byte{'['}, id...), ']')
-	h.b.goBackground(func(ctx context.Context) {
+	h.link.background(func(ctx context.Context) {
 		defer h.ended(slot, id)
-		_, err := h.b.do(ctx, method, params, CallOptions{}, callSpec{slot: slot})
+		_, err := h.link.request(ctx, &request{method: method, params: params, slot: slot}, CallOptions{})
 		if err != nil && CodeOf(err) != CodeDraining {
-			h.b.opts.Logger.Warn("unsubscribe at the backend failed", "method", method, "err", err)
+			h.opts.Logger.Warn("unsubscribe at the backend failed", "method", method, "err", err)
 		}
 	})
 }
@@ -663,7 +732,7 @@ func (h *hub) route(slot int, method string, params json.RawMessage) {
 			return // its subscription is being ended: it is no one's
 		}
 	}
-	if slot != h.listenSlot() || !h.b.MethodAllowed(method) {
+	if slot != h.listenSlot() || !h.link.MethodAllowed(method) {
 		return // a listener sees only notifications of methods clients may call
 	}
 	h.mu.Lock()
@@ -771,6 +840,49 @@ func (h *hub) connUp(slot int) {
 	}
 }
 
+// moveListeners makes slot, whose connection is open, the listen slot,
+// and tells every listener first that notifications may have been missed
+// (the listen slot's connection was lost; Resubscribe). Each listener's
+// deliveries are held (its dmu) from before the move until its gap is
+// delivered, so that no notification from the new slot reaches it before
+// the gap. moveMu keeps two moves from holding deliveries at once.
+func (h *hub) moveListeners(slot int) {
+	h.moveMu.Lock()
+	defer h.moveMu.Unlock()
+	h.mu.Lock()
+	var listeners []*Consumer
+	for c := range h.consumers {
+		if len(c.methods) > 0 {
+			listeners = append(listeners, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range listeners {
+		c.dmu.Lock()
+	}
+	h.mu.Lock()
+	h.listen = slot
+	h.methodGap = !h.link.connected(slot) // lost again meanwhile: connUp tells them
+	gapNow := !h.methodGap
+	methods := make([][]string, len(listeners))
+	for i, c := range listeners {
+		methods[i] = listening(c)
+	}
+	h.mu.Unlock()
+	n := 0
+	for i, c := range listeners {
+		if gapNow && !c.dclosed && len(methods[i]) > 0 {
+			c.deliver(NotifyGap, gatewayParams(map[string]any{"methods": methods[i]}))
+			n++
+		}
+		c.dmu.Unlock()
+	}
+	h.delivered.Add(uint64(n))
+	if !gapNow {
+		h.link.dial(slot)
+	}
+}
+
 // connLost runs when a slot's connection is gone and its reader has exited.
 // Without Resubscribe, every subscription on it ends with
 // NotifySubscriptionLost (and, for slot 0, every listened method). With it,
@@ -798,7 +910,7 @@ func (h *hub) connLost(slot int, cause error) {
 			continue
 		}
 		delete(h.byID, ref)
-		if h.b.opts.Resubscribe && len(sub.owners) > 0 {
+		if h.opts.Resubscribe && len(sub.owners) > 0 {
 			sub.state = subResubscribing
 			again = append(again, sub)
 			continue
@@ -813,31 +925,35 @@ func (h *hub) connLost(slot int, cause error) {
 			if len(ms) == 0 {
 				continue
 			}
-			if h.b.opts.Resubscribe {
+			if h.opts.Resubscribe {
 				h.methodGap = true
 				continue
 			}
+			c.budget.listens -= len(c.methods)
 			clear(c.methods)
 			losts = append(losts, lost{[]*Consumer{c}, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
 		}
 		// Listening moves to another available backend, if any (with
 		// Resubscribe the listeners follow; later listeners go there too).
-		if lostBe := h.b.slots[slot].be; len(h.b.backends) > 1 {
-			if be := h.b.pickBackend(lostBe); be != lostBe && be.available() {
-				h.listen = be.slots[0].idx
-				moveTo = h.listen
+		if to, ok := h.link.moveFrom(slot); ok {
+			moveTo = to
+			if !h.methodGap || !h.link.connected(to) {
+				h.listen = to // connUp sends the gap, if one is due
 			}
 		}
 	}
+	gapNow := moveTo >= 0 && h.listen != moveTo
 	h.mu.Unlock()
-	if moveTo >= 0 {
-		h.b.slots[moveTo].kickDial()
+	if gapNow {
+		h.moveListeners(moveTo)
+	} else if moveTo >= 0 {
+		h.link.dial(moveTo)
 	}
 	for _, l := range losts {
 		h.deliver(l.owners, NotifySubscriptionLost, l.params)
 	}
 	for _, sub := range again {
-		h.b.goBackground(func(ctx context.Context) { h.resubscribe(ctx, sub) })
+		h.link.background(func(ctx context.Context) { h.resubscribe(ctx, sub) })
 	}
 }
 
@@ -854,17 +970,17 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 		}
 		// It stays on its backend, unless that one is not available and
 		// another is: then it moves.
-		if be := h.b.slots[slot].be; len(h.b.backends) > 1 && !be.available() {
-			if other := h.b.pickBackend(be); other != be && other.available() {
-				slot = other.pickSlot().idx
+		if !h.link.usable(slot) {
+			if to, ok := h.link.moveFrom(slot); ok {
+				slot = to
 			}
 		}
 		// With one backend it waits through the redials. With several it
 		// does not wait on this one (it may never come back): when it is
 		// not ready, the loop waits for a change and looks again.
-		several := len(h.b.backends) > 1
-		_, err := h.b.do(ctx, sub.method, sub.params, CallOptions{WaitForReady: !several}, callSpec{slot: slot,
-			onResult: func(slot int, id json.RawMessage) { h.reactivate(sub, slot, id) }})
+		several := h.link.several()
+		_, err := h.link.request(ctx, &request{method: sub.method, params: sub.params, slot: slot,
+			onResult: func(slot int, id json.RawMessage) { h.reactivate(sub, slot, id) }}, CallOptions{WaitForReady: !several})
 		h.mu.Lock()
 		state := sub.state
 		h.mu.Unlock()
@@ -882,7 +998,7 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 			return
 		}
 		// Unavailable, lost again, or timed out: try again.
-		if several && code == CodeUnavailable && !h.b.awaitChange(ctx) {
+		if several && code == CodeUnavailable && !h.link.awaitChange(ctx) {
 			return
 		}
 	}
@@ -969,6 +1085,13 @@ func (b *Bridge) IsSubscribeMethod(method string) bool {
 	return sub
 }
 
+// isSubscriptionMethod reports whether method creates or ends a
+// subscription.
+func (h *hub) isSubscriptionMethod(method string) bool {
+	_, sub := h.unsubscribeFor(method)
+	return sub || h.isUnsubscribe(method)
+}
+
 // IsSubscriptionMethod reports whether method creates or ends a
 // subscription (see Options.SubscribeMethods). Such methods are served
 // only through a Consumer: Bridge.Call, Bridge.Go and Bridge.Notify refuse
@@ -976,6 +1099,5 @@ func (b *Bridge) IsSubscribeMethod(method string) bool {
 // subscription made that way nor tell whose subscription an unsubscribe
 // ends.
 func (b *Bridge) IsSubscriptionMethod(method string) bool {
-	_, sub := b.hub.unsubscribeFor(method)
-	return sub || b.hub.isUnsubscribe(method)
+	return b.hub.isSubscriptionMethod(method)
 }

@@ -315,7 +315,7 @@ func TestResubscribeAfterLoss(t *testing.T) {
 }
 
 func TestSubscribePatterns(t *testing.T) {
-	h := newHub(nil, []string{"*_subscribe", "watch"}, []string{"*_unsubscribe", "unwatch"})
+	h := newHub(nil, hubOptions{SubscribeMethods: []string{"*_subscribe", "watch"}, UnsubscribeMethods: []string{"*_unsubscribe", "unwatch"}})
 	for method, want := range map[string]string{"eth_subscribe": "eth_unsubscribe", "_subscribe": "_unsubscribe", "watch": "unwatch"} {
 		if got, ok := h.unsubscribeFor(method); !ok || got != want {
 			t.Errorf("%s -> %q %v, want %q", method, got, ok, want)

@@ -4,10 +4,9 @@ import (
 	"encoding/json"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
-// op is one call (or notification) on one connection attempt.
+// op is one request on one connection: an entry of the pending table.
 type op struct {
 	id     uint64
 	notify bool
@@ -16,23 +15,20 @@ type op struct {
 	// (by the caller giving up, or by teardown). Whoever wins the CAS decides
 	// whether the backend can have seen the request.
 	state atomic.Uint32
-	// resp (a synchronous caller waiting) or done (an asynchronous one)
-	// receives the outcome exactly once, from whoever removed the op from
-	// the pending table; see complete.
-	resp chan result
-	done func(result)
-	// timer is an asynchronous call's deadline.
-	timer *time.Timer
+	// owner receives the outcome exactly once, from whoever removed the op
+	// from the pending table; see complete. Nil for a request nobody waits
+	// for (a cancel notification).
+	owner opOwner
 	// onResult, if set, runs on the reader with a successful result.
 	onResult resultHook
-	// callerDone is the caller's ctx.Done(): the writer skips an op whose
-	// caller has given up.
-	callerDone <-chan struct{}
 	// sentAt is when the writer wrote o (unix nanoseconds), for the
 	// backend's latency: set by the writer, read by the reader after the
 	// reply (atomic: the network orders them, the memory model does not).
 	sentAt atomic.Int64
 }
+
+// opOwner is what waits for an op's outcome (an attempt).
+type opOwner interface{ opEnded(result) }
 
 const (
 	opQueued uint32 = iota
@@ -45,27 +41,12 @@ type result struct {
 	err   error
 }
 
-func newOp(id uint64, notify bool, frame []byte) *op {
-	return &op{id: id, notify: notify, frame: frame, resp: make(chan result, 1)}
-}
-
-// newAsyncOp is newOp for a caller that is not waiting: done receives the
-// outcome.
-func newAsyncOp(id uint64, frame []byte, done func(result)) *op {
-	return &op{id: id, frame: frame, done: done}
-}
-
 // complete hands o its outcome. Only the goroutine that removed o from the
 // pending table (or never added it) may call it, so it runs once.
 func (o *op) complete(r result) {
-	if o.timer != nil {
-		o.timer.Stop()
+	if o.owner != nil {
+		o.owner.opEnded(r)
 	}
-	if o.done != nil {
-		o.done(r)
-		return
-	}
-	o.resp <- r
 }
 
 // pendingShards spreads the pending table over several locks so that callers

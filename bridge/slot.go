@@ -148,7 +148,7 @@ func (s *slot) conn(ctx context.Context, waitForReady bool) (*conn, error) {
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return nil, s.b.ctxError(ctx)
+			return nil, s.b.abortError(s.b.ctxCode(ctx))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/status"
 
 	"github.com/wsbridge/wsbridge/bridge"
 )
@@ -55,15 +56,41 @@ func (e *accessEntry) done(respLen int, err error) {
 	if err == nil && e.s.opts.AccessLogSample < 1 && rand.Float64() >= e.s.opts.AccessLogSample {
 		return
 	}
-	code := "OK"
-	if err != nil {
-		code = mappingFor(err).GRPC.String()
-	}
 	attrs := []slog.Attr{
-		slog.String("face", faceNames[e.face]), slog.String("method", e.method), slog.String("code", code),
+		slog.String("face", faceNames[e.face]), slog.String("method", e.method), slog.String("code", grpcCodeOf(err)),
 		slog.Float64("latency_ms", float64(time.Since(e.start).Microseconds())/1000),
 		slog.Int("request_bytes", e.reqLen), slog.Int("response_bytes", respLen),
 	}
+	e.write("call", attrs)
+}
+
+// grpcCodeOf names the gRPC code of an outcome: a status's own, or the
+// error table's.
+func grpcCodeOf(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	return mappingFor(err).GRPC.String()
+}
+
+// accessLogStream writes the line of a stream that has ended: its face,
+// method, code, duration and the messages it sent.
+func (s *Server) accessLogStream(ctx context.Context, f face, method string, start time.Time, messages int64, err error) {
+	if s.opts.AccessLog == nil {
+		return
+	}
+	e := &accessEntry{s: s, ctx: ctx, face: f, method: method, start: start, client: clientOf(ctx)}
+	e.write("stream", []slog.Attr{
+		slog.String("face", faceNames[f]), slog.String("method", method), slog.String("code", grpcCodeOf(err)),
+		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000), slog.Int64("messages", messages),
+	})
+}
+
+// write adds the backend, client and trace id to attrs and logs them.
+func (e *accessEntry) write(msg string, attrs []slog.Attr) {
 	if b := e.backend.Load(); b != nil {
 		attrs = append(attrs, slog.String("backend", *b))
 	}
@@ -73,5 +100,5 @@ func (e *accessEntry) done(respLen int, err error) {
 	if sc := trace.SpanContextFromContext(e.ctx); sc.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
 	}
-	e.s.opts.AccessLog.LogAttrs(context.Background(), e.s.opts.AccessLogLevel, "call", attrs...)
+	e.s.opts.AccessLog.LogAttrs(context.Background(), e.s.opts.AccessLogLevel, msg, attrs...)
 }

@@ -36,6 +36,21 @@ type client struct {
 	refused atomic.Int64
 	conn    net.Conn
 	addr    string // the remote address, for the access log
+
+	budgetOnce sync.Once
+	budgetOf   *bridge.Budget // see budget
+}
+
+// budget is the client's budget of subscriptions and listened methods,
+// shared by every stream and session on its connection (made on first
+// use: most clients never subscribe). A nil client (the gateway's own
+// connection) has none: each of its consumers gets its own.
+func (c *client) budget() *bridge.Budget {
+	if c == nil {
+		return nil
+	}
+	c.budgetOnce.Do(func() { c.budgetOf = new(bridge.Budget) })
+	return c.budgetOf
 }
 
 // maxRefusedPerConn is how many RPCs without a valid token one gRPC

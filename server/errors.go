@@ -187,6 +187,9 @@ func grpcError(err error) error {
 // JSON-RPC clients as the error's data {"reason": ...}. It is "" for every
 // other error.
 func unavailableReason(err error) string {
+	if err == errGap {
+		return "gap" // a stream that went on across a backend loss: subscribe again
+	}
 	var be *bridge.Error
 	if !errors.As(err, &be) || be.RPC != nil {
 		return ""

@@ -16,8 +16,6 @@ import (
 	"github.com/wsbridge/wsbridge/internal/statsdecl"
 )
 
-var faceNames = map[face]string{faceGRPC: "grpc", faceREST: "rest", faceRPC: "rpc", faceWS: "ws", faceTyped: "grpc-typed"}
-
 // metrics is the server's Prometheus registry: a call-latency histogram,
 // and a collector that reads every declared Stats field at scrape time
 // (statsdecl.Collector).
@@ -58,7 +56,7 @@ func newMetrics(s *Server, methods, allow []string) *metrics {
 	}
 	m.calls = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "wsbridge_call_duration_seconds",
-		Help:    "Client calls by face (grpc, grpc-typed, rest, rpc, ws), outcome (gRPC code) and method (those listed in --metrics-methods, else those --allow-methods admits; others are \"other\").",
+		Help:    "Client calls by face (grpc, session, rest, rpc, ws, grpc-typed, rest-typed, connect, grpc-web), outcome (gRPC code) and method (those listed in --metrics-methods, else those --allow-methods admits; others are \"other\").",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"face", "code", "method"})
 	m.reg.MustRegister(m.calls, statsdecl.Collector(s.snapshot), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -18,13 +18,11 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/wsbridge/wsbridge/bridge"
@@ -188,20 +186,23 @@ func (o Options) withDefaults() Options {
 // listeners; Run serves until its context is done, then shuts down.
 type Server struct {
 	// Static after New.
-	opts      Options
-	log       *slog.Logger
-	bridge    *bridge.Bridge
-	counters  *counters
-	health    *health.Server
-	grpc      *grpc.Server
-	http      *http.Server
-	grpcLn    net.Listener
-	httpLn    net.Listener
-	typed     *typed.API   // nil without Options.DescriptorSets
-	tracer    trace.Tracer // nil without Options.TracerProvider
-	adminLn   net.Listener
-	adminHTTP *http.Server
-	admin     *opsRoutes // the routes the admin listener serves; nil without AdminAddr
+	opts     Options
+	log      *slog.Logger
+	bridge   *bridge.Bridge
+	counters *counters
+	health   *health.Server
+	grpc     *grpc.Server
+	http     *http.Server
+	grpcLn   net.Listener
+	httpLn   net.Listener
+	typed    *typed.API // nil without Options.DescriptorSets
+	// typedStreams holds the full method names of the typed
+	// server-streaming rpcs.
+	typedStreams map[string]bool
+	tracer       trace.Tracer // nil without Options.TracerProvider
+	adminLn      net.Listener
+	adminHTTP    *http.Server
+	admin        *opsRoutes // the routes the admin listener serves; nil without AdminAddr
 
 	// streamsCtx is cancelled at shutdown to end streaming RPCs.
 	streamsCtx context.Context
@@ -608,41 +609,52 @@ func (s *Server) waitHTTPConns(ctx context.Context, limit time.Duration) {
 	}
 }
 
-// streamInterceptor ties every stream to its token and the streams that
-// carry no calls (Subscribe, WatchStats, health Watch) to the server's
-// lifetime. A stream opened with a token that is then revoked ends with
-// UNAUTHENTICATED (see watchRevocation). Shutdown ends the streams without
-// calls at the start of its drain, with UNAVAILABLE (reason draining); a
-// Session carries calls: it goes away once they are answered (see
-// session.goAway).
+// streamInterceptor opens every gRPC stream as a stream (see openStream):
+// one opened with a token that is then revoked ends with UNAUTHENTICATED;
+// the streams that carry no calls (Subscribe, WatchStats, health Watch,
+// typed server streams) end at the start of a shutdown's drain with
+// UNAVAILABLE (reason draining), while a Session, which carries calls,
+// goes away once they are answered (see session.goAway); and each is
+// observed when it ends.
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx, cancel := context.WithCancelCause(ss.Context())
-	defer cancel(nil)
-	if id := identityOf(ctx); id != nil {
-		unhold := s.holdToken(id.token, func() { cancel(errRevoked) })
-		defer unhold()
-	}
-	draining := info.FullMethod != wsbridgev1.BridgeService_Session_FullMethodName
-	if draining {
-		stop := context.AfterFunc(s.streamsCtx, func() { cancel(context.Canceled) })
-		defer stop()
-	}
-	err := handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+	ctx, end := context.WithCancelCause(ss.Context())
+	defer end(nil)
+	f, kind := faceGRPC, streamQuiet
 	switch {
-	case context.Cause(ctx) == errRevoked:
-		return status.Error(codes.Unauthenticated, errRevoked.Error())
-	case draining && s.streamsCtx.Err() != nil && ss.Context().Err() == nil:
-		return drainingStatus // ended by the drain, not by the client
+	case info.FullMethod == wsbridgev1.BridgeService_Session_FullMethodName:
+		f, kind = faceSession, streamCalls
+	case info.FullMethod == wsbridgev1.BridgeService_Subscribe_FullMethodName:
+		kind = streamNotifications
+	case s.typedStreams[info.FullMethod]:
+		f, kind = typedFaceOf(ctx), streamNotifications
 	}
+	st := s.openStream(ctx, f, info.FullMethod, kind, end)
+	err := handler(srv, &serverStream{ServerStream: ss, ctx: ctx, st: st})
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errRevoked), errors.Is(cause, errDrained) && ss.Context().Err() == nil:
+		err = streamStatus(cause) // ended by revocation or the drain, not by the client
+	}
+	st.close(err)
 	return err
 }
 
+// serverStream is a gRPC stream with its stream's context, counting the
+// messages it sends.
 type serverStream struct {
 	grpc.ServerStream
 	ctx context.Context
+	st  *stream
 }
 
 func (ss *serverStream) Context() context.Context { return ss.ctx }
+
+func (ss *serverStream) SendMsg(m any) error {
+	err := ss.ServerStream.SendMsg(m)
+	if err == nil {
+		ss.st.sent()
+	}
+	return err
+}
 
 // trackHTTPConn counts open HTTP connections for Stats.active_clients.
 func (s *Server) trackHTTPConn(_ net.Conn, state http.ConnState) {

@@ -38,7 +38,7 @@ func (svc bridgeService) Call(ctx context.Context, req *wsbridgev1.CallRequest) 
 		co, err = callOptions(ctx, req.GetTimeout(), req.GetWaitForReady())
 	}
 	if err != nil {
-		s.counters.finished(f, req.GetMethod(), s.counters.request(f), err)
+		s.observeRefusal(ctx, f, req.GetMethod(), err)
 		return nil, grpcError(err)
 	}
 	var v *structpb.Value
@@ -61,7 +61,7 @@ func (svc bridgeService) Notify(ctx context.Context, req *wsbridgev1.NotifyReque
 		co, err = callOptions(ctx, nil, false)
 	}
 	if err != nil {
-		s.counters.finished(f, req.GetMethod(), s.counters.request(f), err)
+		s.observeRefusal(ctx, f, req.GetMethod(), err)
 		return nil, grpcError(err)
 	}
 	if err := s.unaryNotify(ctx, f, req.GetMethod(), params, co); err != nil {

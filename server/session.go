@@ -32,7 +32,8 @@ type session struct {
 	s        *Server
 	face     face
 	out      sessionOut
-	consumer *bridge.Consumer // nil when the face cannot push notifications
+	notes    *notifications   // the client's notifications; nil when the face cannot push them
+	consumer *bridge.Consumer // notes' consumer, through which the client's calls go; nil without notes
 	client   *client          // the connection whose per-client limits apply
 	// ctx ends when the client has gone (close): notifications being
 	// forwarded are abandoned.
@@ -51,6 +52,7 @@ type session struct {
 	goingAway  bool              // shutdown: leave once nothing is unanswered
 	leaving    bool              // out.leave was called: no call starts any more
 	closed     bool              // the client has gone: no call starts any more
+	cancelling bool              // cancelAll has run: a call's cancel is called as soon as it is known
 }
 
 // sessionOut is a face's side of a session: where replies and
@@ -85,14 +87,12 @@ func (s *Server) newSession(ctx context.Context, f face, out sessionOut, push bo
 	ss := &session{s: s, face: f, out: out, client: clientOf(ctx)}
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	if push {
-		ss.consumer = s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-			if method == bridge.NotifySubscriptionLost {
-				s.traceEvent(ss.ctx, "subscription lost")
-			}
-			if !out.notify(method, params) {
-				ss.slow("send buffer full: client too slow")
-			}
+		// Losses and gaps reach a session's client as notifications.
+		ss.notes = s.newNotifications(ss.ctx, noteFace{
+			push: out.notify,
+			slow: func() { ss.slow("send buffer full: client too slow") },
 		})
+		ss.consumer = ss.notes.consumer
 	}
 	return ss
 }
@@ -210,13 +210,9 @@ func (b *batchReplies) ended(rep reply, release func()) {
 // notifications held back until the reply is handed over (see
 // bridge.Consumer.CallHeld), exactly once, possibly before call returns.
 func (ss *session) call(r jsonrpc.Request, co bridge.CallOptions, done func(reply, func())) {
-	start := ss.s.counters.request(ss.face)
-	endTrace := ss.traceCall(r.Method, &co)
-	access := ss.s.accessLog(ss.ctx, ss.face, r.Method, ss.client, len(r.Params), &co)
+	obs := ss.s.observe(ss.ctx, ss.face, r.Method, len(r.Params), &co, ss)
 	finish := func(res json.RawMessage, release func(), err error) {
-		ss.s.counters.finished(ss.face, r.Method, start, err)
-		endTrace(err)
-		access.done(len(res), err)
+		obs.done(len(res), err)
 		done(reply{id: r.ID, result: res, err: err}, release)
 	}
 	key := jsonrpc.IDKey(r.ID)
@@ -272,12 +268,7 @@ func (ss *session) listen(method string, params json.RawMessage) (json.RawMessag
 		ss.consumer.Unlisten(methods...)
 		return json.RawMessage("true"), nil
 	}
-	for _, m := range methods {
-		if m != "*" && !ss.s.bridge.MethodAllowed(m) {
-			return nil, &bridge.Error{Code: bridge.CodePermissionDenied, Message: fmt.Sprintf("notifications of %s are not allowed (--allow-methods, --deny-methods)", m)}
-		}
-	}
-	if err := ss.consumer.Listen(methods...); err != nil {
+	if err := ss.notes.listen(methods); err != nil {
 		return nil, err
 	}
 	return json.RawMessage("true"), nil
@@ -327,20 +318,20 @@ func (s *Server) checkMethod(method string, push, notification bool) error {
 // sent is counted and logged, since a notification gets no reply.
 func (ss *session) forward(r jsonrpc.Request) {
 	s := ss.s
-	start := s.counters.request(ss.face)
+	obs := s.observe(ss.ctx, ss.face, r.Method, len(r.Params), nil, nil)
 	err := s.checkMethod(r.Method, ss.consumer != nil, true)
 	if err == nil {
 		err = ss.claimNotify()
 	}
 	if err != nil {
-		s.counters.finished(ss.face, r.Method, start, err)
+		obs.done(0, err)
 		s.log.Debug("client notification not forwarded", "err", err)
 		return
 	}
 	go func() {
 		defer ss.notifying.Done()
 		err := s.bridge.Notify(ss.ctx, r.Method, r.Params, bridge.CallOptions{})
-		s.counters.finished(ss.face, r.Method, start, err)
+		obs.done(0, err)
 		if err != nil {
 			s.log.Debug("client notification not forwarded", "err", err)
 		}
@@ -362,8 +353,7 @@ func (ss *session) refused(r jsonrpc.Request, err error) {
 
 // refusal counts a refused request and returns its reply.
 func (ss *session) refusal(r jsonrpc.Request, err error) reply {
-	start := ss.s.counters.request(ss.face)
-	ss.s.counters.finished(ss.face, r.Method, start, err)
+	ss.s.observeRefusal(ss.ctx, ss.face, r.Method, err)
 	return reply{id: r.ID, err: err}
 }
 
@@ -406,13 +396,21 @@ func (ss *session) claimNotify() error {
 	return nil
 }
 
-// setCancel records how to cancel the call key, unless it has ended.
+// setCancel records how to cancel the call key, unless it has ended. A
+// call started after cancelAll (it was claimed before) is cancelled now:
+// close must not wait for a call nobody cancels.
 func (ss *session) setCancel(key string, cancel func()) {
 	ss.mu.Lock()
-	if f, ok := ss.inflight[key]; ok && f == nil {
+	f, ok := ss.inflight[key]
+	record := ok && f == nil
+	if record {
 		ss.inflight[key] = cancel
 	}
+	late := record && ss.cancelling
 	ss.mu.Unlock()
+	if late {
+		cancel()
+	}
 }
 
 func (ss *session) unclaim(key string) {
@@ -516,14 +514,16 @@ func (ss *session) close() {
 	ss.cancelAll()
 	<-ss.idleChan()
 	ss.notifying.Wait()
-	if ss.consumer != nil {
-		ss.consumer.Close()
+	if ss.notes != nil {
+		ss.notes.close()
 	}
 }
 
-// cancelAll gives up on every call in flight.
+// cancelAll gives up on every call in flight, and on every call whose
+// cancel is recorded later (see setCancel).
 func (ss *session) cancelAll() {
 	ss.mu.Lock()
+	ss.cancelling = true
 	cancels := make([]func(), 0, len(ss.inflight))
 	for _, f := range ss.inflight {
 		if f != nil {
@@ -538,10 +538,7 @@ func (ss *session) cancelAll() {
 
 // slow ends a client that cannot keep up, counting it once.
 func (ss *session) slow(reason string) {
-	ss.slowOnce.Do(func() {
-		ss.s.counters.slowConsumers.Add(1)
-		ss.out.endSlow(reason)
-	})
+	ss.s.slowConsumer(&ss.slowOnce, func() { ss.out.endSlow(reason) })
 }
 
 // unary serves one call of a face without a session (gRPC Call, REST, a
@@ -549,12 +546,11 @@ func (ss *session) slow(reason string) {
 // and the gateway's own methods are refused. convert turns the result into
 // the face's reply; its failure is the call's, and counted as such.
 func (s *Server) unary(ctx context.Context, f face, method string, params json.RawMessage, co bridge.CallOptions, convert func(json.RawMessage) error) error {
-	start := s.counters.request(f)
+	obs := s.observe(ctx, f, method, len(params), &co, nil)
 	err := s.checkMethod(method, false, false)
 	if err == nil {
 		err = s.acquire(clientOf(ctx))
 	}
-	access := s.accessLog(ctx, f, method, clientOf(ctx), len(params), &co)
 	var res json.RawMessage
 	if err == nil {
 		res, err = s.bridge.Call(ctx, method, params, co)
@@ -563,24 +559,21 @@ func (s *Server) unary(ctx context.Context, f face, method string, params json.R
 			err = convert(res)
 		}
 	}
-	s.counters.finished(f, method, start, err)
-	access.done(len(res), err)
+	obs.done(len(res), err)
 	return err
 }
 
 // unaryNotify is unary for a notification.
 func (s *Server) unaryNotify(ctx context.Context, f face, method string, params json.RawMessage, co bridge.CallOptions) error {
-	start := s.counters.request(f)
+	obs := s.observe(ctx, f, method, len(params), &co, nil)
 	err := s.checkMethod(method, false, true)
 	if err == nil {
 		err = s.acquire(clientOf(ctx))
 	}
-	access := s.accessLog(ctx, f, method, clientOf(ctx), len(params), &co)
 	if err == nil {
 		err = s.bridge.Notify(ctx, method, params, co)
 		s.release(clientOf(ctx))
 	}
-	s.counters.finished(f, method, start, err)
-	access.done(0, err)
+	obs.done(0, err)
 	return err
 }

@@ -8,14 +8,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/wsbridge/wsbridge/bridge"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
 )
 
@@ -53,6 +51,7 @@ type sseStream struct {
 	rc      *http.ResponseController
 	timeout time.Duration // bound on each write
 	id      uint64
+	failed  bool // a write failed: the stream is over
 }
 
 func (s *Server) newSSE(w http.ResponseWriter, r *http.Request) *sseStream {
@@ -75,18 +74,28 @@ func (e *sseStream) send(event string, data []byte) error {
 	e.id++
 	_ = e.rc.SetWriteDeadline(time.Now().Add(e.timeout))
 	if _, err := fmt.Fprintf(e.w, "id: %d\nevent: %s\ndata: %s\n\n", e.id, event, data); err != nil {
+		e.failed = true
 		return err
 	}
-	return e.rc.Flush()
+	return e.flush()
 }
 
 // keepAlive writes a comment line.
 func (e *sseStream) keepAlive() error {
 	_ = e.rc.SetWriteDeadline(time.Now().Add(e.timeout))
 	if _, err := fmt.Fprint(e.w, ": keep-alive\n\n"); err != nil {
+		e.failed = true
 		return err
 	}
-	return e.rc.Flush()
+	return e.flush()
+}
+
+func (e *sseStream) flush() error {
+	if err := e.rc.Flush(); err != nil {
+		e.failed = true
+		return err
+	}
+	return nil
 }
 
 // sendError ends the stream with an "error" event carrying err as
@@ -104,49 +113,35 @@ func (s *Server) serveSubscribeSSE(w http.ResponseWriter, r *http.Request) {
 	if len(methods) == 0 {
 		methods = []string{"*"}
 	}
-	for _, m := range methods {
-		if m != "*" && !s.bridge.MethodAllowed(m) {
-			http.Error(w, fmt.Sprintf("notifications of %s are not allowed (--allow-methods, --deny-methods)", m), http.StatusForbidden)
-			return
-		}
-	}
+	ctx, end := context.WithCancelCause(r.Context())
+	defer end(nil)
+	st := s.openStream(ctx, faceREST, "GET /v1/subscribe", streamNotifications, end)
 	out := newStreamOut[*wsbridgev1.Notification](s)
-	var slowOnce sync.Once
-	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-		if method == bridge.NotifySubscriptionLost {
-			s.traceEvent(r.Context(), "subscription lost")
-			out.end(grpcError(&bridge.Error{Code: bridge.CodeUnavailable, Message: "backend connection lost; notifications may have been missed: subscribe again"}))
-			return
-		}
-		if !out.push(notificationProto(method, params)) {
-			slowOnce.Do(func() { s.counters.slowConsumers.Add(1) })
-			out.end(errTooSlow)
-		}
-	})
-	defer consumer.Close()
-	if err := consumer.Listen(methods...); err != nil {
+	n := s.newNotifications(ctx, out.noteFace(notificationProto, false))
+	defer n.close()
+	if err := n.listen(methods); err != nil {
+		st.close(err)
 		writeJSONError(w, err)
 		return
 	}
 	e := s.newSSE(w, r)
 	if e.id > 0 {
 		gap, _ := json.Marshal(map[string]string{"lastEventId": strconv.FormatUint(e.id, 10), "reason": "notifications since may have been missed: nothing is replayed"})
-		if e.send("gap", gap) != nil {
+		if err := e.send("gap", gap); err != nil {
+			st.close(err)
 			return
 		}
 	}
-	s.pumpSSE(r.Context(), e, out.q.Ready(), out.ended, func() error {
-		for _, n := range out.q.Take(nil) {
-			data, err := protojson.Marshal(n)
-			if err != nil {
-				continue
-			}
-			if err := e.send("notification", data); err != nil {
-				return err
-			}
+	err := out.run(ctx, func(n *wsbridgev1.Notification) error {
+		data, err := protojson.Marshal(n)
+		if err != nil {
+			return nil
 		}
-		return nil
-	}, func() error { return out.err })
+		st.sent()
+		return e.send("notification", data)
+	}, e.keepAlive)
+	e.end(r.Context(), err)
+	st.close(err)
 }
 
 // serveStatsSSE is GET /v1/stats:watch?interval=1s as an event stream: an
@@ -161,59 +156,54 @@ func (s *Server) serveStatsSSE(w http.ResponseWriter, r *http.Request) {
 		}
 		interval = d
 	}
+	ctx, end := context.WithCancelCause(r.Context())
+	defer end(nil)
+	st := s.openStream(ctx, faceREST, "GET /v1/stats:watch", streamQuiet, end)
 	e := s.newSSE(w, r)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	ready := make(chan struct{}, 1)
-	ready <- struct{}{} // the first snapshot at once
-	go func() {
-		for {
-			select {
-			case <-t.C:
-				select {
-				case ready <- struct{}{}:
-				default:
-				}
-			case <-r.Context().Done():
-				return
-			}
-		}
-	}()
-	s.pumpSSE(r.Context(), e, ready, nil, func() error {
+	err := e.tick(ctx, interval, func() error {
 		data, err := protojson.Marshal(proto.Message(s.snapshot()))
 		if err != nil {
 			return err
 		}
+		st.sent()
 		return e.send("stats", data)
-	}, nil)
+	})
+	e.end(r.Context(), err)
+	st.close(err)
 }
 
-// pumpSSE runs an event stream: send on each ready, a keep-alive comment
-// when idle, an "error" event when ended (with endErr's error) or at the
-// drain, and returns when the client leaves or a write fails.
-func (s *Server) pumpSSE(ctx context.Context, e *sseStream, ready <-chan struct{}, ended <-chan struct{}, send func() error, endErr func() error) {
+// tick calls send at once and every interval, with a keep-alive comment
+// between when the interval is long, until send fails or ctx is done
+// (its cause is returned).
+func (e *sseStream) tick(ctx context.Context, interval time.Duration, send func() error) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
 	keep := time.NewTicker(sseKeepAlive)
 	defer keep.Stop()
 	for {
+		if err := send(); err != nil {
+			return err
+		}
 		select {
-		case <-ready:
-			if send() != nil {
-				return
-			}
+		case <-t.C:
 		case <-keep.C:
-			if e.keepAlive() != nil {
-				return
+			if err := e.keepAlive(); err != nil {
+				return err
 			}
-		case <-ended:
-			e.sendError(endErr())
-			return
-		case <-s.streamsCtx.Done():
-			e.sendError(errGoingAway)
-			return
 		case <-ctx.Done():
-			return
+			return context.Cause(ctx)
 		}
 	}
+}
+
+// end ends the event stream for err (why it ended): an "error" event with
+// the status, unless the client has left (clientCtx is done) or a write
+// failed.
+func (e *sseStream) end(clientCtx context.Context, err error) {
+	if clientCtx.Err() != nil || err == nil || e.failed {
+		return
+	}
+	e.sendError(streamStatus(err))
 }
 
 // statusOf is err as the gRPC status the faces answer with.

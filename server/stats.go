@@ -19,18 +19,29 @@ import (
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// face names where a client request came in.
+// face names where a client request came in: the door, as the metrics'
+// face label and the access log name it (faceNames).
 type face int
 
 const (
-	faceGRPC face = iota
-	faceREST
-	faceRPC // JSON-RPC over HTTP
-	faceWS  // JSON-RPC over WebSocket
-	// faceTyped is the user's own services (--descriptor-set), whichever
-	// protocol carried them (gRPC, or REST, Connect, gRPC-Web transcoded).
+	faceGRPC    face = iota // wsbridge.v1 over gRPC
+	faceSession             // the gRPC Session stream: JSON-RPC over gRPC
+	faceREST                // wsbridge.v1 over REST (grpc-gateway)
+	faceRPC                 // JSON-RPC over HTTP
+	faceWS                  // JSON-RPC over WebSocket
+	// The user's own services (--descriptor-set), by the protocol that
+	// carried them: gRPC, or REST, Connect and gRPC-Web (transcoded by
+	// vanguard).
 	faceTyped
+	faceRESTTyped
+	faceConnect
+	faceGRPCWeb
 )
+
+var faceNames = map[face]string{
+	faceGRPC: "grpc", faceSession: "session", faceREST: "rest", faceRPC: "rpc", faceWS: "ws",
+	faceTyped: "grpc-typed", faceRESTTyped: "rest-typed", faceConnect: "connect", faceGRPCWeb: "grpc-web",
+}
 
 type faceKey struct{}
 
@@ -83,9 +94,9 @@ func (c *counters) request(f face) time.Time {
 	c.requests.Add(1)
 	c.recent.Add()
 	switch f {
-	case faceGRPC, faceTyped:
+	case faceGRPC, faceSession, faceTyped:
 		c.grpcCalls.Add(1)
-	case faceREST, faceRPC:
+	case faceREST, faceRPC, faceRESTTyped, faceConnect, faceGRPCWeb:
 		c.httpProxied.Add(1)
 	}
 	return time.Now()
@@ -96,9 +107,13 @@ func (c *counters) finished(f face, method string, start time.Time, err error) {
 	if c.metrics != nil {
 		c.metrics.observe(f, method, time.Since(start), err)
 	}
-	if err == nil {
-		return
+	if err != nil {
+		c.failed(err)
 	}
+}
+
+// failed counts a failure: of a request, or of a stream after it began.
+func (c *counters) failed(err error) {
 	c.errors.Add(1)
 	c.errorsByReason[errorReason(err)].Add(1)
 	var be *bridge.Error

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,21 +19,23 @@ import (
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
-// streamOut is the bounded queue between the producers of one gRPC
-// stream's messages (the bridge's goroutines) and the stream's sender:
+// streamOut is the bounded queue between the producers of one stream's
+// messages (the bridge's goroutines) and the stream's sender:
 // ClientBuffer messages and ClientBufferBytes bytes at most. A nil message
 // is the end of the stream, behind what was queued before it (see push).
 // end stops the stream at once.
 type streamOut[T proto.Message] struct {
-	q       *queue.Queue[T]
-	endOnce sync.Once
-	ended   chan struct{}
-	err     error // written once before ended is closed
+	s        *Server
+	q        *queue.Queue[T]
+	endOnce  sync.Once
+	ended    chan struct{}
+	err      error // written once before ended is closed
+	slowOnce sync.Once
 }
 
 func newStreamOut[T proto.Message](s *Server) *streamOut[T] {
 	size := func(m T) int { return proto.Size(m) }
-	return &streamOut[T]{q: queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, size), ended: make(chan struct{})}
+	return &streamOut[T]{s: s, q: queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, size), ended: make(chan struct{})}
 }
 
 // sendAll sends what is queued (after the queue's Ready fired) until nil,
@@ -69,66 +72,108 @@ func (o *streamOut[T]) push(v T) bool {
 	return o.q.Push(v)
 }
 
+// noteFace is the queue's side of a notification stream: convert makes
+// each notification a message (its error ends the stream); the stream
+// ends when its client does not keep up (errTooSlow), when its
+// subscriptions are lost, and with gapEnds when notifications may have
+// been missed.
+func (o *streamOut[T]) noteFace(convert func(method string, params json.RawMessage) (T, error), gapEnds bool) noteFace {
+	return noteFace{
+		push: func(method string, params json.RawMessage) bool {
+			v, err := convert(method, params)
+			if err != nil {
+				o.end(err)
+				return true
+			}
+			return o.push(v)
+		},
+		slow:    func() { o.s.slowConsumer(&o.slowOnce, func() { o.end(errTooSlow) }) },
+		end:     o.end,
+		gapEnds: gapEnds,
+	}
+}
+
+// run sends what is queued until the stream ends (its error: why) or ctx
+// is done (the context's cause: the client left, errRevoked, errDrained).
+// With keepAlive, it calls that every sseKeepAlive while idle.
+func (o *streamOut[T]) run(ctx context.Context, send func(T) error, keepAlive func() error) error {
+	var tick <-chan time.Time
+	if keepAlive != nil {
+		t := time.NewTicker(sseKeepAlive)
+		defer t.Stop()
+		tick = t.C
+	}
+	var buf []T
+	for {
+		select {
+		case <-o.q.Ready():
+			var end bool
+			var err error
+			if buf, end, err = o.sendAll(send, buf); err != nil {
+				return err
+			} else if end {
+				return errDrained
+			}
+		case <-tick:
+			if err := keepAlive(); err != nil {
+				return err
+			}
+		case <-o.ended:
+			return o.err
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
 var errTooSlow = status.Error(codes.ResourceExhausted, "stream buffer full: the client does not keep up with its notifications")
 
-func notificationProto(method string, params json.RawMessage) *wsbridgev1.Notification {
+func notificationProto(method string, params json.RawMessage) (*wsbridgev1.Notification, error) {
 	n := &wsbridgev1.Notification{Method: method}
 	if len(params) > 0 {
 		if v, err := jsonpb.ToValue(params); err == nil {
 			n.Params = v
 		}
 	}
-	return n
+	return n, nil
 }
 
 // drainingStatus ends a stream at shutdown.
 var drainingStatus = grpcError(errGoingAway)
 
+// streamStatus is the gRPC status a stream ends with for err: a cause
+// its stream was ended with (revoked, drained), its notifications' end
+// (lost, a gap, too slow), or the client's leaving.
+func streamStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errRevoked):
+		return status.Error(codes.Unauthenticated, errRevoked.Error())
+	case errors.Is(err, errDrained):
+		return drainingStatus
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return grpcError(err)
+}
+
 // Subscribe streams backend notifications by method. It ends at the start
 // of a shutdown's drain (UNAVAILABLE, reason draining).
 func (svc bridgeService) Subscribe(req *wsbridgev1.SubscribeRequest, stream wsbridgev1.BridgeService_SubscribeServer) error {
 	s := svc.s
+	ctx := stream.Context()
 	out := newStreamOut[*wsbridgev1.Notification](s)
-	var slowOnce sync.Once
-	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-		if method == bridge.NotifySubscriptionLost {
-			s.traceEvent(stream.Context(), "subscription lost")
-			out.end(status.Error(codes.Unavailable, "backend connection lost; notifications may have been missed: subscribe again"))
-			return
-		}
-		if !out.push(notificationProto(method, params)) {
-			slowOnce.Do(func() { s.counters.slowConsumers.Add(1) })
-			out.end(errTooSlow)
-		}
-	})
-	defer consumer.Close()
+	n := s.newNotifications(ctx, out.noteFace(notificationProto, false))
+	defer n.close()
 	methods := req.GetMethods()
 	if len(methods) == 0 {
 		methods = []string{"*"}
 	}
-	for _, m := range methods {
-		if m != "*" && !s.bridge.MethodAllowed(m) {
-			return status.Errorf(codes.PermissionDenied, "notifications of %s are not allowed (--allow-methods, --deny-methods)", m)
-		}
-	}
-	if err := consumer.Listen(methods...); err != nil {
+	if err := n.listen(methods); err != nil {
 		return grpcError(err)
 	}
-	ctx := stream.Context()
-	var buf []*wsbridgev1.Notification
-	for {
-		select {
-		case <-out.q.Ready():
-			var err error
-			if buf, _, err = out.sendAll(stream.Send, buf); err != nil {
-				return err
-			}
-		case <-out.ended:
-			return out.err
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
-	}
+	return streamStatus(out.run(ctx, stream.Send, nil))
 }
 
 // sessionStream is the gRPC Session face's side of a session: replies and
@@ -148,7 +193,8 @@ func (o sessionStream) reply(_ bool, replies []reply) bool {
 }
 
 func (o sessionStream) notify(method string, params json.RawMessage) bool {
-	return o.q.push(&wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Notification{Notification: notificationProto(method, params)}})
+	n, _ := notificationProto(method, params)
+	return o.q.push(&wsbridgev1.SessionResponse{Kind: &wsbridgev1.SessionResponse_Notification{Notification: n}})
 }
 
 // leave queues the end of the stream (nil) behind the replies: the sender
@@ -171,7 +217,7 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	out := sessionStream{q: newStreamOut[*wsbridgev1.SessionResponse](s)}
-	ss := s.newSession(ctx, faceGRPC, out, true)
+	ss := s.newSession(ctx, faceSession, out, true)
 	s.trackSession(ss, cancel)
 	defer s.untrackSession(ss)
 	defer ss.close()

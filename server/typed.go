@@ -8,18 +8,15 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 
 	"connectrpc.com/vanguard"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/genproto/googleapis/api/serviceconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -62,6 +59,10 @@ func (s *Server) loadTyped() (*typed.API, error) {
 			if m.Streaming {
 				desc.Streams = append(desc.Streams, grpc.StreamDesc{StreamName: string(m.Desc.Name()), ServerStreams: true,
 					Handler: func(_ any, stream grpc.ServerStream) error { return s.typedStream(m, stream) }})
+				if s.typedStreams == nil {
+					s.typedStreams = map[string]bool{}
+				}
+				s.typedStreams["/"+desc.ServiceName+"/"+string(m.Desc.Name())] = true
 				continue
 			}
 			full := "/" + desc.ServiceName + "/" + string(m.Desc.Name())
@@ -94,11 +95,11 @@ func (s *Server) typedCall(ctx context.Context, m *typed.Method, req *dynamicpb.
 		co, err = callOptions(ctx, nil, false)
 	}
 	if err != nil {
-		s.counters.finished(faceTyped, m.JSONRPC, s.counters.request(faceTyped), err)
+		s.observeRefusal(ctx, typedFaceOf(ctx), m.JSONRPC, err)
 		return nil, grpcError(err)
 	}
 	var resp *dynamicpb.Message
-	err = s.unary(ctx, faceTyped, m.JSONRPC, params, co, func(raw json.RawMessage) (err error) {
+	err = s.unary(ctx, typedFaceOf(ctx), m.JSONRPC, params, co, func(raw json.RawMessage) (err error) {
 		resp, err = m.ResultOfValid(raw) // the bridge checked the frame
 		if err != nil {
 			return resultMismatch(m, err)
@@ -119,13 +120,15 @@ func resultMismatch(m *typed.Method, err error) error {
 }
 
 // typedStream serves a server-streaming typed rpc: a backend subscription
-// owned by the stream, each notification's result one message. It ends
-// when the client leaves (the subscription is released), when the
-// subscription is lost (UNAVAILABLE), at the drain (the interceptor), or
-// when the client cannot keep up (RESOURCE_EXHAUSTED).
+// owned by the stream, each notification's result one message: one
+// notification stream (see notifications) whose messages are typed. It
+// ends when the client leaves (the subscription is released), when the
+// subscription is lost or may have missed notifications (a gap, with
+// --resubscribe: UNAVAILABLE with reason GAP, since a typed stream has no
+// place to say so and go on), at the drain, or when the client cannot
+// keep up (RESOURCE_EXHAUSTED).
 func (s *Server) typedStream(m *typed.Method, stream grpc.ServerStream) error {
 	ctx := stream.Context()
-	start := s.counters.request(faceTyped)
 	req := m.NewRequest()
 	err := stream.RecvMsg(req)
 	var params json.RawMessage
@@ -142,51 +145,23 @@ func (s *Server) typedStream(m *typed.Method, stream grpc.ServerStream) error {
 		err = s.checkMethod(m.JSONRPC, true, false)
 	}
 	if err != nil {
-		s.counters.finished(faceTyped, m.JSONRPC, start, err)
 		return grpcError(err)
 	}
-
 	out := newStreamOut[*dynamicpb.Message](s)
-	var slowOnce sync.Once
-	consumer := s.bridge.NewConsumer(func(method string, params json.RawMessage) {
-		switch method {
-		case bridge.NotifySubscriptionLost:
-			s.traceEvent(ctx, "subscription lost")
-			out.end(status.Error(codes.Unavailable, "the backend subscription was lost; notifications may have been missed: call again"))
-			return
-		case bridge.NotifyGap:
-			return // resubscribed (--resubscribe): the stream goes on
-		}
+	n := s.newNotifications(ctx, out.noteFace(func(_ string, params json.RawMessage) (*dynamicpb.Message, error) {
 		msg, err := notificationMessage(m, params)
 		if err != nil {
-			out.end(grpcError(resultMismatch(m, err)))
-			return
+			return nil, resultMismatch(m, err)
 		}
-		if !out.push(msg) {
-			slowOnce.Do(func() { s.counters.slowConsumers.Add(1) })
-			out.end(errTooSlow)
-		}
-	})
-	defer consumer.Close()
-	_, release, err := consumer.CallHeld(ctx, m.JSONRPC, params, co)
-	s.counters.finished(faceTyped, m.JSONRPC, start, err)
+		return msg, nil
+	}, true))
+	defer n.close()
+	_, release, err := n.consumer.CallHeld(ctx, m.JSONRPC, params, co)
 	release() // its notifications queue behind nothing: the reply is not sent
 	if err != nil {
 		return grpcError(err)
 	}
-	var buf []*dynamicpb.Message
-	for {
-		select {
-		case <-out.q.Ready():
-			if buf, _, err = out.sendAll(func(msg *dynamicpb.Message) error { return stream.SendMsg(msg) }, buf); err != nil {
-				return err
-			}
-		case <-out.ended:
-			return out.err
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
-	}
+	return streamStatus(out.run(ctx, func(msg *dynamicpb.Message) error { return stream.SendMsg(msg) }, nil))
 }
 
 // notificationMessage reads a subscription notification's result into a
@@ -240,8 +215,34 @@ func (s *Server) typedHTTP(api *typed.API, next http.Handler) (http.Handler, err
 			next.ServeHTTP(w, r) // the REST handler answers 415
 			return
 		}
-		tc.ServeHTTP(w, r)
+		// The rpc's handler sees this context (vanguard calls the gRPC
+		// server in process): it names the door the call came in by.
+		tc.ServeHTTP(w, r.WithContext(withFace(r.Context(), typedHTTPFace(r))))
 	}), nil
+}
+
+// typedHTTPFace is the protocol of a request to the typed HTTP routes:
+// gRPC-Web, Connect (streaming, or unary with its header or query), or
+// REST.
+func typedHTTPFace(r *http.Request) face {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch {
+	case strings.HasPrefix(mt, "application/grpc-web"):
+		return faceGRPCWeb
+	case strings.HasPrefix(mt, "application/connect+"), r.Header.Get("Connect-Protocol-Version") != "",
+		r.Method == http.MethodGet && r.URL.Query().Get("connect") != "":
+		return faceConnect
+	}
+	return faceRESTTyped
+}
+
+// typedFaceOf is the face of a typed rpc: the HTTP door it came in by
+// (typedHTTP), or gRPC.
+func typedFaceOf(ctx context.Context) face {
+	if f, ok := ctx.Value(faceKey{}).(face); ok {
+		return f
+	}
+	return faceTyped
 }
 
 // typedContentType reports whether ct is one the typed routes take.

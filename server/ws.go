@@ -44,6 +44,7 @@ type wsClient struct {
 	ended chan struct{}        // closed by end
 	tasks sync.WaitGroup       // writers, pings, close handshake
 	ss    *session             // the client's session; set before the first frame
+	st    *stream              // the client's stream (revocation, observation); set before the first frame
 	ping  *time.Timer          // the next ping
 
 	endOnce sync.Once
@@ -121,18 +122,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
 		base = trace.ContextWithSpanContext(base, sc)
 	}
-	var token string
 	if id := identityOf(r.Context()); id != nil {
-		token = id.token
+		base = context.WithValue(base, identityKey{}, id)
 	}
 	handedOver = true
-	go c.serve(base, token)
+	go c.serve(base)
 }
 
 // serve runs the client until it has gone: it reads and hands each message
 // to the session, then ends the session and waits for every goroutine of
 // the client.
-func (c *wsClient) serve(base context.Context, token string) {
+func (c *wsClient) serve(base context.Context) {
 	s := c.s
 	defer s.wsClients.Done()
 	defer s.wsReserved.Add(-1)
@@ -143,10 +143,8 @@ func (c *wsClient) serve(base context.Context, token string) {
 	c.ss = ss
 	s.trackSession(ss, func() { c.end(websocket.StatusGoingAway, "gateway shutting down") })
 	defer s.untrackSession(ss)
-	if token != "" {
-		unhold := s.holdToken(token, func() { c.end(websocket.StatusPolicyViolation, "token revoked") })
-		defer unhold()
-	}
+	c.st = s.openStream(base, faceWS, "/ws", streamCalls, func(error) { c.end(websocket.StatusPolicyViolation, "token revoked") })
+	defer func() { c.st.close(nil) }()
 
 	c.taskMu.Lock()
 	c.ping = time.AfterFunc(s.opts.ClientPingInterval, c.pingTick)
@@ -333,6 +331,9 @@ func (c *wsClient) send(frame []byte, alone bool) bool {
 	case <-c.ended:
 		return true
 	default:
+	}
+	if frame != nil {
+		c.st.sent()
 	}
 	if c.sock == nil || !alone {
 		return c.out.Push(frame)
