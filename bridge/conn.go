@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/internal/cork"
 	"github.com/wsbridge/wsbridge/internal/queue"
+	"github.com/wsbridge/wsbridge/internal/writer"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
@@ -28,10 +28,11 @@ type conn struct {
 	slot  *slot
 	b     *Bridge
 	ws    *websocket.Conn
-	raw   net.Conn          // the TCP connection under ws, when known
-	sock  *cork.Conn        // the corkable, non-blocking conn under ws; nil if none
-	sendq *queue.Queue[*op] // requests for the writer; MaxInFlight bounds it
-	lost  chan struct{}     // closed by fail: the connection is out of service
+	raw   net.Conn            // the TCP connection under ws, when known
+	sock  *cork.Conn          // the corkable, non-blocking conn under ws; nil if none
+	sendq *queue.Queue[*op]   // requests waiting for the writer; MaxInFlight bounds it
+	w     *writer.Writer[*op] // the socket's one writer
+	lost  chan struct{}       // closed by fail: the connection is out of service
 
 	pending pendingTable
 	// lastUse is when a request was last written (unix nanoseconds), for
@@ -55,11 +56,10 @@ func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
 		sendq: queue.New[*op](0),
 		lost:  make(chan struct{}),
 	}
-	if c.sock != nil {
-		// No write waits for the socket: a frame it cannot take at once is
-		// held, and the writer flushes it (see send).
-		c.sock.NonBlocking(c.sendq.Kick)
-	}
+	c.w = writer.New(writer.Options[*op]{
+		Sock: c.sock, Queue: c.sendq, Timeout: s.b.opts.WriteTimeout, Done: c.lost,
+		Write: c.writeBatch, Written: c.written, Fail: c.fail,
+	})
 	return c
 }
 
@@ -82,7 +82,6 @@ func (c *conn) serve(ctx context.Context) error {
 	ioCtx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { c.fail(c.readLoop(ioCtx)) })
-	wg.Go(func() { c.fail(c.writeLoop(ioCtx)) })
 	if c.b.opts.PingInterval > 0 {
 		wg.Go(func() { c.fail(c.pingLoop(ioCtx)) })
 	}
@@ -110,6 +109,7 @@ func (c *conn) serve(ctx context.Context) error {
 	}
 	cancel()
 	wg.Wait()
+	c.w.Stop()
 
 	// Nothing writes any more, so each op's state is final.
 	for _, o := range c.pending.takeAll() {
@@ -176,110 +176,42 @@ func (c *conn) sendCancel(id uint64) {
 	c.send(o) // not in pending: nothing answers a notification
 }
 
-// send writes o or queues it for the writer. When the socket is idle (no
-// one writing, nothing queued) the calling goroutine writes o itself: at
-// low load a call then costs no hand-off to the writer goroutine and no
-// wake-up. The socket is non-blocking, so this never waits for the
-// backend, whichever goroutine calls it (a client's reader, the backend's
-// own reader, a timer): what the socket cannot take at once is held and
-// the writer flushes it. Under load frames meet, the writer takes over and
-// batches them under one cork.
-func (c *conn) send(o *op) {
-	if c.sock == nil {
-		c.sendq.Push(o)
-		return
-	}
-	if direct, _ := c.sendq.Offer(o); !direct {
-		return
-	}
+// send writes o, or queues it for the writer (see package writer): at
+// low load the calling goroutine (a client's reader, the backend's own
+// reader, a timer) writes the frame itself; it never waits for the
+// backend.
+func (c *conn) send(o *op) { c.w.Send(o, true) }
+
+// writeBatch writes ops (the writer's Write) unless their callers gave
+// up, one frame each or, with Options.Batch, as JSON-RPC batches. An
+// error means the connection is lost (ops not written go out on the next
+// one).
+func (c *conn) writeBatch(ctx context.Context, batch []*op) (bool, error) {
 	if c.b.opts.IdleTimeout > 0 {
 		c.lastUse.Store(time.Now().UnixNano())
 	}
-	c.sock.Cork() // the frame leaves in one system call
-	sent, err := c.writeOne(context.Background(), o)
-	held, uerr := c.sock.Uncork(time.Time{})
-	if err == nil {
-		err = uerr
+	if c.b.opts.Batch && len(batch) > 1 {
+		return false, c.writeBatches(ctx, batch)
 	}
-	if err != nil {
-		// The request's state says whether it was written; serve settles
-		// it when the connection is torn down.
-		c.fail(err)
-		c.sendq.Release()
-		return
+	for _, o := range batch {
+		if err := c.writeOne(ctx, o); err != nil {
+			return false, err
+		}
 	}
-	if held {
-		c.sendq.Kick() // the writer flushes the rest
-	}
-	c.sendq.Release()
-	if sent && o.notify && c.pending.take(o.id) != nil {
+	return false, nil
+}
+
+// written completes a notification once it is written (the writer's
+// Written): Notify returns then.
+func (c *conn) written(o *op) {
+	if o.notify && o.state.Load() == opWritten && c.pending.take(o.id) != nil {
 		o.complete(result{})
 	}
 }
 
-// writeLoop writes what send queued when the socket was busy: all that is
-// queued at once, under one cork, so that it leaves in one system call
-// (coder/websocket flushes every message), and flushes what the socket
-// held back, waiting up to WriteTimeout.
-func (c *conn) writeLoop(ctx context.Context) error {
-	var batch, written []*op // written: the notifications of the batch
-	for {
-		select {
-		case <-c.sendq.Ready():
-		case <-c.lost:
-			return errors.New("connection lost")
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		// Let the goroutines that are about to queue more do so, so that
-		// they join this batch (a no-op when nothing else is runnable).
-		runtime.Gosched()
-		var ok bool
-		for batch, ok = c.sendq.Claim(batch); ok; batch, ok = c.sendq.Next(batch) {
-			var err error
-			if written, err = c.writeBatch(ctx, batch, written[:0]); err != nil {
-				return err // the claim stays: nothing more is written here
-			}
-			clear(batch)
-			for _, o := range written {
-				if c.pending.take(o.id) != nil {
-					o.complete(result{})
-				}
-			}
-			runtime.Gosched()
-		}
-	}
-}
-
-// writeBatch writes batch under one cork and flushes the socket; it
-// appends the notifications written to written. An error means the
-// connection is lost (ops not written go out on the next one).
-func (c *conn) writeBatch(ctx context.Context, batch, written []*op) ([]*op, error) {
-	if len(batch) > 0 && c.b.opts.IdleTimeout > 0 {
-		c.lastUse.Store(time.Now().UnixNano())
-	}
-	wctx, end := cork.Batch(c.sock, ctx, c.b.opts.WriteTimeout)
-	var err error
-	if c.b.opts.Batch && len(batch) > 1 {
-		written, err = c.writeBatches(wctx, batch, written)
-	} else {
-		for _, o := range batch {
-			var sent bool
-			if sent, err = c.writeOne(wctx, o); err != nil {
-				break // the rest were not written: they go out on the next connection
-			}
-			if sent && o.notify {
-				written = append(written, o)
-			}
-		}
-	}
-	return written, end(err)
-}
-
 // writeBatches writes the ops as JSON-RPC batches (arrays), each within
-// the message limit (Options.Batch). It appends the notifications written
-// to written.
-func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, error) {
+// the message limit (Options.Batch).
+func (c *conn) writeBatches(ctx context.Context, ops []*op) error {
 	frame := make([]byte, 0, 4096)
 	var inFrame []*op
 	flush := func() error {
@@ -298,23 +230,18 @@ func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, err
 		c.b.counters.framesOut.Add(1)
 		c.slot.be.counters.framesOut.Add(1)
 		c.slot.be.counters.requestsOut.Add(uint64(len(inFrame)))
-		for _, o := range inFrame {
-			if o.notify {
-				written = append(written, o)
-			}
-		}
 		frame, inFrame = frame[:0], inFrame[:0]
 		return nil
 	}
 	for _, o := range ops {
 		select {
 		case <-c.lost:
-			return written, errors.New("connection lost")
+			return errors.New("connection lost")
 		default:
 		}
 		if int64(len(frame)+len(o.frame)+2) > c.b.opts.MaxMessageBytes {
 			if err := flush(); err != nil {
-				return written, err
+				return err
 			}
 		}
 		if !o.state.CompareAndSwap(opQueued, opWritten) {
@@ -328,30 +255,29 @@ func (c *conn) writeBatches(ctx context.Context, ops, written []*op) ([]*op, err
 		frame = append(frame, o.frame...)
 		inFrame = append(inFrame, o)
 	}
-	return written, flush()
+	return flush()
 }
 
-// writeOne writes o unless its caller gave up; sent reports whether it was
-// written. An error means the connection is lost (queued ops go out on the
-// next one).
-func (c *conn) writeOne(ctx context.Context, o *op) (sent bool, err error) {
+// writeOne writes o unless its caller gave up. An error means the
+// connection is lost (queued ops go out on the next one).
+func (c *conn) writeOne(ctx context.Context, o *op) error {
 	select {
 	case <-c.lost:
-		return false, errors.New("connection lost")
+		return errors.New("connection lost")
 	default:
 	}
 	if !o.state.CompareAndSwap(opQueued, opWritten) {
-		return false, nil // the caller gave up before it was sent
+		return nil // the caller gave up before it was sent
 	}
 	o.sentAt.Store(time.Now().UnixNano())
 	if err := c.ws.Write(ctx, websocket.MessageText, o.frame); err != nil {
-		return true, fmt.Errorf("write: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	c.b.counters.messagesOut.Add(1)
 	c.b.counters.framesOut.Add(1)
 	c.slot.be.counters.framesOut.Add(1)
 	c.slot.be.counters.requestsOut.Add(1)
-	return true, nil
+	return nil
 }
 
 func (c *conn) pingLoop(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/genproto/googleapis/api/annotations"
@@ -18,6 +19,7 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -196,6 +198,8 @@ func (s *Server) typedHTTP(api *typed.API, next http.Handler) (http.Handler, err
 			vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
 			vanguard.WithTargetCodecs(vanguard.CodecProto)),
 		vanguard.WithUnknownHandler(next),
+		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec { return jsonRequests{vanguard.NewJSONCodec(res)} }),
+		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec { return protoRequests{vanguard.NewProtoCodec(res)} }),
 	}
 	if s.opts.HTTPRules != "" {
 		rules, err := loadHTTPRules(s.opts.HTTPRules, api)
@@ -243,6 +247,35 @@ func typedFaceOf(ctx context.Context) face {
 		return f
 	}
 	return faceTyped
+}
+
+// jsonRequests and protoRequests are vanguard's codecs, but a request
+// body that does not fit its message (a fraction for an integer, a string
+// for a number, cut short) is the client's error, INVALID_ARGUMENT (HTTP
+// 400), naming the message and the field, where vanguard would answer
+// UNKNOWN (500). (The transcoder decodes with them what clients send; our
+// own gRPC server's responses, which it also decodes, always fit.)
+type jsonRequests struct{ *vanguard.JSONCodec }
+
+func (c jsonRequests) Unmarshal(data []byte, msg proto.Message) error {
+	return requestError(msg, c.JSONCodec.Unmarshal(data, msg))
+}
+
+func (c jsonRequests) UnmarshalField(data []byte, msg proto.Message, field protoreflect.FieldDescriptor) error {
+	return requestError(msg, c.JSONCodec.UnmarshalField(data, msg, field))
+}
+
+type protoRequests struct{ *vanguard.ProtoCodec }
+
+func (c protoRequests) Unmarshal(data []byte, msg proto.Message) error {
+	return requestError(msg, c.ProtoCodec.Unmarshal(data, msg))
+}
+
+func requestError(msg proto.Message, err error) error {
+	if err == nil {
+		return nil
+	}
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("the request does not fit %s: %w", msg.ProtoReflect().Descriptor().FullName(), err))
 }
 
 // typedContentType reports whether ct is one the typed routes take.

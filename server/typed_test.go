@@ -77,12 +77,18 @@ http:
 // demo.proto.
 func typedHarness(t *testing.T, mutate ...func(*Options)) (*harness, *typed.API) {
 	t.Helper()
+	return typedHarnessAt(t, demoBackend(t), mutate...)
+}
+
+// typedHarnessAt is typedHarness in front of the backend at backendURL.
+func typedHarnessAt(t *testing.T, backendURL string, mutate ...func(*Options)) (*harness, *typed.API) {
+	t.Helper()
 	set := typedtest.CompileSet(t, map[string]string{"demo/v1/demo.proto": demoProto}, []string{"../proto"}, "demo/v1/demo.proto")
 	rules := filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(rules, []byte(demoRules), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := start(t, demoBackend(t), func(o *Options) {
+	h := start(t, backendURL, func(o *Options) {
 		o.DescriptorSets, o.HTTPRules = []string{set}, rules
 		for _, m := range mutate {
 			m(o)

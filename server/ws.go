@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/internal/cork"
 	"github.com/wsbridge/wsbridge/internal/queue"
+	"github.com/wsbridge/wsbridge/internal/writer"
 	"github.com/wsbridge/wsbridge/internal/wsutil"
 	"github.com/wsbridge/wsbridge/jsonrpc"
 )
@@ -37,15 +37,16 @@ type wsClient struct {
 	// Static after serveWS set them up.
 	s     *Server
 	conn  *websocket.Conn
-	raw   net.Conn             // the hijacked connection under conn
-	sock  *cork.Conn           // the non-blocking socket under raw; nil if none
-	br    *bufio.Reader        // coder/websocket's read buffer, when ours (see hijackRecorder)
-	out   *queue.Queue[[]byte] // frames queued while the socket is busy; bounded by ClientBuffer
-	ended chan struct{}        // closed by end
-	tasks sync.WaitGroup       // writers, pings, close handshake
-	ss    *session             // the client's session; set before the first frame
-	st    *stream              // the client's stream (revocation, observation); set before the first frame
-	ping  *time.Timer          // the next ping
+	raw   net.Conn               // the hijacked connection under conn
+	sock  *cork.Conn             // the non-blocking socket under raw; nil if none
+	br    *bufio.Reader          // coder/websocket's read buffer, when ours (see hijackRecorder)
+	out   *queue.Queue[[]byte]   // frames queued while the socket is busy; bounded by ClientBuffer
+	w     *writer.Writer[[]byte] // the socket's one writer
+	ended chan struct{}          // closed by end
+	tasks sync.WaitGroup         // writers, pings, close handshake
+	ss    *session               // the client's session; set before the first frame
+	st    *stream                // the client's stream (revocation, observation); set before the first frame
+	ping  *time.Timer            // the next ping
 
 	endOnce sync.Once
 	// rstate is where the reader is: inside coder/websocket (readerIn),
@@ -112,10 +113,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		out:   queue.NewSized(s.opts.ClientBuffer, s.opts.ClientBufferBytes, func(b []byte) int { return len(b) }),
 		ended: make(chan struct{}),
 	}
-	c.out.OnReady(c.startWriter)
-	if c.sock != nil {
-		c.sock.NonBlocking(c.out.Kick)
-	}
+	c.w = writer.New(writer.Options[[]byte]{
+		Sock: c.sock, Queue: c.out, Timeout: s.opts.ClientWriteTimeout, Done: c.ended,
+		Write: c.write, Fail: c.writeFailed,
+	})
 	// The session outlives the upgrade request; it keeps the request's
 	// client and, for tracing, its span as the parent of its calls'.
 	base := context.WithValue(context.Background(), clientKey{}, clientOf(r.Context()))
@@ -174,6 +175,7 @@ func (c *wsClient) serve(base context.Context) {
 	c.stopped = true
 	c.taskMu.Unlock()
 	c.ping.Stop()
+	c.w.Stop()
 	c.tasks.Wait()
 	_ = c.conn.CloseNow()
 }
@@ -315,117 +317,46 @@ func (c *wsClient) leave() {
 // endSlow closes a client that cannot keep up with 1008 (sessionOut).
 func (c *wsClient) endSlow(reason string) { c.end(websocket.StatusPolicyViolation, reason) }
 
-// send writes a frame to the client, or queues it when the socket is busy.
-// It reports false when the queue is full: the client cannot keep up (the
-// session ends it). Frames for a client that has ended are dropped.
+// send writes a frame to the client, or queues it when the socket is busy
+// (see package writer). It reports false when the queue is full: the
+// client cannot keep up (the session ends it). Frames for a client that
+// has ended are dropped. A nil frame is the close (1001) behind the
+// frames before it.
 //
-// When alone is true (no other reply is due: the client is not pipelining)
-// and nothing is queued and nobody is writing, the calling goroutine (often
-// the backend's reader, delivering a reply) writes the frame itself: no
-// hand-off, no wake-up. The socket is non-blocking, so a client that does
-// not read cannot stall it; what the socket does not take is flushed by a
-// writer. Frames of a pipelining client are queued, so that they meet and
-// leave together under one cork.
+// With alone (no other reply is due: the client is not pipelining) the
+// calling goroutine, often the backend's reader delivering a reply,
+// writes the frame itself when the socket is idle: no hand-off, no
+// wake-up. Frames of a pipelining client are queued, so that they meet
+// and leave together under one cork.
 func (c *wsClient) send(frame []byte, alone bool) bool {
-	select {
-	case <-c.ended:
-		return true
-	default:
-	}
 	if frame != nil {
 		c.st.sent()
 	}
-	if c.sock == nil || !alone {
-		return c.out.Push(frame)
-	}
-	direct, ok := c.out.Offer(frame)
-	if !direct {
-		return ok
-	}
-	if frame == nil { // leave: nothing was queued before it
-		c.out.Release()
-		c.end(websocket.StatusGoingAway, "gateway shutting down")
-		return true
-	}
-	c.sock.Cork() // the frame leaves in one system call
-	err := c.conn.Write(context.Background(), websocket.MessageText, frame)
-	held, uerr := c.sock.Uncork(time.Time{})
-	if err == nil {
-		err = uerr
-	}
-	if err != nil {
-		c.out.Release()
-		c.end(websocket.StatusPolicyViolation, "write failed")
-		return true
-	}
-	if held {
-		c.out.Kick() // a writer flushes the rest
-	}
-	c.out.Release()
-	return true
+	return c.w.Send(frame, alone)
 }
 
-// startWriter starts a writer for frames queued while the socket was busy
-// (the queue's OnReady).
-func (c *wsClient) startWriter() { c.startTask(c.writeLoop) }
-
-// writeLoop writes what is queued, all at once under one cork so that it
-// leaves in one system call, and waits up to ClientWriteTimeout for the
-// socket to take it; it returns when the queue is empty.
-func (c *wsClient) writeLoop() {
-	runtime.Gosched() // let replies about to be queued join this batch
-	var batch [][]byte
-	var ok bool
-	for batch, ok = c.out.Claim(batch); ok; batch, ok = c.out.Next(batch) {
-		select {
-		case <-c.ended:
-			c.stopWriting()
-			return
-		default:
-		}
-		ctx, end := cork.Batch(c.sock, context.Background(), c.s.opts.ClientWriteTimeout)
-		var err error
-		leave := false
-		for _, frame := range batch {
-			if frame == nil { // queued by leave behind the last reply
-				leave = true
-				break
-			}
-			if err = c.conn.Write(ctx, websocket.MessageText, frame); err != nil {
-				break
-			}
-		}
-		clear(batch)
-		if err = end(err); err != nil {
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-				c.ss.slow("write timeout: client too slow")
-			}
-			c.end(websocket.StatusPolicyViolation, "write failed")
-			c.stopWriting()
-			return
-		}
-		if leave {
+// write writes frames to the client (the writer's Write); a nil frame,
+// queued by leave behind the last reply, closes with 1001.
+func (c *wsClient) write(ctx context.Context, frames [][]byte) (bool, error) {
+	for _, frame := range frames {
+		if frame == nil {
 			c.end(websocket.StatusGoingAway, "gateway shutting down")
-			c.stopWriting()
-			return
+			return true, nil
 		}
-		runtime.Gosched()
+		if err := c.conn.Write(ctx, websocket.MessageText, frame); err != nil {
+			return false, err
+		}
 	}
+	return false, nil
 }
 
-// stopWriting ends a writer of a client that has ended: what the socket
-// holds (a last reply, the close frame) still goes, within the write
-// timeout; frames still queued are dropped; and the claim is given back,
-// so that bytes the close handshake leaves held start another writer.
-func (c *wsClient) stopWriting() {
-	if c.sock != nil {
-		_ = c.sock.Flush(time.Now().Add(c.s.opts.ClientWriteTimeout))
+// writeFailed closes a client a write to which failed (the writer's Fail):
+// one that did not take a batch within ClientWriteTimeout is too slow.
+func (c *wsClient) writeFailed(err error) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		c.ss.slow("write timeout: client too slow")
 	}
-	c.out.Take(nil) // (this clears a kick too: said again below if still due)
-	if c.sock != nil && c.sock.Held() {
-		c.out.Kick()
-	}
-	c.out.Release()
+	c.end(websocket.StatusPolicyViolation, "write failed")
 }
 
 // pingTick starts a ping unless one waits for its pong, and sets the next.
