@@ -7,9 +7,22 @@ package server
 // built binary (cmd/wsbridge/security_e2e_test.go).
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+
+	"github.com/wsbridge/wsbridge/bridge/bridgetest"
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
 // hostGet is a GET of url with the Host header host.
@@ -57,4 +70,216 @@ func TestAdminListenerChecksTheHost(t *testing.T) {
 			t.Errorf("admin with --allowed-hosts, Host %s: %d, want %d", host, code, want)
 		}
 	}
+}
+
+// typedHoldOptions serves demoProto with an rpc that the scripted backend never
+// answers, and its REST route.
+func typedHoldOptions(t *testing.T) func(*Options) {
+	t.Helper()
+	proto := strings.Replace(demoProto, "rpc Echo(Payload) returns (Payload);",
+		"rpc Echo(Payload) returns (Payload);\n  rpc Hold(Payload) returns (Payload) { option (wsbridge.v1.jsonrpc) = {method: \"hold\"}; }", 1)
+	set := typedtest.CompileSet(t, map[string]string{"demo/v1/demo.proto": proto}, []string{"../proto"}, "demo/v1/demo.proto")
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	extra := "    - selector: demo.v1.Demo.Hold\n      post: /v1/demo/hold\n      body: \"*\"\n"
+	if err := os.WriteFile(rules, []byte(demoRules+extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(o *Options) { o.DescriptorSets, o.HTTPRules = []string{set}, rules }
+}
+
+// everyFace calls method (typed: the demo.v1.Demo rpc mapped to it) once
+// on every face at the same time, runs inFlight (if set) once the backend
+// has them all, and returns what each client read of its failure.
+func everyFace(t *testing.T, h *harness, method, rpc string, inFlight func()) map[string]string {
+	t.Helper()
+	ctx := ctxT(t)
+	before := h.srv.Bridge().Stats().MessagesOut
+	httpText := func(path, body string, header http.Header) string {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}
+	ws, _, err := websocket.Dial(ctx, strings.Replace(h.base, "http://", "ws://", 1)+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	session, err := h.bridge.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := `{"jsonrpc":"2.0","id":1,"method":"` + method + `"}`
+	faces := map[string]func() string{
+		"gRPC Call": func() string {
+			_, err := h.bridge.Call(ctx, &wsbridgev1.CallRequest{Method: method})
+			return fmt.Sprint(err)
+		},
+		"REST": func() string { return httpText("/v1/call/"+method, `[]`, nil) },
+		"/rpc": func() string { return httpText("/rpc", frame, nil) },
+		"typed REST": func() string {
+			return httpText("/v1/demo/"+strings.ToLower(rpc), `{}`, nil)
+		},
+		"typed Connect": func() string {
+			return httpText("/demo.v1.Demo/"+rpc, `{}`, http.Header{"Connect-Protocol-Version": {"1"}})
+		},
+		"typed gRPC": func() string {
+			return fmt.Sprint(h.conn.Invoke(ctx, "/demo.v1.Demo/"+rpc, &wsbridgev1.CallRequest{}, &wsbridgev1.CallResponse{}))
+		},
+		"/ws": func() string {
+			if err := ws.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+				return err.Error()
+			}
+			_, b, err := ws.Read(ctx)
+			if err != nil {
+				return err.Error()
+			}
+			return string(b)
+		},
+		"Session": func() string {
+			if err := session.Send(&wsbridgev1.SessionRequest{Id: "1", Method: method}); err != nil {
+				return err.Error()
+			}
+			resp, err := session.Recv()
+			if err != nil {
+				return err.Error()
+			}
+			return resp.String()
+		},
+	}
+	var mu sync.Mutex
+	got := map[string]string{}
+	var wg sync.WaitGroup
+	for name, f := range faces {
+		wg.Go(func() {
+			text := f()
+			mu.Lock()
+			got[name] = text
+			mu.Unlock()
+		})
+	}
+	if inFlight != nil {
+		bridgetest.Eventually(t, "every face's call to reach the backend", func() bool {
+			return h.srv.Bridge().Stats().MessagesOut >= before+uint64(len(faces))
+		})
+		inFlight()
+	}
+	wg.Wait()
+	return got
+}
+
+// Clients learn what happened (backend unavailable, and when the next dial
+// comes; the connection lost after the request was written) with the
+// reason, never the backend's address or the transport's own words, which
+// go to the logs and the stats only. Every face, typed rpcs and stream
+// ends included.
+func TestClientErrorsNameNoAddress(t *testing.T) {
+	t.Run("unavailable", func(t *testing.T) {
+		dead := bridgetest.NewServer(t, nil)
+		dead.Stop()
+		h := start(t, dead.URL(), typedHoldOptions(t))
+		got := everyFace(t, h, "echo", "Add", nil)
+		stream, err := h.conn.NewStream(ctxT(t), &grpc.StreamDesc{ServerStreams: true}, "/demo.v1.Demo/Ticks")
+		if err == nil {
+			err = stream.SendMsg(&wsbridgev1.CallRequest{})
+		}
+		if err == nil {
+			err = stream.RecvMsg(&wsbridgev1.CallResponse{})
+		}
+		got["typed stream end"] = fmt.Sprint(err)
+		for face, text := range got {
+			if strings.Contains(text, dead.Addr()) || strings.Contains(text, "dial tcp") || strings.Contains(text, "refused") {
+				t.Errorf("%s shows the transport: %s", face, text)
+			}
+			if !strings.Contains(text, "backend unavailable (next dial in") || jsonFace(face) && !strings.Contains(strings.ToLower(text), `"reason":"unavailable"`) {
+				t.Errorf("%s does not say the backend is unavailable, and why: %s", face, text)
+			}
+		}
+		st, err := h.stats.GetStats(ctxT(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(st.String(), dead.Addr()) {
+			t.Errorf("the stats lost the dial error: %s", st)
+		}
+	})
+	t.Run("reply lost", func(t *testing.T) {
+		fb := bridgetest.NewServer(t, (&idLog{ids: map[string]int{}}).scripted)
+		proxy := newResetProxy(t, fb.Addr())
+		h := start(t, "ws://"+proxy.addr()+"/", typedHoldOptions(t))
+		got := everyFace(t, h, "hold", "Hold", proxy.reset)
+		for face, text := range got {
+			if strings.Contains(text, "127.0.0.1") || strings.Contains(text, "tcp") || strings.Contains(text, "reset by peer") {
+				t.Errorf("%s shows the transport: %s", face, text)
+			}
+			if !strings.Contains(text, "backend connection lost after the request was written") || jsonFace(face) && !strings.Contains(strings.ToLower(text), `"reason":"reply_lost"`) {
+				t.Errorf("%s does not say the reply was lost, and why: %s", face, text)
+			}
+		}
+	})
+}
+
+// jsonFace reports whether a face of everyFace shows the reason of an
+// UNAVAILABLE in its text (gRPC clients get it as a status detail).
+func jsonFace(face string) bool {
+	return face == "REST" || face == "/rpc" || face == "/ws" || face == "typed REST" || face == "typed Connect"
+}
+
+// resetProxy forwards TCP connections to a backend until reset, which
+// closes them with a TCP reset: the gateway's next read fails with
+// "read tcp <its address>-><proxy's>: connection reset by peer".
+type resetProxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []*net.TCPConn
+}
+
+func newResetProxy(t *testing.T, target string) *resetProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &resetProxy{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); p.reset(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c.(*net.TCPConn), b.(*net.TCPConn))
+			p.mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(b, c); b.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, b); c.Close() })
+		}
+	})
+	return p
+}
+
+func (p *resetProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *resetProxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		_ = c.SetLinger(0)
+		_ = c.Close()
+	}
+	p.conns = nil
 }
