@@ -50,5 +50,6 @@ func (s *Server) adminServer() *http.Server {
 	if s.opts.AdminHandler != nil {
 		mux.Handle("/debug/", s.opts.AdminHandler)
 	}
-	return &http.Server{Handler: s.checkAdminHost(mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	return &http.Server{Handler: s.checkAdminHost(mux), ReadHeaderTimeout: s.opts.ReadHeaderTimeout, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: s.opts.MaxHeaderBytes, HTTP2: http2Limits()}
 }

@@ -7,6 +7,7 @@ package server
 // built binary (cmd/wsbridge/security_e2e_test.go).
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +19,11 @@ import (
 	"testing"
 
 	"github.com/coder/websocket"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
@@ -282,4 +287,77 @@ func (p *resetProxy) reset() {
 		_ = c.Close()
 	}
 	p.conns = nil
+}
+
+// settingsOf returns the HTTP/2 SETTINGS a listener sends first.
+func settingsOf(t *testing.T, conn net.Conn) map[http2.SettingID]uint32 {
+	t.Helper()
+	defer conn.Close()
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fr.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok {
+		t.Fatalf("first frame %v", f)
+	}
+	got := map[http2.SettingID]uint32{}
+	_ = sf.ForeachSetting(func(s http2.Setting) error { got[s.ID] = s.Val; return nil })
+	return got
+}
+
+// Every listener bounds a request's headers the same way (MaxHeaderBytes,
+// 64 KiB by default): gRPC advertises and enforces the header list limit,
+// HTTP/1.1 answers 431, HTTP/2 on the HTTP listener advertises the limit,
+// and the HPACK tables stay at 4 KiB.
+func TestEveryListenerBoundsHeaders(t *testing.T) {
+	h := start(t, demoBackend(t), func(o *Options) { o.AdminAddr = "127.0.0.1:0" })
+	big, fits := strings.Repeat("h", 100<<10), strings.Repeat("h", 32<<10)
+	for name, url := range map[string]string{"HTTP": h.base + "/openapi.json", "admin": "http://" + h.srv.AdminAddr().String() + "/healthz"} {
+		if code, _ := httpDo(t, http.MethodGet, url, "", http.Header{"X-Big": {big}}); code != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("%s listener, 100 KiB header: %d, want 431", name, code)
+		}
+		if code, _ := httpDo(t, http.MethodGet, url, "", http.Header{"X-Big": {fits}}); code != 200 {
+			t.Errorf("%s listener, 32 KiB header: %d", name, code)
+		}
+	}
+	conn, err := net.Dial("tcp", h.srv.GRPCAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := settingsOf(t, conn)[http2.SettingMaxHeaderListSize]; got != 64<<10 {
+		t.Errorf("gRPC SETTINGS_MAX_HEADER_LIST_SIZE %d, want 65536", got)
+	}
+	_, err = h.bridge.Call(metadata.AppendToOutgoingContext(ctxT(t), "x-big", big), &wsbridgev1.CallRequest{Method: "echo"})
+	if status.Code(err) == codes.OK {
+		t.Errorf("gRPC, 100 KiB of metadata: served")
+	}
+	t.Logf("gRPC, 100 KiB of metadata: %v", err)
+	if _, err := h.bridge.Call(metadata.AppendToOutgoingContext(ctxT(t), "x-big", fits), &wsbridgev1.CallRequest{Method: "echo"}); err != nil {
+		t.Errorf("gRPC, 32 KiB of metadata: %v", err)
+	}
+
+	cert, pool := selfSigned(t)
+	ht := startTLS(t, demoBackend(t), &tls.Config{Certificates: []tls.Certificate{cert}})
+	tc, err := tls.Dial("tcp", ht.srv.HTTPAddr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q", p)
+	}
+	s := settingsOf(t, tc)
+	if got := s[http2.SettingMaxHeaderListSize]; got == 0 || got > 72<<10 {
+		t.Errorf("HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE %d, want about 64 KiB", got)
+	}
+	if got, ok := s[http2.SettingHeaderTableSize]; ok && got > 4096 {
+		t.Errorf("HTTP/2 SETTINGS_HEADER_TABLE_SIZE %d", got)
+	}
 }

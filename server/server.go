@@ -118,6 +118,13 @@ type Options struct {
 	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
 	// Default 10 s.
 	ReadHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds the headers of one request on every listener:
+	// the gRPC header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE; a header
+	// block that grows past it, CONTINUATION after CONTINUATION, closes the
+	// connection), and the HTTP listeners' request headers (431 past it)
+	// and HTTP/2 header list. The HPACK tables stay at HTTP/2's 4 KiB.
+	// Default 64 KiB.
+	MaxHeaderBytes int
 	// MaxClients caps concurrent /ws clients; more get 503 at the
 	// handshake. 0: no cap.
 	MaxClients int
@@ -175,6 +182,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.RevocationCheck, time.Second)
 	defaults.Positive(&o.MaxBatch, 1000)
 	defaults.Positive(&o.ReadHeaderTimeout, 10*time.Second)
+	defaults.Positive(&o.MaxHeaderBytes, 64<<10)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -355,6 +363,9 @@ func New(opts Options) (*Server, error) {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
 		grpc.MaxConcurrentStreams(uint32(opts.MaxStreamsPerConn)),
+		// grpc-go's default (16 MiB) lets a header block that never ends
+		// hold that much of each connection before any token is checked.
+		grpc.MaxHeaderListSize(uint32(opts.MaxHeaderBytes)),
 		// Reused workers keep their grown stacks: a goroutine per call would
 		// grow a fresh stack through the bridge's call path every time.
 		grpc.NumStreamWorkers(256),
@@ -401,6 +412,8 @@ func New(opts Options) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           s.closeWhenStopping(s.httpTracing(handler)),
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		HTTP2:             http2Limits(),
 		// Bounds reading a request body; /ws clears it after the upgrade.
 		ReadTimeout: time.Minute,
 		IdleTimeout: 2 * time.Minute,
@@ -409,6 +422,13 @@ func New(opts Options) (*Server, error) {
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// http2Limits are the HTTP listeners' HTTP/2 bounds besides the header
+// list (MaxHeaderBytes): HPACK tables of HTTP/2's default 4 KiB, whatever
+// a client asks.
+func http2Limits() *http.HTTP2Config {
+	return &http.HTTP2Config{MaxDecoderHeaderTableSize: 4096, MaxEncoderHeaderTableSize: 4096}
 }
 
 // AEADCipherSuites are the TLS 1.2 cipher suites the listeners offer:
