@@ -144,6 +144,13 @@ type Options struct {
 	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client queues the rest).
 	// Default 1024.
 	MaxStreamsPerConn int
+	// UnauthenticatedIdle, with Auth, closes a gRPC connection that has
+	// not authenticated an RPC once it has carried no RPC for this long:
+	// a bare connection, one whose header block never ends, one whose
+	// RPCs were all refused. One serving a tokenless RPC (health,
+	// reflection; at most MaxOpenRPCs at once) stays while it runs; an
+	// authenticated connection is never closed for idling. Default 10 s.
+	UnauthenticatedIdle time.Duration
 	// RevocationCheck is how often the tokens of open /ws clients and gRPC
 	// streams are checked again (Auth set): one whose token is no longer
 	// accepted is ended. Default 1 s.
@@ -180,6 +187,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.MaxOpenRPCs, 16)
 	defaults.Positive(&o.MaxStreamsPerConn, 1024)
 	defaults.Positive(&o.RevocationCheck, time.Second)
+	defaults.Positive(&o.UnauthenticatedIdle, 10*time.Second)
 	defaults.Positive(&o.MaxBatch, 1000)
 	defaults.Positive(&o.ReadHeaderTimeout, 10*time.Second)
 	defaults.Positive(&o.MaxHeaderBytes, 64<<10)
@@ -316,6 +324,9 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("gRPC listener: %w", err)
 	}
 	s.grpcConns = &connTracker{Listener: grpcLn}
+	if opts.Auth != nil {
+		s.grpcConns.unauthIdle = opts.UnauthenticatedIdle
+	}
 	s.grpcLn = s.grpcConns
 	s.httpLn, err = net.Listen("tcp", opts.HTTPAddr)
 	if err != nil {

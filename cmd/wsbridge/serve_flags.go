@@ -108,6 +108,7 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.int(&bo.MaxSubscriptionsPerConsumer, "max-subscriptions-per-client", 256, "most backend subscriptions one /ws client or Session may hold (0: no limit)")
 	fs.int(&bo.MaxListensPerConsumer, "max-listeners-per-client", 64, "most notification methods one /ws client, Session or Subscribe stream may listen to (0: no limit)")
 	fs.int(&o.MaxOpenRPCs, "max-unauthenticated-rpcs", 16, "with --auth-token-file: most RPCs to health and reflection served at once without a token")
+	fs.duration(&o.UnauthenticatedIdle, "unauthenticated-idle-timeout", 10*time.Second, "with --auth-token-file: close a gRPC connection that has not authenticated an RPC once it has carried no RPC for this long")
 	fs.int(&o.MaxStreamsPerConn, "max-streams-per-conn", 1024, "most concurrent streams on one gRPC connection (the client queues the rest)")
 	fs.int(&o.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest request header block on every listener: the gRPC and HTTP/2 header list, HTTP/1.1 headers (431 past it)")
 	fs.int(&o.MaxBatch, "max-batch", 1000, "most requests in one JSON-RPC batch (/ws, /rpc); a larger batch is refused whole")
@@ -244,7 +245,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
 		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
 		"hedge-after": sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
-		"shutdown-grace": o.ShutdownGrace, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
+		"shutdown-grace": o.ShutdownGrace, "unauthenticated-idle-timeout": o.UnauthenticatedIdle, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] <= 0 {
