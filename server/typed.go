@@ -221,6 +221,8 @@ func (s *Server) typedHTTP(api *typed.API, next http.Handler) (http.Handler, err
 			vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
 			vanguard.WithTargetCodecs(vanguard.CodecProto)),
 		vanguard.WithUnknownHandler(next),
+		// gzip inflates up to the message limit only (see inflate.go).
+		boundedGzip(s.bridge.MaxMessageBytes()),
 	}
 	if s.opts.HTTPRules != "" {
 		rules, err := loadHTTPRules(s.opts.HTTPRules, api)

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
 func tokenFile(t *testing.T, tokens string) string {
@@ -298,5 +301,139 @@ func TestEndlessHeaderBlocksHoldLittleMemory(t *testing.T) {
 	}
 	if closed != 10 {
 		t.Errorf("%d of the 10 connections closed", closed)
+	}
+}
+
+// bombProto is a typed API over the demo backend with a unary rpc, a
+// server-streaming one and a REST route.
+const bombProto = `syntax = "proto3";
+package bomb.v1;
+import "wsbridge/v1/options.proto";
+
+service Bomb {
+  option (wsbridge.v1.jsonrpc_service) = {};
+  rpc Echo(Payload) returns (Payload);
+  rpc Ticks(TicksRequest) returns (stream Tick) {
+    option (wsbridge.v1.jsonrpc) = {method: "demo_subscribe", params: PARAMS_SHAPE_POSITIONAL};
+  }
+}
+message Payload { string text = 1; }
+message TicksRequest { int32 interval_ms = 1; }
+message Tick { int64 seq = 1; }
+`
+
+const bombRules = `type: google.api.Service
+config_version: 3
+http:
+  rules:
+    - selector: bomb.v1.Bomb.Echo
+      post: /v1/bomb/echo
+      body: "*"
+`
+
+// gzipBomb is about size bytes of gzip that inflate about a thousand
+// times: prefix, then 'a' after 'a', then suffix (gzip members one after
+// another inflate as one stream).
+func gzipBomb(t *testing.T, size int, prefix, suffix string) []byte {
+	t.Helper()
+	member := func(s []byte) []byte {
+		var b bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+		_, _ = w.Write(s)
+		_ = w.Close()
+		return b.Bytes()
+	}
+	out := member([]byte(prefix))
+	as := member(bytes.Repeat([]byte("a"), 8<<20))
+	for len(out) < size {
+		out = append(out, as...)
+	}
+	return append(out, member([]byte(suffix))...)
+}
+
+// envelope frames msg as one Connect or gRPC-Web message, compressed.
+func envelope(msg []byte) []byte {
+	return append([]byte{1, byte(len(msg) >> 24), byte(len(msg) >> 16), byte(len(msg) >> 8), byte(len(msg))}, msg...)
+}
+
+// Issue 19, item 2: a gzip bomb on a typed route is inflated only up to
+// --max-message-bytes, then refused with RESOURCE_EXHAUSTED (429 on REST
+// and Connect unary; in the stream's end on Connect streams and gRPC-Web).
+// The review measured 386 MB of peak RSS for one 63 KB request, and more
+// than 4 GB for a 1 MB one.
+func TestGzipBombsOnTypedRoutesAreBounded(t *testing.T) {
+	set := typedtest.CompileSet(t, map[string]string{"bomb/v1/bomb.proto": bombProto}, []string{"../../proto"}, "bomb/v1/bomb.proto")
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rules, []byte(bombRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	jsonBomb := gzipBomb(t, size, `{"text":"`, `"}`)
+	for _, tc := range []struct {
+		name, path string
+		header     http.Header
+		body       []byte
+	}{
+		{"Connect unary", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}, "Content-Encoding": {"gzip"}}, jsonBomb},
+		{"Connect stream", "/bomb.v1.Bomb/Ticks", http.Header{"Content-Type": {"application/connect+json"}, "Connect-Protocol-Version": {"1"}, "Connect-Content-Encoding": {"gzip"}}, envelope(jsonBomb)},
+		{"REST", "/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}, jsonBomb},
+		{"gRPC-Web JSON", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/grpc-web+json"}, "Grpc-Encoding": {"gzip"}}, envelope(jsonBomb)},
+		{"gRPC-Web proto", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/grpc-web+proto"}, "Grpc-Encoding": {"gzip"}},
+			envelope(gzipBomb(t, size, "\x0a\x80\x80\x80\x80\x04", ""))}, // text: a string of 1 GiB
+	} {
+		// A gateway of its own: peak RSS is a high-water mark.
+		g := startGateway(t, "--demo", "--descriptor-set", set, "--http-rules", rules)
+		before := peakRSS(t, g.cmd.Process.Pid)
+		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodPost, "http://"+g.httpAddr+tc.path, bytes.NewReader(tc.body))
+		req.Header = tc.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		after := peakRSS(t, g.cmd.Process.Pid)
+		got := fmt.Sprintf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Logf("%s, %d KiB of gzip: peak RSS %d KiB -> %d KiB; %.300s", tc.name, len(tc.body)>>10, before, after, got)
+		if grew := after - before; grew > 64<<10 {
+			t.Errorf("%s: peak RSS grew %d KiB", tc.name, grew)
+		}
+		if l := strings.ToLower(got); !strings.Contains(l, "resource_exhausted") && !strings.Contains(l, `"code":8,`) && !strings.Contains(l, "grpc-status:[8]") {
+			t.Errorf("%s: %.300s, want RESOURCE_EXHAUSTED", tc.name, got)
+		}
+		if tc.name == "REST" {
+			restStillServes(t, g)
+		}
+	}
+}
+
+// restStillServes checks that the bomb's routes serve plain and gzipped
+// requests within the limit.
+func restStillServes(t *testing.T, g *gateway) {
+	t.Helper()
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	_, _ = zw.Write([]byte(`{"text":"hi"}`))
+	_ = zw.Close()
+	for _, tc := range []struct {
+		path   string
+		header http.Header
+		body   []byte
+	}{
+		{"/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}}, []byte(`{"text":"hi"}`)},
+		{"/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}, zipped.Bytes()},
+		{"/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}, "Content-Encoding": {"gzip"}}, zipped.Bytes()},
+	} {
+		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodPost, "http://"+g.httpAddr+tc.path, bytes.NewReader(tc.body))
+		req.Header = tc.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"hi"`) {
+			t.Fatalf("%s %v after the bomb: %d %s", tc.path, tc.header, resp.StatusCode, body)
+		}
 	}
 }
