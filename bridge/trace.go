@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wsbridge/wsbridge/internal/jsonenc"
+	"github.com/wsbridge/wsbridge/internal/rpcscan"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // Tracing (Options.TracerProvider): each call to a backend is a client
@@ -70,7 +72,10 @@ func (b *Bridge) traceRequest(ctx context.Context, id uint64, s *slot) {
 // withTraceParam adds the call's trace context to params that are a JSON
 // object, as the member name: {"traceparent": "00-..."} (W3C Trace
 // Context), for a backend that continues the trace (Options.TraceParam).
-// Other params go unchanged: JSON-RPC has no headers.
+// A member of that name the client sent goes, every duplicate of it
+// however its name is escaped: parsers differ in which duplicate they
+// keep (Go, JavaScript and Python keep the last), and none may read the
+// client's. Other params go unchanged: JSON-RPC has no headers.
 func withTraceParam(ctx context.Context, name string, params json.RawMessage) json.RawMessage {
 	sc := trace.SpanContextFromContext(ctx)
 	trimmed := bytes.TrimLeft(params, " \t\r\n")
@@ -87,9 +92,47 @@ func withTraceParam(ctx context.Context, name string, params json.RawMessage) js
 	out = append(out, '-')
 	out = append(out, sc.TraceFlags().String()...)
 	out = append(out, `"}`...)
+	if hasMember(trimmed, name) {
+		for _, m := range membersWithout(trimmed, name) {
+			out = append(out, ',')
+			out = append(out, m...)
+		}
+		return append(out, '}')
+	}
 	rest := bytes.TrimLeft(trimmed[1:], " \t\r\n")
 	if len(rest) > 0 && rest[0] != '}' {
 		out = append(out, ',')
 	}
 	return append(out, rest...)
+}
+
+// hasMember reports whether the valid JSON object obj has a top-level
+// member called name (its key decoded).
+func hasMember(obj []byte, name string) bool {
+	found := false
+	_ = rpcscan.Object(obj, func(key, _ []byte) bool {
+		found = string(key) == name
+		return !found
+	})
+	return found
+}
+
+// membersWithout returns the spans (`"key": value`, as written) of the
+// top-level members of the valid JSON object obj, but those called name.
+func membersWithout(obj []byte, name string) [][]byte {
+	var kept [][]byte
+	i := rpcscan.SkipSpace(obj, 1)
+	for i < len(obj) && obj[i] == '"' {
+		kEnd := rpcscan.StringEnd(obj, i)
+		v := rpcscan.SkipSpace(obj, rpcscan.SkipSpace(obj, kEnd)+1) // past ':'
+		vEnd := rpcscan.ValueEnd(obj, v)
+		if key, _ := jsonrpc.String(obj[i:kEnd]); key != name {
+			kept = append(kept, obj[i:vEnd])
+		}
+		i = rpcscan.SkipSpace(obj, vEnd)
+		if i < len(obj) && obj[i] == ',' {
+			i = rpcscan.SkipSpace(obj, i+1)
+		}
+	}
+	return kept
 }

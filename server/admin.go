@@ -42,12 +42,14 @@ func serveLive(w http.ResponseWriter, _ *http.Request) {
 
 // adminServer is the admin listener's server: the operational routes and
 // Options.AdminHandler at /debug/. It asks for no token (the listener is
-// meant for a private address), except what AdminHandler asks itself.
+// meant for a private address), except what AdminHandler asks itself, but
+// checks the Host header (see checkAdminHost).
 func (s *Server) adminServer() *http.Server {
 	mux := http.NewServeMux()
 	s.registerOps(mux, s.admin)
 	if s.opts.AdminHandler != nil {
 		mux.Handle("/debug/", s.opts.AdminHandler)
 	}
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	return &http.Server{Handler: s.checkAdminHost(mux), ReadHeaderTimeout: s.opts.ReadHeaderTimeout, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: s.opts.MaxHeaderBytes, HTTP2: http2Limits()}
 }

@@ -34,7 +34,7 @@ type client struct {
 	// valid token; conn is that connection, closed once refused reaches
 	// maxRefusedPerConn (nil for HTTP clients and unknown connections).
 	refused atomic.Int64
-	conn    net.Conn
+	conn    *trackedConn
 	addr    string // the remote address, for the access log
 
 	budgetOnce sync.Once
@@ -73,9 +73,15 @@ func (c *client) refuse() {
 // connTracker is the gRPC listener, remembering each accepted connection
 // by its remote address until it closes, so that TagConn can give a
 // client its connection (grpc-go hands stats handlers addresses only).
+// With unauthIdle, it also closes each connection that has not
+// authenticated an RPC once it has carried no RPC for that long (see
+// Options.UnauthenticatedIdle): grpc-go's MaxConnectionIdle would close
+// authenticated idle connections too, and nothing closes a connection
+// whose header block never ends, which has no stream yet.
 type connTracker struct {
 	net.Listener
-	conns sync.Map // remote address -> net.Conn
+	conns      sync.Map      // remote address -> *trackedConn
+	unauthIdle time.Duration // 0: connections may idle unauthenticated
 }
 
 func (l *connTracker) Accept() (net.Conn, error) {
@@ -84,6 +90,9 @@ func (l *connTracker) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	tc := &trackedConn{Conn: c, l: l}
+	if l.unauthIdle > 0 {
+		tc.idle = time.AfterFunc(l.unauthIdle, tc.closeIfIdle)
+	}
 	l.conns.Store(c.RemoteAddr().String(), tc)
 	return tc, nil
 }
@@ -92,10 +101,73 @@ type trackedConn struct {
 	net.Conn
 	l    *connTracker
 	once sync.Once
+
+	// The unauthenticated idle timer (nil without one), and what it
+	// looks at; guarded by mu.
+	mu     sync.Mutex
+	idle   *time.Timer
+	authed bool // an RPC with a valid token came: the timer is stopped for good
+	rpcs   int  // RPCs running
+}
+
+// rpcBegin and rpcEnd count the connection's RPCs: it is not idle while
+// one runs, and its idle time starts again when the last ends.
+func (c *trackedConn) rpcBegin() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.rpcs++
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) rpcEnd() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rpcs > 0 {
+		c.rpcs--
+	}
+	if c.rpcs == 0 && !c.authed && c.idle != nil {
+		c.idle.Reset(c.l.unauthIdle)
+	}
+}
+
+// authenticated marks the connection as one that sent a valid token.
+func (c *trackedConn) authenticated() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.authed && c.idle != nil {
+		c.idle.Stop()
+	}
+	c.authed = true
+}
+
+// closeIfIdle is the idle timer's: it closes the connection unless it
+// authenticated or an RPC runs (whose end starts the timer again).
+func (c *trackedConn) closeIfIdle() {
+	c.mu.Lock()
+	idle := !c.authed && c.rpcs == 0
+	c.mu.Unlock()
+	if idle {
+		_ = c.Close()
+	}
 }
 
 func (c *trackedConn) Close() error {
-	c.once.Do(func() { c.l.conns.Delete(c.RemoteAddr().String()) })
+	c.once.Do(func() {
+		c.l.conns.Delete(c.RemoteAddr().String())
+		c.mu.Lock()
+		if c.idle != nil {
+			c.idle.Stop()
+		}
+		c.mu.Unlock()
+	})
 	return c.Conn.Close()
 }
 
@@ -152,7 +224,7 @@ func (g grpcStats) TagConn(ctx context.Context, info *stats.ConnTagInfo) context
 	}
 	if info.RemoteAddr != nil && g.s.grpcConns != nil {
 		if conn, ok := g.s.grpcConns.conns.Load(info.RemoteAddr.String()); ok {
-			c.conn = conn.(net.Conn)
+			c.conn = conn.(*trackedConn)
 		}
 	}
 	return context.WithValue(ctx, clientKey{}, c)
@@ -172,14 +244,22 @@ func (g grpcStats) HandleConn(ctx context.Context, st stats.ConnStats) {
 
 func (grpcStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
 
-// HandleRPC frees the slot of an RPC admitted without a token (see
-// tapAuth) when it ends.
+// HandleRPC counts the RPCs of each connection (see
+// trackedConn.rpcBegin), and frees the slot of an RPC admitted without a
+// token (see tapAuth) when it ends.
 func (g grpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
-	if _, end := st.(*stats.End); !end {
-		return
-	}
-	if slot, ok := ctx.Value(openSlotKey{}).(*openSlot); ok {
-		slot.free(g.s)
+	switch st.(type) {
+	case *stats.Begin:
+		if c := clientOf(ctx); c != nil {
+			c.conn.rpcBegin()
+		}
+	case *stats.End:
+		if c := clientOf(ctx); c != nil {
+			c.conn.rpcEnd()
+		}
+		if slot, ok := ctx.Value(openSlotKey{}).(*openSlot); ok {
+			slot.free(g.s)
+		}
 	}
 }
 
@@ -229,6 +309,9 @@ func (s *Server) tapAuth(ctx context.Context, info *tap.Info) (context.Context, 
 	}
 	if tok, ok := bearer(info.Header); ok {
 		if s.opts.Auth.Check(tok) {
+			if c := clientOf(ctx); c != nil {
+				c.conn.authenticated()
+			}
 			return context.WithValue(ctx, identityKey{}, &identity{token: tok}), nil
 		}
 		s.counters.unauthenticated.Add(1)

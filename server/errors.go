@@ -92,6 +92,23 @@ func mappingFor(err error) errorMapping {
 	return internalMapping
 }
 
+// clientMessage is what a client reads of err. A gateway error shows its
+// message, which says what happened ("backend unavailable (next dial in
+// 988ms)", "backend connection lost after the request was written ..."),
+// without its cause: a dial or socket error names internal addresses
+// ("dial tcp 10.0.3.7:8546: connect: connection refused", "read tcp
+// 127.0.0.1:54200->...: connection reset by peer"), and goes to the logs
+// and the stats (last_dial_error) only. A malformed reply keeps its
+// cause, which says what was wrong with the reply (not UTF-8, a binary
+// frame, a bad member), not where it came from.
+func clientMessage(err error) string {
+	var be *bridge.Error
+	if !errors.As(err, &be) || be.Code == bridge.CodeMalformedReply {
+		return err.Error()
+	}
+	return be.Message
+}
+
 // replyDue reports whether a JSON-RPC client gets a reply for a call that
 // ended with err (no reply goes to a caller that has gone).
 func replyDue(err error) bool { return err == nil || !mappingFor(err).NoReply }
@@ -109,7 +126,7 @@ func rpcErrorFor(err error) *jsonrpc.Error {
 	if errors.As(err, &be) && be.RPC != nil {
 		return &jsonrpc.Error{Code: m.JSONRPC, Message: be.RPC.Message, Data: be.RPC.Data}
 	}
-	e := &jsonrpc.Error{Code: m.JSONRPC, Message: err.Error()}
+	e := &jsonrpc.Error{Code: m.JSONRPC, Message: clientMessage(err)}
 	if reason := unavailableReason(err); reason != "" {
 		e.Data = json.RawMessage(`{"reason":"` + reason + `"}`)
 	}
@@ -151,7 +168,7 @@ func grpcError(err error) error {
 	m := mappingFor(err)
 	var be *bridge.Error
 	if !errors.As(err, &be) || be.RPC == nil {
-		st := status.New(m.GRPC, jsonrpc.CapMessage(err.Error()))
+		st := status.New(m.GRPC, jsonrpc.CapMessage(clientMessage(err)))
 		if reason := unavailableReason(err); reason != "" {
 			info := &errdetails.ErrorInfo{Reason: strings.ToUpper(reason), Domain: "wsbridge"}
 			if withDetails, derr := st.WithDetails(info); derr == nil {

@@ -37,9 +37,9 @@ const maxProtocolHeader = 4096
 // "bearer.<token>".
 func (s *Server) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.hostAllowed(r.Host) {
+		if !s.hostAllowed(r.Host, s.loopbackOnly) {
+			refuseHost(w)
 			s.counters.hostRefused.Add(1)
-			http.Error(w, "host not served here (see --allowed-hosts)", http.StatusMisdirectedRequest)
 			return
 		}
 		q := r.URL.Query()
@@ -91,20 +91,48 @@ func firstBearerProtocol(r *http.Request) (string, bool) {
 // listener, loopback names only, so that a web page on a DNS name that
 // resolves to 127.0.0.1 (DNS rebinding) cannot reach the gateway; on any
 // other listener, every name.
-func (s *Server) hostAllowed(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+func (s *Server) hostAllowed(hostport string, loopbackListener bool) bool {
+	host := hostName(hostport)
 	if len(s.opts.AllowedHosts) > 0 {
 		return glob.Any(s.opts.AllowedHosts, host)
 	}
-	if !s.loopbackOnly {
+	if !loopbackListener {
 		return true
 	}
 	ip := net.ParseIP(host)
 	return (ip != nil && ip.IsLoopback()) || host == "localhost" || strings.HasSuffix(host, ".localhost")
+}
+
+// hostName is the host of a Host header, lower case, without port,
+// brackets or a trailing dot.
+func hostName(hostport string) string {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+}
+
+func refuseHost(w http.ResponseWriter) {
+	http.Error(w, "host not served here (see --allowed-hosts)", http.StatusMisdirectedRequest)
+}
+
+// checkAdminHost wraps the admin listener's routes with the client
+// listener's Host rule (421 otherwise), so that a page rebinding its name
+// to a loopback admin listener reads no stats, metrics or profiles. A
+// Host that is an IP address always passes there: kubelet probes and
+// Prometheus scrapes name the pod's address, and a rebinding page can only
+// name its own DNS name.
+func (s *Server) checkAdminHost(next http.Handler) http.Handler {
+	loopback := isLoopback(s.adminLn.Addr())
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if net.ParseIP(hostName(r.Host)) == nil && !s.hostAllowed(r.Host, loopback) {
+			refuseHost(w)
+			s.counters.hostRefused.Add(1)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // serveHealthz is GET /healthz: 200 while the gateway is ready (backend

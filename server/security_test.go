@@ -292,8 +292,11 @@ func TestWSSBackendVerification(t *testing.T) {
 	t.Cleanup(be.Close)
 	wss := strings.Replace(be.URL, "https", "wss", 1)
 	h := start(t, wss, func(o *Options) { o.Bridge.Eager = true; o.Bridge.Backoff = bridge.Backoff{Base: time.Hour} })
-	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
+	if _, err := h.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("self-signed backend: %v", err)
+	}
+	if st, err := h.stats.GetStats(ctxT(t), nil); err != nil || !strings.Contains(st.GetLastDialError(), "certificate") {
+		t.Fatalf("last dial error %q (%v)", st.GetLastDialError(), err)
 	}
 	bridgetest.Eventually(t, "readiness NOT_SERVING", func() bool {
 		r, err := healthpb.NewHealthClient(h.conn).Check(ctxT(t), &healthpb.HealthCheckRequest{})

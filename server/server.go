@@ -116,6 +116,13 @@ type Options struct {
 	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
 	// Default 10 s.
 	ReadHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds the headers of one request on every listener:
+	// the gRPC header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE; a header
+	// block that grows past it, CONTINUATION after CONTINUATION, closes the
+	// connection), and the HTTP listeners' request headers (431 past it)
+	// and HTTP/2 header list. The HPACK tables stay at HTTP/2's 4 KiB.
+	// Default 64 KiB.
+	MaxHeaderBytes int
 	// MaxClients caps concurrent /ws clients; more get 503 at the
 	// handshake. 0: no cap.
 	MaxClients int
@@ -135,6 +142,13 @@ type Options struct {
 	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client queues the rest).
 	// Default 1024.
 	MaxStreamsPerConn int
+	// UnauthenticatedIdle, with Auth, closes a gRPC connection that has
+	// not authenticated an RPC once it has carried no RPC for this long:
+	// a bare connection, one whose header block never ends, one whose
+	// RPCs were all refused. One serving a tokenless RPC (health,
+	// reflection; at most MaxOpenRPCs at once) stays while it runs; an
+	// authenticated connection is never closed for idling. Default 10 s.
+	UnauthenticatedIdle time.Duration
 	// RevocationCheck is how often the tokens of open /ws clients and gRPC
 	// streams are checked again (Auth set): one whose token is no longer
 	// accepted is ended. Default 1 s.
@@ -171,8 +185,10 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.MaxOpenRPCs, 16)
 	defaults.Positive(&o.MaxStreamsPerConn, 1024)
 	defaults.Positive(&o.RevocationCheck, time.Second)
+	defaults.Positive(&o.UnauthenticatedIdle, 10*time.Second)
 	defaults.Positive(&o.MaxBatch, 1000)
 	defaults.Positive(&o.ReadHeaderTimeout, 10*time.Second)
+	defaults.Positive(&o.MaxHeaderBytes, 64<<10)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -309,6 +325,9 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("gRPC listener: %w", err)
 	}
 	s.grpcConns = &connTracker{Listener: grpcLn}
+	if opts.Auth != nil {
+		s.grpcConns.unauthIdle = opts.UnauthenticatedIdle
+	}
 	s.grpcLn = s.grpcConns
 	s.httpLn, err = net.Listen("tcp", opts.HTTPAddr)
 	if err != nil {
@@ -356,6 +375,9 @@ func New(opts Options) (*Server, error) {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		grpc.MaxRecvMsgSize(int(b.MaxMessageBytes())),
 		grpc.MaxConcurrentStreams(uint32(opts.MaxStreamsPerConn)),
+		// grpc-go's default (16 MiB) lets a header block that never ends
+		// hold that much of each connection before any token is checked.
+		grpc.MaxHeaderListSize(uint32(opts.MaxHeaderBytes)),
 		// Reused workers keep their grown stacks: a goroutine per call would
 		// grow a fresh stack through the bridge's call path every time.
 		grpc.NumStreamWorkers(256),
@@ -402,6 +424,8 @@ func New(opts Options) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           s.closeWhenStopping(s.httpTracing(handler)),
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		HTTP2:             http2Limits(),
 		// Bounds reading a request body; /ws clears it after the upgrade.
 		ReadTimeout: time.Minute,
 		IdleTimeout: 2 * time.Minute,
@@ -410,6 +434,13 @@ func New(opts Options) (*Server, error) {
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
+}
+
+// http2Limits are the HTTP listeners' HTTP/2 bounds besides the header
+// list (MaxHeaderBytes): HPACK tables of HTTP/2's default 4 KiB, whatever
+// a client asks.
+func http2Limits() *http.HTTP2Config {
+	return &http.HTTP2Config{MaxDecoderHeaderTableSize: 4096, MaxEncoderHeaderTableSize: 4096}
 }
 
 // AEADCipherSuites are the TLS 1.2 cipher suites the listeners offer:

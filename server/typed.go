@@ -200,6 +200,8 @@ func (s *Server) typedHTTP(api *typed.API, next http.Handler) (http.Handler, err
 		vanguard.WithUnknownHandler(next),
 		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec { return jsonRequests{vanguard.NewJSONCodec(res)} }),
 		vanguard.WithCodec(func(res vanguard.TypeResolver) vanguard.Codec { return protoRequests{vanguard.NewProtoCodec(res)} }),
+		// gzip inflates up to the message limit only (see inflate.go).
+		boundedGzip(s.bridge.MaxMessageBytes()),
 	}
 	if s.opts.HTTPRules != "" {
 		rules, err := loadHTTPRules(s.opts.HTTPRules, api)

@@ -210,7 +210,7 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		opts.AdminHandler = debugHandler(tokens) // pprof on the admin listener
 	}
 	if sf.debugAddr != "" {
-		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens)
+		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens, opts.MaxHeaderBytes)
 		if err != nil {
 			log.Error("cannot listen on --debug-addr", "err", err)
 			return 1
@@ -347,12 +347,12 @@ func backendClient(caFile string, insecure bool) (*http.Client, error) {
 // every path requires one, as the gateway's own faces do. The command line
 // it shows (/debug/pprof/cmdline) has its secrets redacted, as
 // --print-config has.
-func serveDebug(addr string, tokens interface{ Check(string) bool }) (func(), string, error) {
+func serveDebug(addr string, tokens interface{ Check(string) bool }, maxHeaderBytes int) (func(), string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, "", err
 	}
-	hs := &http.Server{Handler: debugHandler(tokens), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: debugHandler(tokens), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	return func() { hs.Close(); <-done }, ln.Addr().String(), nil

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,15 +17,19 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+	"github.com/wsbridge/wsbridge/typed/typedtest"
 )
 
 func tokenFile(t *testing.T, tokens string) string {
@@ -200,5 +208,232 @@ func TestCLIKeepsTokensOffPlaintext(t *testing.T) {
 	_, errOut, _ = cli(t, "call", "--grpc-addr", "192.0.2.1:9090", "--token-file", f, "--insecure", "--timeout", "100ms", "echo")
 	if strings.Contains(errOut, "in the clear") {
 		t.Fatalf("--insecure still refused: %q", errOut)
+	}
+}
+
+// endlessHeaderBlock opens a connection to a gRPC listener and sends a
+// request header block that never ends: HEADERS, then CONTINUATION frames
+// without END_HEADERS, size bytes of header fields in all. It returns once
+// they are sent or the gateway has closed the connection, and reports
+// which; the connection is left open.
+func endlessHeaderBlock(t *testing.T, addr string, size int) (conn net.Conn, closed bool) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // the gateway's SETTINGS, pings, GOAWAY
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				t.Logf("GOAWAY %v %q", ga.ErrCode, ga.DebugData())
+			}
+		}
+	}()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/wsbridge.v1.BridgeService/Call"}, {Name: ":authority", Value: addr},
+		{Name: "content-type", Value: "application/grpc"}} {
+		_ = enc.WriteField(f)
+	}
+	pad := strings.Repeat("p", 4000)
+	first := true
+	for sent := 0; sent < size; {
+		for block.Len()+len(pad)+16 < 16<<10 { // a frame is at most 16 KiB
+			_ = enc.WriteField(hpack.HeaderField{Name: "x-pad", Value: pad, Sensitive: true}) // never indexed
+		}
+		sent += block.Len()
+		if first {
+			err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes()})
+			first = false
+		} else {
+			err = fr.WriteContinuation(1, false, block.Bytes())
+		}
+		if err != nil {
+			return conn, true
+		}
+		block.Reset()
+	}
+	return conn, false
+}
+
+// Issue 19, item 1: a header block that never ends (HEADERS, then
+// CONTINUATION frames without END_HEADERS) is bounded by the header list
+// limit, before any token is checked. The review measured 21 MB -> 412 MB
+// for 10 tokenless connections carrying 15 MiB each, none closed; each
+// is now closed once its block passes --max-header-bytes.
+func TestEndlessHeaderBlocksHoldLittleMemory(t *testing.T) {
+	g := startGateway(t, "--demo", "--auth-token-file", tokenFile(t, "s3cret\n"))
+	before := peakRSS(t, g.cmd.Process.Pid)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	closed := 0
+	for range 10 {
+		wg.Go(func() {
+			if _, c := endlessHeaderBlock(t, g.grpcAddr, 15<<20); c {
+				mu.Lock()
+				closed++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	// The blocks are all in; the gateway answers a call with the token.
+	if _, err := g.bridge.Call(metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer s3cret"), &wsbridgev1.CallRequest{Method: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	after := peakRSS(t, g.cmd.Process.Pid)
+	t.Logf("peak RSS %d KiB before, %d KiB after 10 endless 15 MiB header blocks (%d connections closed by the gateway while sending)", before, after, closed)
+	if grew := after - before; grew > 64<<10 {
+		t.Errorf("10 endless header blocks: peak RSS grew %d KiB", grew)
+	}
+	if closed != 10 {
+		t.Errorf("%d of the 10 connections closed", closed)
+	}
+}
+
+// bombProto is a typed API over the demo backend with a unary rpc, a
+// server-streaming one and a REST route.
+const bombProto = `syntax = "proto3";
+package bomb.v1;
+import "wsbridge/v1/options.proto";
+
+service Bomb {
+  option (wsbridge.v1.jsonrpc_service) = {};
+  rpc Echo(Payload) returns (Payload);
+  rpc Ticks(TicksRequest) returns (stream Tick) {
+    option (wsbridge.v1.jsonrpc) = {method: "demo_subscribe", params: PARAMS_SHAPE_POSITIONAL};
+  }
+}
+message Payload { string text = 1; }
+message TicksRequest { int32 interval_ms = 1; }
+message Tick { int64 seq = 1; }
+`
+
+const bombRules = `type: google.api.Service
+config_version: 3
+http:
+  rules:
+    - selector: bomb.v1.Bomb.Echo
+      post: /v1/bomb/echo
+      body: "*"
+`
+
+// gzipBomb is about size bytes of gzip that inflate about a thousand
+// times: prefix, then 'a' after 'a', then suffix (gzip members one after
+// another inflate as one stream).
+func gzipBomb(t *testing.T, size int, prefix, suffix string) []byte {
+	t.Helper()
+	member := func(s []byte) []byte {
+		var b bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+		_, _ = w.Write(s)
+		_ = w.Close()
+		return b.Bytes()
+	}
+	out := member([]byte(prefix))
+	as := member(bytes.Repeat([]byte("a"), 8<<20))
+	for len(out) < size {
+		out = append(out, as...)
+	}
+	return append(out, member([]byte(suffix))...)
+}
+
+// envelope frames msg as one Connect or gRPC-Web message, compressed.
+func envelope(msg []byte) []byte {
+	return append([]byte{1, byte(len(msg) >> 24), byte(len(msg) >> 16), byte(len(msg) >> 8), byte(len(msg))}, msg...)
+}
+
+// Issue 19, item 2: a gzip bomb on a typed route is inflated only up to
+// --max-message-bytes, then refused with RESOURCE_EXHAUSTED (429 on REST
+// and Connect unary; in the stream's end on Connect streams and gRPC-Web).
+// The review measured 386 MB of peak RSS for one 63 KB request, and more
+// than 4 GB for a 1 MB one.
+func TestGzipBombsOnTypedRoutesAreBounded(t *testing.T) {
+	set := typedtest.CompileSet(t, map[string]string{"bomb/v1/bomb.proto": bombProto}, []string{"../../proto"}, "bomb/v1/bomb.proto")
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rules, []byte(bombRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	jsonBomb := gzipBomb(t, size, `{"text":"`, `"}`)
+	for _, tc := range []struct {
+		name, path string
+		header     http.Header
+		body       []byte
+	}{
+		{"Connect unary", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}, "Content-Encoding": {"gzip"}}, jsonBomb},
+		{"Connect stream", "/bomb.v1.Bomb/Ticks", http.Header{"Content-Type": {"application/connect+json"}, "Connect-Protocol-Version": {"1"}, "Connect-Content-Encoding": {"gzip"}}, envelope(jsonBomb)},
+		{"REST", "/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}, jsonBomb},
+		{"gRPC-Web JSON", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/grpc-web+json"}, "Grpc-Encoding": {"gzip"}}, envelope(jsonBomb)},
+		{"gRPC-Web proto", "/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/grpc-web+proto"}, "Grpc-Encoding": {"gzip"}},
+			envelope(gzipBomb(t, size, "\x0a\x80\x80\x80\x80\x04", ""))}, // text: a string of 1 GiB
+	} {
+		// A gateway of its own: peak RSS is a high-water mark.
+		g := startGateway(t, "--demo", "--descriptor-set", set, "--http-rules", rules)
+		before := peakRSS(t, g.cmd.Process.Pid)
+		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodPost, "http://"+g.httpAddr+tc.path, bytes.NewReader(tc.body))
+		req.Header = tc.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		after := peakRSS(t, g.cmd.Process.Pid)
+		got := fmt.Sprintf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Logf("%s, %d KiB of gzip: peak RSS %d KiB -> %d KiB; %.300s", tc.name, len(tc.body)>>10, before, after, got)
+		if grew := after - before; grew > 64<<10 {
+			t.Errorf("%s: peak RSS grew %d KiB", tc.name, grew)
+		}
+		if l := strings.ToLower(got); !strings.Contains(l, "resource_exhausted") && !strings.Contains(l, `"code":8,`) && !strings.Contains(l, "grpc-status:[8]") {
+			t.Errorf("%s: %.300s, want RESOURCE_EXHAUSTED", tc.name, got)
+		}
+		if tc.name == "REST" {
+			restStillServes(t, g)
+		}
+	}
+}
+
+// restStillServes checks that the bomb's routes serve plain and gzipped
+// requests within the limit.
+func restStillServes(t *testing.T, g *gateway) {
+	t.Helper()
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	_, _ = zw.Write([]byte(`{"text":"hi"}`))
+	_ = zw.Close()
+	for _, tc := range []struct {
+		path   string
+		header http.Header
+		body   []byte
+	}{
+		{"/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}}, []byte(`{"text":"hi"}`)},
+		{"/v1/bomb/echo", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}, zipped.Bytes()},
+		{"/bomb.v1.Bomb/Echo", http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}, "Content-Encoding": {"gzip"}}, zipped.Bytes()},
+	} {
+		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodPost, "http://"+g.httpAddr+tc.path, bytes.NewReader(tc.body))
+		req.Header = tc.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"hi"`) {
+			t.Fatalf("%s %v after the bomb: %d %s", tc.path, tc.header, resp.StatusCode, body)
+		}
 	}
 }

@@ -108,7 +108,9 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.int(&bo.MaxSubscriptionsPerConsumer, "max-subscriptions-per-client", 256, "most backend subscriptions one /ws client or Session may hold (0: no limit)")
 	fs.int(&bo.MaxListensPerConsumer, "max-listeners-per-client", 64, "most notification methods one /ws client, Session or Subscribe stream may listen to (0: no limit)")
 	fs.int(&o.MaxOpenRPCs, "max-unauthenticated-rpcs", 16, "with --auth-token-file: most RPCs to health and reflection served at once without a token")
+	fs.duration(&o.UnauthenticatedIdle, "unauthenticated-idle-timeout", 10*time.Second, "with --auth-token-file: close a gRPC connection that has not authenticated an RPC once it has carried no RPC for this long")
 	fs.int(&o.MaxStreamsPerConn, "max-streams-per-conn", 1024, "most concurrent streams on one gRPC connection (the client queues the rest)")
+	fs.int(&o.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest request header block on every listener: the gRPC and HTTP/2 header list, HTTP/1.1 headers (431 past it)")
 	fs.int(&o.MaxBatch, "max-batch", 1000, "most requests in one JSON-RPC batch (/ws, /rpc); a larger batch is refused whole")
 	sf.metricsMethods = fs.list("metrics-methods", ",", nil, "comma-separated method names that may appear as a label in /metrics (others are \"other\")")
 	fs.StringVar(&sf.debugAddr, "debug-addr", "", "serve net/http/pprof on this address (keep it private; off when empty)")
@@ -243,7 +245,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
 		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
 		"hedge-after": sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
-		"shutdown-grace": o.ShutdownGrace, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
+		"shutdown-grace": o.ShutdownGrace, "unauthenticated-idle-timeout": o.UnauthenticatedIdle, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] <= 0 {
@@ -262,7 +264,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 	atLeastOne := map[string]int64{"backend-conns": int64(bo.Conns), "max-inflight": int64(bo.MaxInFlight),
 		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch),
 		"client-buffer-bytes": o.ClientBufferBytes, "max-unauthenticated-rpcs": int64(o.MaxOpenRPCs), "max-streams-per-conn": int64(o.MaxStreamsPerConn),
-		"breaker-failures": int64(bo.BreakerFailures)}
+		"max-header-bytes": int64(o.MaxHeaderBytes), "breaker-failures": int64(bo.BreakerFailures)}
 	for _, name := range sortedKeys(atLeastOne) {
 		if atLeastOne[name] < 1 {
 			return fs.badValue(name, "must be at least 1")
