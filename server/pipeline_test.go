@@ -244,7 +244,7 @@ func TestSessionCloseCancelsACallItHadNotSeen(t *testing.T) {
 	h := start(t, demoBackend(t), nil)
 	ss := h.srv.newSession(context.Background(), faceSession, discardOut{}, false)
 	ss.hold()
-	if err := ss.claim("k"); err != nil {
+	if err := ss.claim("k", 0); err != nil {
 		t.Fatal(err)
 	}
 	closed := make(chan struct{})
@@ -260,7 +260,7 @@ func TestSessionCloseCancelsACallItHadNotSeen(t *testing.T) {
 	cancelled := make(chan struct{})
 	ss.setCancel("k", func() {
 		close(cancelled)
-		ss.unclaim("k")
+		ss.unclaim("k", 0)
 		ss.answered()
 	})
 	select {

@@ -53,6 +53,8 @@ type session struct {
 	leaving    bool              // out.leave was called: no call starts any more
 	closed     bool              // the client has gone: no call starts any more
 	cancelling bool              // cancelAll has run: a call's cancel is called as soon as it is known
+	inBytes    int64             // the client's bytes held: requests in flight (requestBytes), and what the face holds to write (charge)
+	room       chan struct{}     // closed when inBytes drops below the budget, for waitForRoom; nil when nobody waits
 }
 
 // sessionOut is a face's side of a session: where replies and
@@ -216,12 +218,13 @@ func (ss *session) call(r jsonrpc.Request, co bridge.CallOptions, done func(repl
 		done(reply{id: r.ID, result: res, err: err}, release)
 	}
 	key := jsonrpc.IDKey(r.ID)
-	if err := ss.claim(key); err != nil {
+	size := requestBytes(r)
+	if err := ss.claim(key, size); err != nil {
 		finish(nil, noRelease, err)
 		return
 	}
 	cancel := ss.dispatch(r.Method, r.Params, co, func(res json.RawMessage, release func(), err error) {
-		ss.unclaim(key) // before the reply leaves: the client may reuse the id once it has it
+		ss.unclaim(key, size) // before the reply leaves: the client may reuse the id once it has it
 		finish(res, release, err)
 	})
 	ss.setCancel(key, cancel)
@@ -320,8 +323,9 @@ func (ss *session) forward(r jsonrpc.Request) {
 	s := ss.s
 	obs := s.observe(ss.ctx, ss.face, r.Method, len(r.Params), nil, nil)
 	err := s.checkMethod(r.Method, ss.consumer != nil, true)
+	size := requestBytes(r)
 	if err == nil {
-		err = ss.claimNotify()
+		err = ss.claimNotify(size)
 	}
 	if err != nil {
 		obs.done(0, err)
@@ -337,6 +341,7 @@ func (ss *session) forward(r jsonrpc.Request) {
 		}
 		ss.mu.Lock()
 		ss.notifies--
+		ss.refundLocked(size)
 		ss.mu.Unlock()
 		s.release(ss.client)
 	}()
@@ -360,7 +365,7 @@ func (ss *session) refusal(r jsonrpc.Request, err error) reply {
 // claim registers a call id as in flight, or returns why it cannot be: the
 // client is leaving, the id is already in flight, or the client is at its
 // in-flight limit.
-func (ss *session) claim(key string) error {
+func (ss *session) claim(key string, size int64) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.leaving || ss.closed {
@@ -376,13 +381,14 @@ func (ss *session) claim(key string) error {
 		ss.inflight = map[string]func(){} // made on the first call: an idle client holds none
 	}
 	ss.inflight[key] = nil
+	ss.inBytes += size
 	return nil
 }
 
 // claimNotify counts a notification being forwarded, against the cap. Its
 // goroutine is added to notifying under mu, so that close (which sets
 // closed under mu, then waits) never races an Add.
-func (ss *session) claimNotify() error {
+func (ss *session) claimNotify(size int64) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.leaving || ss.closed {
@@ -392,6 +398,7 @@ func (ss *session) claimNotify() error {
 		return err
 	}
 	ss.notifies++
+	ss.inBytes += size
 	ss.notifying.Add(1)
 	return nil
 }
@@ -413,11 +420,69 @@ func (ss *session) setCancel(key string, cancel func()) {
 	}
 }
 
-func (ss *session) unclaim(key string) {
+func (ss *session) unclaim(key string, size int64) {
 	ss.mu.Lock()
 	delete(ss.inflight, key)
+	ss.refundLocked(size)
 	ss.mu.Unlock()
 	ss.s.release(ss.client)
+}
+
+// charge counts n bytes the face holds for the client (replies and
+// notifications waiting to be written) against its byte budget;
+// refund gives them back once written.
+func (ss *session) charge(n int64) {
+	ss.mu.Lock()
+	ss.inBytes += n
+	ss.mu.Unlock()
+}
+
+func (ss *session) refund(n int64) {
+	ss.mu.Lock()
+	ss.refundLocked(n)
+	ss.mu.Unlock()
+}
+
+// requestBytes is what a request holds while it is in flight, for the
+// client's byte budget: its message, and its frame to the backend.
+func requestBytes(r jsonrpc.Request) int64 { return 2 * int64(len(r.ID)+len(r.Method)+len(r.Params)) }
+
+// refundLocked gives back the bytes of a request that has ended, and wakes
+// a reader waiting for room. ss.mu must be held.
+func (ss *session) refundLocked(size int64) {
+	ss.inBytes -= size
+	if ss.room != nil && ss.inBytes < ss.s.opts.ClientBufferBytes {
+		close(ss.room)
+		ss.room = nil
+	}
+}
+
+// waitForRoom is backpressure: the client's reader calls it before it
+// reads the next message, and it waits while the client's bytes held (its
+// requests in flight, and on /ws its replies and notifications not yet
+// written) fill its byte budget (ClientBufferBytes), so that a client
+// cannot make the gateway hold more than that by sending requests faster
+// than it reads their replies: the transport's flow control (TCP, HTTP/2)
+// holds the rest, and a client that does not read at all is ended as too
+// slow by its writer. It reports false when done is closed first.
+func (ss *session) waitForRoom(done <-chan struct{}) bool {
+	for {
+		ss.mu.Lock()
+		if ss.inBytes < ss.s.opts.ClientBufferBytes || ss.closed {
+			ss.mu.Unlock()
+			return true
+		}
+		if ss.room == nil {
+			ss.room = make(chan struct{})
+		}
+		room := ss.room
+		ss.mu.Unlock()
+		select {
+		case <-room:
+		case <-done:
+			return false
+		}
+	}
 }
 
 // hold counts a reply that is due (a call's or a batch's).

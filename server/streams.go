@@ -225,6 +225,10 @@ func (svc bridgeService) Session(stream wsbridgev1.BridgeService_SessionServer) 
 	recvDone := make(chan error, 1)
 	go func() {
 		for {
+			if !ss.waitForRoom(ctx.Done()) { // backpressure (see session.waitForRoom)
+				recvDone <- ctx.Err()
+				return
+			}
 			req, err := stream.Recv()
 			if err != nil {
 				recvDone <- err

@@ -67,6 +67,10 @@ type wsClient struct {
 	taskMu  sync.Mutex
 	stopped bool // guarded by taskMu: the handler waits for tasks; start no more
 	pinging bool // guarded by taskMu: a ping waits for its pong
+	// paused is set while the reader waits for room in the client's byte
+	// budget (backpressure): pings are not sent, and one under way that
+	// gets no pong meanwhile does not end the client.
+	paused atomic.Bool
 }
 
 // serveWS upgrades the request and hands the client to a goroutine of the
@@ -115,7 +119,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c.w = writer.New(writer.Options[[]byte]{
 		Sock: c.sock, Queue: c.out, Timeout: s.opts.ClientWriteTimeout, Done: c.ended,
-		Write: c.write, Fail: c.writeFailed,
+		Write: c.write, Written: c.written, Fail: c.writeFailed,
 	})
 	// The session outlives the upgrade request; it keeps the request's
 	// client and, for tracing, its span as the parent of its calls'.
@@ -270,6 +274,15 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // -32700; replies always go out as text.
 func (c *wsClient) readLoop(ss *session) error {
 	for {
+		// Backpressure: no more of the client's requests while those in
+		// flight hold its byte budget. (No ping meanwhile: its pong would
+		// wait behind the requests not read.)
+		c.paused.Store(true)
+		room := ss.waitForRoom(c.ended)
+		c.paused.Store(false)
+		if !room {
+			return nil // ended while waiting
+		}
 		if !c.rstate.CompareAndSwap(readerIn, readerBetween) {
 			return nil // a close has taken over
 		}
@@ -331,8 +344,17 @@ func (c *wsClient) endSlow(reason string) { c.end(websocket.StatusPolicyViolatio
 func (c *wsClient) send(frame []byte, alone bool) bool {
 	if frame != nil {
 		c.st.sent()
+		c.ss.charge(int64(len(frame))) // until written (see written)
 	}
 	return c.w.Send(frame, alone)
+}
+
+// written gives a frame's bytes back to the client's budget once it is
+// written (the writer's Written).
+func (c *wsClient) written(frame []byte) {
+	if frame != nil {
+		c.ss.refund(int64(len(frame)))
+	}
 }
 
 // write writes frames to the client (the writer's Write); a nil frame,
@@ -366,7 +388,7 @@ func (c *wsClient) pingTick() {
 	if c.stopped {
 		return
 	}
-	if !c.pinging {
+	if !c.pinging && !c.paused.Load() {
 		c.pinging = true
 		c.tasks.Go(func() {
 			c.pingOnce()
@@ -382,7 +404,7 @@ func (c *wsClient) pingTick() {
 func (c *wsClient) pingOnce() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.opts.ClientWriteTimeout)
 	defer cancel()
-	if err := c.conn.Ping(ctx); err != nil {
+	if err := c.conn.Ping(ctx); err != nil && !c.paused.Load() {
 		c.end(websocket.StatusPolicyViolation, "no pong")
 	}
 }
