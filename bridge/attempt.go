@@ -30,6 +30,7 @@ type attempt struct {
 	mu sync.Mutex
 	// Guarded by mu.
 	aborted Code               // set by abort: no start from now on
+	avoid   *backend           // the backend the router passes over (a connection broke under the request there)
 	op      *op                // the request registered on conn, if any
 	conn    *conn              //
 	stop    context.CancelFunc // ends the goroutine waiting for a connection, if any
@@ -55,6 +56,9 @@ func (a *attempt) start(avoid *backend) {
 		if avoid == nil {
 			avoid = a.r.avoid
 		}
+		a.mu.Lock()
+		a.avoid = avoid
+		a.mu.Unlock()
 		if be := b.router.pick(avoid); be != nil {
 			s = be.pickSlot()
 		}
@@ -98,52 +102,55 @@ func (a *attempt) wait(s *slot) {
 }
 
 // waitConn returns a connection for the request, starting from slot s
-// (nil: no backend was usable). Among several backends, one that refuses
-// (backing off, or its dial failed) passes the request to another; a
-// wait-for-ready request waits for any of them, not for the one it
-// happened to pick, which may never come back.
+// (nil: no backend was usable). A request pinned to a slot, or with one
+// backend, waits on that slot (for its dial; through its backoff with
+// wait-for-ready). Among several backends a request waits for no
+// backend's dial in particular: it looks again at every change of any
+// backend's state and goes to the first usable one with an open
+// connection (the router prefers those), so that a slow dial holds it
+// only while no other backend can take it. It fails fast when no backend
+// is usable and none is dialling, unless it waits for ready.
 func (a *attempt) waitConn(ctx context.Context, s *slot) (*conn, error) {
-	b := a.b
-	r := a.r
-	several := r.slot < 0 && len(b.backends) > 1
-	moved := 0
-	for {
-		var err error
+	b, r := a.b, a.r
+	if r.slot >= 0 || len(b.backends) == 1 {
 		if s == nil {
-			err = b.noBackend()
-		} else {
-			if r.span != nil && s.currentState() != StateConnected {
-				r.span.AddEvent("backend.dial", trace.WithAttributes(attribute.String("server.address", s.be.displayURL)))
-			}
-			var c *conn
-			if c, err = s.conn(ctx, r.waitForReady && !several); err == nil {
-				return c, nil
-			}
+			s = b.backends[0].pickSlot()
 		}
-		if ctx.Err() != nil {
+		a.traceDial(s)
+		c, err := s.conn(ctx, r.waitForReady)
+		if err != nil && ctx.Err() != nil {
 			return nil, a.ctxErr()
 		}
-		if several && CodeOf(err) == CodeUnavailable {
-			if s != nil && moved < len(b.backends)-1 {
-				moved++ // never written: another backend may take it
-				if be := b.router.pick(s.be); be != nil && be != s.be {
-					s = be.pickSlot()
-					continue
-				}
+		return c, err
+	}
+	for {
+		changes := b.changes() // before looking: no change is missed
+		if s != nil {
+			if c := s.openConn(); c != nil {
+				return c, nil
 			}
-			if r.waitForReady && b.awaitChange(ctx) {
-				moved = 0 // every backend refused: pick again once one changes
-				s = nil
-				if be := b.router.pick(r.avoid); be != nil {
-					s = be.pickSlot()
-				}
-				continue
-			}
-			if ctx.Err() != nil {
-				return nil, a.ctxErr()
-			}
+			a.traceDial(s)
+			s.kickDial()
+		} else if !r.waitForReady && !b.dialling() {
+			return nil, b.noBackend()
 		}
-		return nil, err
+		if !b.awaitChange(ctx, changes) {
+			return nil, a.ctxErr()
+		}
+		s = nil
+		a.mu.Lock()
+		avoid := a.avoid
+		a.mu.Unlock()
+		if be := b.router.pick(avoid); be != nil {
+			s = be.pickSlot()
+		}
+	}
+}
+
+// traceDial notes on the call's span that it waits for a dial of s.
+func (a *attempt) traceDial(s *slot) {
+	if a.r.span != nil && s.currentState() != StateConnected {
+		a.r.span.AddEvent("backend.dial", trace.WithAttributes(attribute.String("server.address", s.be.displayURL)))
 	}
 }
 
@@ -223,6 +230,12 @@ func (a *attempt) opEnded(res result) {
 	o := outcome{value: res.value, err: res.err}
 	if c != nil {
 		o.be = c.slot.be
+		switch {
+		case answered(o.err):
+			o.be.requestEnded(false)
+		case CodeOf(o.err) == CodeReplyLost && !a.b.closing.Load():
+			o.be.requestEnded(true)
+		}
 	}
 	a.finish(o)
 }
@@ -260,6 +273,9 @@ func (a *attempt) abort(code Code) {
 		err = errShutDownWritten()
 	case written:
 		c.sendCancel(o.id)
+		if code == CodeDeadlineExceeded {
+			c.slot.be.requestEnded(true) // the backend did not answer in time
+		}
 	}
 	o.complete(result{err: err})
 }

@@ -83,6 +83,13 @@ type backend struct {
 	openUntil time.Time // the breaker is open until then
 	probeAt   time.Time // when the half-open breaker's one probe was taken; zero: not taken
 	healthErr error     // the last health call's error; nil when it passed
+	head      uint64    // the health method's last value, read as a number (Options.MaxLag)
+	headOK    bool      // head was read
+	lagging   bool      // head trails the others' by more than Options.MaxLag
+	// Passive outlier detection (Options.OutlierFailures): requests that
+	// failed in a row (timeouts, lost replies), and the end of an ejection.
+	outlierFailures int
+	ejectedUntil    time.Time
 	// Guarded by router.rrMu.
 	current int // smooth weighted round-robin state
 
@@ -93,7 +100,7 @@ type backend struct {
 type backendCounters struct {
 	connects, reconnects, dialFailures, idleCloses atomic.Uint64
 	framesOut, requestsOut, transportErrors        atomic.Uint64
-	breakerOpens                                   atomic.Uint64
+	breakerOpens, ejections                        atomic.Uint64
 }
 
 func newBackend(b *Bridge, idx int, opts BackendOptions) *backend {

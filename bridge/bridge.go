@@ -46,6 +46,18 @@ type Options struct {
 	// an answer, not a failure) gets no calls until it passes again.
 	HealthMethod                  string
 	HealthInterval, HealthTimeout time.Duration
+	// MaxLag, with a HealthMethod, reads each health result as a number
+	// (decimal, or a 0x quantity: eth_blockNumber's block height, any
+	// monotonic counter): a backend whose value trails the highest of the
+	// healthy, connected backends by more than MaxLag gets no calls until
+	// it catches up. 0: off.
+	MaxLag uint64
+	// OutlierFailures, if positive, ejects a backend whose requests timed
+	// out or lost their replies that many times in a row, for
+	// OutlierEjection (default 30 s); the last backend taking calls is
+	// never ejected. Passive outlier detection, as Envoy's.
+	OutlierFailures int
+	OutlierEjection time.Duration
 	// IdleTimeout, if positive, closes a lazily dialled backend connection
 	// that has had no call, subscription or listener for that long; the
 	// next call dials again.
@@ -179,6 +191,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.BreakerCooldown, 10*time.Second)
 	defaults.Positive(&o.HealthInterval, 10*time.Second)
 	defaults.Positive(&o.HealthTimeout, 2*time.Second)
+	defaults.Positive(&o.OutlierEjection, 30*time.Second)
 	defaults.Positive(&o.CacheMaxEntries, 10000)
 	defaults.Positive(&o.CacheMaxBytes, 64<<20)
 	defaults.Positive(&o.DialTimeout, 5*time.Second)
@@ -372,22 +385,40 @@ func (b *Bridge) stateChange() {
 	}
 }
 
-// awaitChange waits for the next change of a slot's state or a backend's
-// breaker or health, or for the Backoff base at most (a breaker's cooldown
-// ends without an event). It reports false when ctx ended first.
-func (b *Bridge) awaitChange(ctx context.Context) bool {
+// changes returns the channel closed at the next change of a slot's
+// state or a backend's breaker, health, lag or ejection.
+func (b *Bridge) changes() <-chan struct{} {
 	b.changedMu.Lock()
-	changed := b.changed
-	b.changedMu.Unlock()
+	defer b.changedMu.Unlock()
+	return b.changed
+}
+
+// awaitChange waits until changes (from b.changes) is closed, or for the
+// Backoff base at most (a breaker's cooldown and an ejection end without
+// an event). It reports false when ctx ended first.
+func (b *Bridge) awaitChange(ctx context.Context, changes <-chan struct{}) bool {
 	t := time.NewTimer(b.opts.Backoff.Base)
 	defer t.Stop()
 	select {
-	case <-changed:
+	case <-changes:
 	case <-t.C:
 	case <-ctx.Done():
 		return false
 	}
 	return true
+}
+
+// awaitNextChange is awaitChange for the next change from now.
+func (b *Bridge) awaitNextChange(ctx context.Context) bool { return b.awaitChange(ctx, b.changes()) }
+
+// dialling reports whether a dial is under way on any slot.
+func (b *Bridge) dialling() bool {
+	for _, s := range b.slots {
+		if s.currentState() == StateConnecting {
+			return true
+		}
+	}
+	return false
 }
 
 // CheckURL reports whether raw can be a backend URL, in an error that says
@@ -744,10 +775,25 @@ type Stats struct {
 
 // BackendStats are one backend's figures.
 type BackendStats struct {
-	URL       string // see DisplayURL
-	State     State  // the best of its connections
-	Available bool   // it takes calls (see Balance)
-	Breaker   BreakerState
+	URL   string // see DisplayURL
+	State State  // the best of its connections
+	// Connectivity is its state as a gRPC channel's (see Connectivity).
+	Connectivity Connectivity
+	// Available: it takes calls (see Balance, Bridge.Ready); when not,
+	// Unavailable says why (UnavailableFailing, ...).
+	Available   bool
+	Unavailable string
+	Breaker     BreakerState
+	// LastDialError is its most recent failed dial's error and
+	// LastDialErrorAt its time (zero when none has failed).
+	LastDialError   string
+	LastDialErrorAt time.Time
+	// Head is its health method's last value read as a number (MaxLag),
+	// when there is one.
+	Head    uint64
+	HeadSet bool
+	// Ejections counts its passive outlier ejections (OutlierFailures).
+	Ejections uint64
 	// HealthError is the last failed health call's error ("" when it
 	// passes, or when there is no health method).
 	HealthError string
@@ -788,19 +834,26 @@ func (b *Bridge) Stats() Stats {
 	st.FramesOut, st.Retries, st.Hedges = b.counters.framesOut.Load(), b.counters.retries.Load(), b.counters.hedges.Load()
 	st.Coalesced, st.CacheHits = b.policies.coalesced.Load(), b.policies.cacheHits.Load()
 	for _, be := range b.backends {
-		bs := BackendStats{URL: be.displayURL, Available: be.available(), Breaker: be.breaker(), Waiting: be.waiting(),
+		why := be.unavailable(true)
+		bs := BackendStats{URL: be.displayURL, Connectivity: be.connectivity(), Available: why == "", Unavailable: why,
+			Breaker: be.breaker(), Waiting: be.waiting(),
 			Connects: be.counters.connects.Load(), Reconnects: be.counters.reconnects.Load(),
 			DialFailures: be.counters.dialFailures.Load(), IdleCloses: be.counters.idleCloses.Load(),
 			FramesOut: be.counters.framesOut.Load(), RequestsOut: be.counters.requestsOut.Load(),
 			TransportErrors: be.counters.transportErrors.Load(), BreakerOpens: be.counters.breakerOpens.Load(),
-			Latency: be.lat.Summary()}
+			Ejections: be.counters.ejections.Load(), Latency: be.lat.Summary()}
 		be.mu.Lock()
 		if be.healthErr != nil {
 			bs.HealthError = be.healthErr.Error()
 		}
+		bs.Head, bs.HeadSet = be.head, be.headOK
 		be.mu.Unlock()
 		for _, s := range be.slots {
-			bs.State = max(bs.State, s.currentState())
+			snap := s.snapshot()
+			bs.State = max(bs.State, snap.state)
+			if snap.lastErr != nil && snap.lastErrAt.After(bs.LastDialErrorAt) {
+				bs.LastDialError, bs.LastDialErrorAt = snap.lastErr.Error(), snap.lastErrAt
+			}
 		}
 		st.Backends = append(st.Backends, bs)
 	}
@@ -836,13 +889,16 @@ func (b *Bridge) State() State {
 	return st
 }
 
-// Ready reports whether the Bridge can be expected to carry calls: false
-// once every slot's last dial failed, until a dial succeeds. A lazy Bridge
-// that has not dialled yet, or that lost a connection and has not dialled
-// since, is ready: nothing says the backend is down.
+// Ready reports whether the Bridge can be expected to carry calls: while
+// at least one backend is available (ready, or connecting or idle with no
+// failure known; its breaker not open, its health call passing, not
+// lagging, not ejected). A lazy Bridge that has not dialled yet is ready:
+// nothing says the backend is down. One whose every backend failed its
+// last dial is not, until a dial succeeds: the failing backends redial in
+// the background, so this becomes true again without a call to try them.
 func (b *Bridge) Ready() bool {
-	for _, s := range b.slots {
-		if s.ready() {
+	for _, be := range b.backends {
+		if be.available() {
 			return true
 		}
 	}

@@ -998,7 +998,7 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 			return
 		}
 		// Unavailable, lost again, or timed out: try again.
-		if several && code == CodeUnavailable && !h.link.awaitChange(ctx) {
+		if several && code == CodeUnavailable && !h.link.awaitNextChange(ctx) {
 			return
 		}
 	}

@@ -17,6 +17,7 @@ func TestSubscriptionIDsAreUniquePerClient(t *testing.T) {
 	b := startBridge(t, "", Options{Backends: []BackendOptions{{URL: srvA.URL()}, {URL: srvB.URL()}}, Balance: BalanceRoundRobin})
 	r := newRecorder(b)
 	defer r.Close()
+	allConnected(t, b)
 	var ids []string
 	for _, p := range []string{`["a"]`, `["b"]`} {
 		res, err := r.Call(ctxT(t), "x_subscribe", json.RawMessage(p), CallOptions{})
@@ -83,8 +84,7 @@ func TestListenersMovedToAConnectedBackendGetAGap(t *testing.T) {
 	if err := r.Listen("tick"); err != nil {
 		t.Fatal(err)
 	}
-	syncReader(t, b)
-	syncReader(t, b) // both backends connected
+	allConnected(t, b)
 	connA, connB := nextConn(t, srvA), nextConn(t, srvB)
 	if err := connA.WriteRaw(ctxT(t), `{"jsonrpc":"2.0","method":"tick","params":["a"]}`); err != nil {
 		t.Fatal(err)

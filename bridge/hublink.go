@@ -25,9 +25,9 @@ type hubLink interface {
 	// false once the Bridge is closed. bgContext is f's context.
 	background(f func(ctx context.Context)) bool
 	bgContext() context.Context
-	// awaitChange waits for a change of any backend's state (see
+	// awaitNextChange waits for a change of any backend's state (see
 	// Bridge.awaitChange).
-	awaitChange(ctx context.Context) bool
+	awaitNextChange(ctx context.Context) bool
 	// ctxError is the error of a wait given up with ctx; countTimeout
 	// counts a call that ended at its deadline.
 	ctxError(ctx context.Context) error

@@ -307,7 +307,7 @@ func (j *joiner) flightEnded(o outcome) {
 	}
 	started := b.goBackground(func(context.Context) {
 		defer stop()
-		if b.awaitChange(ctx) {
+		if b.awaitNextChange(ctx) {
 			j.join()
 		} else if b.closing.Load() {
 			j.finish(outcome{err: b.abortError(CodeDraining)})

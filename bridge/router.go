@@ -2,9 +2,12 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wsbridge/wsbridge/jsonrpc"
 )
 
 // router picks the backend of each request. It owns the routing state:
@@ -33,16 +36,22 @@ func newRouter(b *Bridge, balance Balance, backends []*backend) *router {
 // backends other than avoid (when there are others). With one backend it
 // is always that one (its slots decide: fail fast, or wait for a dial).
 // With several and none usable it returns nil: the request fails fast, or
-// waits for a change with wait-for-ready.
+// waits for a change with wait-for-ready. A dial holds no request that
+// another backend could serve: when the balance picks a backend that is
+// not ready while another usable one is, the request goes to a ready one
+// (and an idle pick is dialled, for the requests that follow).
 func (rt *router) pick(avoid *backend) *backend {
 	if len(rt.backends) == 1 {
 		return rt.backends[0]
 	}
 	for {
-		var cands []*backend
+		var cands, ready []*backend
 		for _, be := range rt.backends {
 			if be != avoid && be.usable() {
 				cands = append(cands, be)
+				if be.connectivity() == ConnReady {
+					ready = append(ready, be)
+				}
 			}
 		}
 		if len(cands) == 0 {
@@ -51,14 +60,12 @@ func (rt *router) pick(avoid *backend) *backend {
 			}
 			return nil
 		}
-		var be *backend
-		switch rt.balance {
-		case BalanceRoundRobin:
-			be = rt.weightedNext(cands)
-		case BalanceLeastInFlight:
-			be = rt.leastWaiting(cands)
-		default:
-			be = rt.leastWaiting(lowestPriority(cands))
+		be := rt.balanced(cands)
+		if len(ready) > 0 && be.connectivity() != ConnReady {
+			if be.connectivity() == ConnIdle {
+				be.pickSlot().kickDial()
+			}
+			be = rt.balanced(ready)
 		}
 		if be.claim() {
 			return be
@@ -66,6 +73,17 @@ func (rt *router) pick(avoid *backend) *backend {
 		// Another request took the half-open breaker's probe meanwhile:
 		// look again without it.
 	}
+}
+
+// balanced picks among bes by the Balance.
+func (rt *router) balanced(bes []*backend) *backend {
+	switch rt.balance {
+	case BalanceRoundRobin:
+		return rt.weightedNext(bes)
+	case BalanceLeastInFlight:
+		return rt.leastWaiting(bes)
+	}
+	return rt.leastWaiting(lowestPriority(bes))
 }
 
 // lowestPriority returns the backends with the lowest Priority value, in
@@ -185,39 +203,45 @@ func (be *backend) breaker() BreakerState {
 // by then, whatever became of the request.
 func (be *backend) probeTimeout() time.Duration { return be.b.opts.DialTimeout + time.Second }
 
-// usable reports whether requests may go to be now (see router): its
-// breaker is not open (nor half-open with its probe taken), its health
-// call passes, and one of its slots is not backing off.
-func (be *backend) usable() bool { return be.healthyAndClosed(false) && be.slotUp() }
+// usable reports whether requests may go to be now (see router): it is
+// ready, connecting or idle (not failing), its breaker is not open (nor
+// half-open with its probe taken), its health call passes, it does not
+// lag, and it is not ejected.
+func (be *backend) usable() bool { return be.unavailable(false) == "" }
 
-// available reports whether be takes calls, for the stats (usable, but a
-// half-open breaker counts as available).
-func (be *backend) available() bool { return be.healthyAndClosed(true) && be.slotUp() }
+// available reports whether be takes calls, for the stats and readiness:
+// usable, but a half-open breaker whose probe is under way counts as
+// available.
+func (be *backend) available() bool { return be.unavailable(true) == "" }
 
-// slotUp reports whether a slot of be is not backing off.
-func (be *backend) slotUp() bool {
-	for _, s := range be.slots {
-		if s.currentState() != StateBackoff {
-			return true
-		}
+// unavailable says why be takes no requests now, or "" when it does.
+func (be *backend) unavailable(probeTakenOK bool) string {
+	switch be.connectivity() {
+	case ConnTransientFailure:
+		return UnavailableFailing
+	case ConnShutdown:
+		return UnavailableShutdown
 	}
-	return false
-}
-
-func (be *backend) healthyAndClosed(probeTakenOK bool) bool {
 	be.mu.Lock()
 	defer be.mu.Unlock()
-	if be.healthErr != nil {
-		return false
-	}
 	now := time.Now()
+	switch {
+	case be.healthErr != nil:
+		return UnavailableHealth
+	case be.lagging:
+		return UnavailableLag
+	case now.Before(be.ejectedUntil):
+		return UnavailableEjected
+	}
 	switch be.breakerLocked(now) {
 	case BreakerOpen:
-		return false
+		return UnavailableBreaker
 	case BreakerHalfOpen:
-		return probeTakenOK || be.probeAt.IsZero() || now.Sub(be.probeAt) >= be.probeTimeout()
+		if !probeTakenOK && !be.probeAt.IsZero() && now.Sub(be.probeAt) < be.probeTimeout() {
+			return UnavailableBreaker
+		}
 	}
-	return true
+	return ""
 }
 
 // claim takes the probe of a half-open breaker for the request being
@@ -276,7 +300,10 @@ func (be *backend) transportSuccess() {
 
 // healthLoop calls the health method on be every HealthInterval while be
 // has an open connection (it dials nothing: an idle backend stays idle),
-// and marks be unavailable while the call fails. It runs until ctx ends.
+// and marks be unavailable while the call fails. A JSON-RPC error answer
+// fails it too: the backend cannot do what the method asks (a misspelt
+// method, a node not synced). With Options.MaxLag the result is read as a
+// number (see lagCheck). It runs until ctx ends.
 func (be *backend) healthLoop(ctx context.Context) {
 	b := be.b
 	t := time.NewTicker(b.opts.HealthInterval)
@@ -298,17 +325,22 @@ func (be *backend) healthLoop(ctx context.Context) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, b.opts.HealthTimeout)
-		_, err := b.internalCall(cctx, &request{method: b.opts.HealthMethod, slot: open.idx}, CallOptions{})
+		res, err := b.internalCall(cctx, &request{method: b.opts.HealthMethod, slot: open.idx}, CallOptions{})
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		if CodeOf(err) == CodeBackendError {
-			err = nil // it answered: a JSON-RPC error is still an answer
+		var head uint64
+		headOK := false
+		if err == nil && b.opts.MaxLag > 0 {
+			if head, headOK = jsonrpc.Quantity(res); !headOK {
+				err = fmt.Errorf("the health method's result %.40s is not a number (decimal, or a 0x quantity)", res)
+			}
 		}
 		be.mu.Lock()
 		was := be.healthErr
 		be.healthErr = err
+		be.head, be.headOK = head, headOK
 		be.mu.Unlock()
 		if (was == nil) != (err == nil) {
 			if err != nil {
@@ -318,5 +350,80 @@ func (be *backend) healthLoop(ctx context.Context) {
 			}
 			b.stateChange()
 		}
+		if b.opts.MaxLag > 0 {
+			b.router.lagCheck()
+		}
 	}
+}
+
+// lagCheck marks the backends whose health value (a block number, any
+// monotonic counter) trails the highest of the healthy, connected ones by
+// more than Options.MaxLag: they get no calls until they catch up.
+func (rt *router) lagCheck() {
+	b := rt.b
+	var top uint64
+	for _, be := range rt.backends {
+		ready := be.connectivity() == ConnReady
+		be.mu.Lock()
+		if ready && be.headOK && be.healthErr == nil {
+			top = max(top, be.head)
+		}
+		be.mu.Unlock()
+	}
+	for _, be := range rt.backends {
+		be.mu.Lock()
+		was := be.lagging
+		be.lagging = be.headOK && top > be.head && top-be.head > b.opts.MaxLag
+		now, head := be.lagging, be.head
+		be.mu.Unlock()
+		if was != now {
+			if now {
+				b.opts.Logger.Warn("backend lags: calls go to other backends", "url", be.redactedURL, "value", head, "highest", top, "max_lag", b.opts.MaxLag)
+			} else {
+				b.opts.Logger.Info("backend caught up", "url", be.redactedURL, "value", head, "highest", top)
+			}
+			b.stateChange()
+		}
+	}
+}
+
+// requestEnded is passive outlier detection (Options.OutlierFailures): a
+// request written to be that timed out or lost its reply counts against
+// it, and OutlierFailures of them in a row eject it for
+// OutlierEjection, unless no other backend would be left to take calls;
+// any answer (a result, a JSON-RPC error) starts the count again.
+func (be *backend) requestEnded(failed bool) {
+	b := be.b
+	if b.opts.OutlierFailures <= 0 {
+		return
+	}
+	be.mu.Lock()
+	if !failed {
+		be.outlierFailures = 0
+		be.mu.Unlock()
+		return
+	}
+	be.outlierFailures++
+	eject := be.outlierFailures >= b.opts.OutlierFailures && !time.Now().Before(be.ejectedUntil)
+	be.mu.Unlock()
+	if !eject {
+		return
+	}
+	others := false
+	for _, o := range b.backends {
+		if o != be && o.available() {
+			others = true
+		}
+	}
+	if !others {
+		return // the last one standing is not ejected: calls would have nowhere to go
+	}
+	be.mu.Lock()
+	be.ejectedUntil = time.Now().Add(b.opts.OutlierEjection)
+	be.outlierFailures = 0
+	be.mu.Unlock()
+	be.counters.ejections.Add(1)
+	b.opts.Logger.Warn("backend ejected: its requests failed in a row; calls go to other backends", "url", be.redactedURL,
+		"failures", b.opts.OutlierFailures, "for", b.opts.OutlierEjection)
+	b.stateChange()
 }

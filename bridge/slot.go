@@ -60,12 +60,33 @@ func (s *slot) setState(st State) {
 	s.b.stateChange()
 }
 
-// ready reports whether the slot may carry calls: connected, or its last
-// dial (if any) did not fail.
-func (s *slot) ready() bool {
+// failing reports whether the slot's last dial failed (and none has
+// succeeded since).
+func (s *slot) failing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.state == StateConnected || !s.dialFailed
+	return s.dialFailed && s.state != StateConnected
+}
+
+// connectivity is the slot's state as a gRPC channel's: ready while
+// connected; connecting during a dial that follows no failure; transient
+// failure from a failed dial until a dial succeeds (backing off, or
+// redialling); idle with no connection and no failure known; shutdown
+// once the Bridge is closing.
+func (s *slot) connectivity() Connectivity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closedErr != nil:
+		return ConnShutdown
+	case s.state == StateConnected:
+		return ConnReady
+	case s.dialFailed:
+		return ConnTransientFailure
+	case s.state == StateConnecting:
+		return ConnConnecting
+	}
+	return ConnIdle
 }
 
 // kickDial asks a lazy slot to dial if it is disconnected; it does not wait.
@@ -170,8 +191,11 @@ func (s *slot) run(ctx context.Context) {
 	for {
 		// A lazy slot dials when a caller asks (kick), or at once while a
 		// listener or subscription waits for notifications on it: such
-		// demand makes no call that would kick.
-		if !b.opts.Eager && !redialNow && !b.hub.wantsConn(s.idx) {
+		// demand makes no call that would kick. After a failed dial it
+		// redials in the background (after its backoff) until a dial
+		// succeeds: what the backend's state and readiness say must become
+		// true again without traffic to try it.
+		if !b.opts.Eager && !redialNow && !s.failing() && !b.hub.wantsConn(s.idx) {
 			select {
 			case <-s.kick:
 			case <-ctx.Done():

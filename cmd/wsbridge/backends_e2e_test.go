@@ -182,6 +182,14 @@ func must[T any](v T, err error) T {
 func TestKillOneBackendUnderLoad(t *testing.T) {
 	be1, _, purl1, purl2 := twoDelayedBackends(t)
 	g := startGateway(t, "--backend", purl1, "--backend", purl2, "--balance", "round-robin", "--retry-methods", "echo")
+	// Both backends connected first: while one dials, round robin sends
+	// its calls to the other (a dial holds no call another backend can
+	// serve).
+	g.waitStats(t, "both backends connected", func(st *wsbridgev1.Stats) bool {
+		_, _ = g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"})
+		return len(st.Backends) == 2 && st.Backends[0].State == wsbridgev1.BackendState_BACKEND_STATE_CONNECTED &&
+			st.Backends[1].State == wsbridgev1.BackendState_BACKEND_STATE_CONNECTED
+	})
 
 	// Sleep calls first, spread by round robin over both backends; once
 	// they are all written, each backend's waiting count says how many
