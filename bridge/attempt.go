@@ -216,7 +216,7 @@ func (a *attempt) startOn(c *conn) {
 // connection broke first) starts again, on another connection.
 func (a *attempt) opEnded(res result) {
 	a.mu.Lock()
-	c := a.conn
+	c, sent := a.conn, a.op
 	a.op, a.conn = nil, nil
 	aborted := a.aborted
 	a.mu.Unlock()
@@ -230,11 +230,8 @@ func (a *attempt) opEnded(res result) {
 	o := outcome{value: res.value, err: res.err}
 	if c != nil {
 		o.be = c.slot.be
-		switch {
-		case answered(o.err):
-			o.be.requestEnded(false)
-		case CodeOf(o.err) == CodeReplyLost && !a.b.closing.Load():
-			o.be.requestEnded(true)
+		if answered(o.err) || CodeOf(o.err) == CodeReplyLost && !a.b.closing.Load() {
+			o.be.requestEnded(sent, o.err)
 		}
 	}
 	a.finish(o)
@@ -274,7 +271,7 @@ func (a *attempt) abort(code Code) {
 	case written:
 		c.sendCancel(o.id)
 		if code == CodeDeadlineExceeded {
-			c.slot.be.requestEnded(true) // the backend did not answer in time
+			c.slot.be.requestEnded(o, err) // the backend did not answer in time
 		}
 	}
 	o.complete(result{err: err})

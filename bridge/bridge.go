@@ -58,6 +58,13 @@ type Options struct {
 	// never ejected. Passive outlier detection, as Envoy's.
 	OutlierFailures int
 	OutlierEjection time.Duration
+	// OnBackendRequest, if set, is called once for each request written
+	// to a backend when it ends: answered (err nil, or an *Error with
+	// CodeBackendError or CodeMalformedReply), its reply lost
+	// (CodeReplyLost), or timed out (CodeDeadlineExceeded); took is the
+	// time from its write. It runs on the Bridge's goroutines and must not
+	// block (per-backend metrics).
+	OnBackendRequest func(backend string, took time.Duration, err error)
 	// IdleTimeout, if positive, closes a lazily dialled backend connection
 	// that has had no call, subscription or listener for that long; the
 	// next call dials again.

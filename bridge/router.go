@@ -387,16 +387,24 @@ func (rt *router) lagCheck() {
 	}
 }
 
-// requestEnded is passive outlier detection (Options.OutlierFailures): a
-// request written to be that timed out or lost its reply counts against
-// it, and OutlierFailures of them in a row eject it for
+// requestEnded takes the end of a request written to be: answered (err
+// nil, or a JSON-RPC error), its reply lost, or timed out. It reports it
+// to Options.OnBackendRequest, and is passive outlier detection
+// (Options.OutlierFailures): a request that timed out or lost its reply
+// counts against be, and OutlierFailures of them in a row eject it for
 // OutlierEjection, unless no other backend would be left to take calls;
-// any answer (a result, a JSON-RPC error) starts the count again.
-func (be *backend) requestEnded(failed bool) {
+// any answer starts the count again.
+func (be *backend) requestEnded(o *op, err error) {
 	b := be.b
+	if f := b.opts.OnBackendRequest; f != nil && o != nil {
+		if at := o.sentAt.Load(); at != 0 {
+			f(be.displayURL, time.Duration(time.Now().UnixNano()-at), err)
+		}
+	}
 	if b.opts.OutlierFailures <= 0 {
 		return
 	}
+	failed := !answered(err)
 	be.mu.Lock()
 	if !failed {
 		be.outlierFailures = 0

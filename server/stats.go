@@ -175,6 +175,23 @@ func errorReasons() []string {
 	return append(out, "invalid_request", "internal")
 }
 
+var connectivityToProto = map[bridge.Connectivity]wsbridgev1.BackendConnectivity{
+	bridge.ConnIdle:             wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_IDLE,
+	bridge.ConnConnecting:       wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_CONNECTING,
+	bridge.ConnReady:            wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_READY,
+	bridge.ConnTransientFailure: wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_TRANSIENT_FAILURE,
+	bridge.ConnShutdown:         wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_SHUTDOWN,
+}
+
+var unavailableToProto = map[string]wsbridgev1.BackendUnavailable{
+	bridge.UnavailableFailing:  wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_FAILING,
+	bridge.UnavailableBreaker:  wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_BREAKER_OPEN,
+	bridge.UnavailableHealth:   wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_HEALTH,
+	bridge.UnavailableLag:      wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_LAG,
+	bridge.UnavailableEjected:  wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_EJECTED,
+	bridge.UnavailableShutdown: wsbridgev1.BackendUnavailable_BACKEND_UNAVAILABLE_SHUTDOWN,
+}
+
 var stateToProto = map[bridge.State]wsbridgev1.BackendState{
 	bridge.StateDisconnected: wsbridgev1.BackendState_BACKEND_STATE_DISCONNECTED,
 	bridge.StateConnecting:   wsbridgev1.BackendState_BACKEND_STATE_CONNECTING,
@@ -255,12 +272,18 @@ func (s *Server) snapshot() *wsbridgev1.Stats {
 		BackendErrorsByClass:    c.backendErrorsByClass(),
 	}
 	for _, be := range bs.Backends {
-		st.Backends = append(st.Backends, &wsbridgev1.BackendStats{
+		row := &wsbridgev1.BackendStats{
 			Url: be.URL, State: stateToProto[be.State], Available: be.Available, Breaker: be.Breaker.String(),
 			HealthError: be.HealthError, Waiting: be.Waiting, Connects: be.Connects, Reconnects: be.Reconnects,
 			DialFailures: be.DialFailures, IdleCloses: be.IdleCloses, FramesSent: be.FramesOut, RequestsSent: be.RequestsOut,
 			TransportErrors: be.TransportErrors, BreakerOpens: be.BreakerOpens, Latency: latencyProto(be.Latency),
-		})
+			Connectivity: connectivityToProto[be.Connectivity], Unavailable: unavailableToProto[be.Unavailable],
+			LastDialError: be.LastDialError, Head: be.Head, Ejections: be.Ejections,
+		}
+		if !be.LastDialErrorAt.IsZero() {
+			row.LastDialErrorAt = timestamppb.New(be.LastDialErrorAt)
+		}
+		st.Backends = append(st.Backends, row)
 	}
 	if !bs.LastDialErrorAt.IsZero() {
 		st.LastDialErrorAt = timestamppb.New(bs.LastDialErrorAt)

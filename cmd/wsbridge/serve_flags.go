@@ -28,6 +28,7 @@ type serveFlags struct {
 	hedgeAfter, cacheTTL       time.Duration
 	sections                   sections // from the config file
 	demoTick                   time.Duration
+	maxLag                     int64
 	pingEvery                  time.Duration
 
 	headers, subMethods, unsubMethods     *listValue
@@ -49,6 +50,9 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.duration(&bo.HealthTimeout, "backend-health-timeout", 2*time.Second, "a health call slower than this fails")
 	fs.int(&bo.BreakerFailures, "breaker-failures", 5, "failed dials and lost connections in a row that open a backend's circuit breaker")
 	fs.duration(&bo.BreakerCooldown, "breaker-cooldown", 10*time.Second, "how long an open breaker keeps calls from a backend before one probes it")
+	fs.int64(&sf.maxLag, "backend-max-lag", 0, "with --backend-health-method: read its result as a number (decimal or a 0x quantity, e.g. eth_blockNumber's block height); a backend whose value trails the highest by more than this gets no calls (0: off)")
+	fs.int(&bo.OutlierFailures, "outlier-failures", 0, "eject a backend whose requests timed out or lost their replies this many times in a row (passive outlier detection; the last backend taking calls is never ejected; 0: off)")
+	fs.duration(&bo.OutlierEjection, "outlier-ejection", 30*time.Second, "how long an ejected backend gets no calls (--outlier-failures)")
 	fs.duration(&bo.IdleTimeout, "backend-idle-timeout", 0, "close a backend connection that had no call, subscription or listener for this long; the next call dials again (lazy mode; 0: never)")
 	sf.retry = fs.list("retry-methods", ",", nil, "comma-separated method patterns safe to repeat: a call written when its connection broke is sent once more, to another backend")
 	sf.hedge = fs.list("hedge-methods", ",", nil, "comma-separated method patterns to hedge: after --hedge-after without an answer, a copy goes to another backend; the first answer wins")
@@ -159,6 +163,7 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	for _, p := range sf.cache.values {
 		bo.Methods = append(bo.Methods, bridge.MethodPolicy{Pattern: p, CacheTTL: sf.cacheTTL})
 	}
+	bo.MaxLag = uint64(max(sf.maxLag, 0))
 	if bo.Backoff.Jitter == 0 {
 		bo.Backoff.Jitter = -1 // the bridge's zero value means its default
 	}
@@ -228,6 +233,8 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		return fmt.Errorf("%s serves pprof itself; %s is for a gateway without an admin listener: give one of them", fs.source("admin-addr"), fs.source("debug-addr"))
 	case sf.demoTick != 0 && !sf.demo:
 		return fmt.Errorf("%s sets the demo backend's tick, but there is no --demo", fs.source("demo-tick"))
+	case sf.maxLag > 0 && bo.HealthMethod == "":
+		return fmt.Errorf("%s compares the backends' health values, but there is no --backend-health-method to read them (e.g. eth_blockNumber)", fs.source("backend-max-lag"))
 	case bo.IdleTimeout > 0 && bo.Eager:
 		return fmt.Errorf("%s closes idle backend connections, which %s redials at once: give one of them", fs.source("backend-idle-timeout"), fs.source("backend-eager"))
 	}
@@ -244,6 +251,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		"backend-dial-timeout": bo.DialTimeout, "backoff-base": bo.Backoff.Base, "backoff-max": bo.Backoff.Max,
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
 		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
+		"outlier-ejection": bo.OutlierEjection,
 		"hedge-after": sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
 		"shutdown-grace": o.ShutdownGrace, "unauthenticated-idle-timeout": o.UnauthenticatedIdle, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
@@ -271,7 +279,8 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		}
 	}
 	noLimit := map[string]int{"max-clients": o.MaxClients, "max-inflight-per-client": o.MaxInFlightPerClient,
-		"max-subscriptions-per-client": bo.MaxSubscriptionsPerConsumer, "max-listeners-per-client": bo.MaxListensPerConsumer}
+		"max-subscriptions-per-client": bo.MaxSubscriptionsPerConsumer, "max-listeners-per-client": bo.MaxListensPerConsumer,
+		"outlier-failures": bo.OutlierFailures, "backend-max-lag": int(min(sf.maxLag, 1))}
 	for _, name := range sortedKeys(noLimit) {
 		if noLimit[name] < 0 {
 			return fs.badValue(name, "must be 0 (no limit) or more")

@@ -85,6 +85,144 @@ func (BackendState) EnumDescriptor() ([]byte, []int) {
 	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{0}
 }
 
+// BackendConnectivity is one backend's state, as a gRPC channel's: the
+// best of its connections'.
+type BackendConnectivity int32
+
+const (
+	BackendConnectivity_BACKEND_CONNECTIVITY_UNSPECIFIED BackendConnectivity = 0
+	// No connection and no failure known (lazy, before the first call, or
+	// closed after being idle): a call dials.
+	BackendConnectivity_BACKEND_CONNECTIVITY_IDLE BackendConnectivity = 1
+	// Its first dial (or one after an idle close) is under way.
+	BackendConnectivity_BACKEND_CONNECTIVITY_CONNECTING BackendConnectivity = 2
+	// A connection is open.
+	BackendConnectivity_BACKEND_CONNECTIVITY_READY BackendConnectivity = 3
+	// Its last dial failed: it redials in the background with backoff until
+	// one succeeds, and takes no calls meanwhile.
+	BackendConnectivity_BACKEND_CONNECTIVITY_TRANSIENT_FAILURE BackendConnectivity = 4
+	// The gateway is shutting down.
+	BackendConnectivity_BACKEND_CONNECTIVITY_SHUTDOWN BackendConnectivity = 5
+)
+
+// Enum value maps for BackendConnectivity.
+var (
+	BackendConnectivity_name = map[int32]string{
+		0: "BACKEND_CONNECTIVITY_UNSPECIFIED",
+		1: "BACKEND_CONNECTIVITY_IDLE",
+		2: "BACKEND_CONNECTIVITY_CONNECTING",
+		3: "BACKEND_CONNECTIVITY_READY",
+		4: "BACKEND_CONNECTIVITY_TRANSIENT_FAILURE",
+		5: "BACKEND_CONNECTIVITY_SHUTDOWN",
+	}
+	BackendConnectivity_value = map[string]int32{
+		"BACKEND_CONNECTIVITY_UNSPECIFIED":       0,
+		"BACKEND_CONNECTIVITY_IDLE":              1,
+		"BACKEND_CONNECTIVITY_CONNECTING":        2,
+		"BACKEND_CONNECTIVITY_READY":             3,
+		"BACKEND_CONNECTIVITY_TRANSIENT_FAILURE": 4,
+		"BACKEND_CONNECTIVITY_SHUTDOWN":          5,
+	}
+)
+
+func (x BackendConnectivity) Enum() *BackendConnectivity {
+	p := new(BackendConnectivity)
+	*p = x
+	return p
+}
+
+func (x BackendConnectivity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BackendConnectivity) Descriptor() protoreflect.EnumDescriptor {
+	return file_wsbridge_v1_stats_proto_enumTypes[1].Descriptor()
+}
+
+func (BackendConnectivity) Type() protoreflect.EnumType {
+	return &file_wsbridge_v1_stats_proto_enumTypes[1]
+}
+
+func (x BackendConnectivity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BackendConnectivity.Descriptor instead.
+func (BackendConnectivity) EnumDescriptor() ([]byte, []int) {
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{1}
+}
+
+// BackendUnavailable says why a backend takes no calls.
+type BackendUnavailable int32
+
+const (
+	// It takes calls.
+	BackendUnavailable_BACKEND_UNAVAILABLE_UNSPECIFIED BackendUnavailable = 0
+	// Its last dial failed (transient failure).
+	BackendUnavailable_BACKEND_UNAVAILABLE_FAILING BackendUnavailable = 1
+	// Failures in a row opened its circuit breaker.
+	BackendUnavailable_BACKEND_UNAVAILABLE_BREAKER_OPEN BackendUnavailable = 2
+	// Its health call (--backend-health-method) fails, or is answered with
+	// a JSON-RPC error.
+	BackendUnavailable_BACKEND_UNAVAILABLE_HEALTH BackendUnavailable = 3
+	// Its health value trails the highest by more than --backend-max-lag.
+	BackendUnavailable_BACKEND_UNAVAILABLE_LAG BackendUnavailable = 4
+	// Its requests timed out or lost their replies --outlier-failures times
+	// in a row: ejected for --outlier-ejection.
+	BackendUnavailable_BACKEND_UNAVAILABLE_EJECTED BackendUnavailable = 5
+	// The gateway is shutting down.
+	BackendUnavailable_BACKEND_UNAVAILABLE_SHUTDOWN BackendUnavailable = 6
+)
+
+// Enum value maps for BackendUnavailable.
+var (
+	BackendUnavailable_name = map[int32]string{
+		0: "BACKEND_UNAVAILABLE_UNSPECIFIED",
+		1: "BACKEND_UNAVAILABLE_FAILING",
+		2: "BACKEND_UNAVAILABLE_BREAKER_OPEN",
+		3: "BACKEND_UNAVAILABLE_HEALTH",
+		4: "BACKEND_UNAVAILABLE_LAG",
+		5: "BACKEND_UNAVAILABLE_EJECTED",
+		6: "BACKEND_UNAVAILABLE_SHUTDOWN",
+	}
+	BackendUnavailable_value = map[string]int32{
+		"BACKEND_UNAVAILABLE_UNSPECIFIED":  0,
+		"BACKEND_UNAVAILABLE_FAILING":      1,
+		"BACKEND_UNAVAILABLE_BREAKER_OPEN": 2,
+		"BACKEND_UNAVAILABLE_HEALTH":       3,
+		"BACKEND_UNAVAILABLE_LAG":          4,
+		"BACKEND_UNAVAILABLE_EJECTED":      5,
+		"BACKEND_UNAVAILABLE_SHUTDOWN":     6,
+	}
+)
+
+func (x BackendUnavailable) Enum() *BackendUnavailable {
+	p := new(BackendUnavailable)
+	*p = x
+	return p
+}
+
+func (x BackendUnavailable) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BackendUnavailable) Descriptor() protoreflect.EnumDescriptor {
+	return file_wsbridge_v1_stats_proto_enumTypes[2].Descriptor()
+}
+
+func (BackendUnavailable) Type() protoreflect.EnumType {
+	return &file_wsbridge_v1_stats_proto_enumTypes[2]
+}
+
+func (x BackendUnavailable) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BackendUnavailable.Descriptor instead.
+func (BackendUnavailable) EnumDescriptor() ([]byte, []int) {
+	return file_wsbridge_v1_stats_proto_rawDescGZIP(), []int{2}
+}
+
 // WatchStatsRequest sets the interval between snapshots.
 type WatchStatsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -844,8 +982,8 @@ type BackendStats struct {
 	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
 	// The state of its best connection.
 	State BackendState `protobuf:"varint,2,opt,name=state,proto3,enum=wsbridge.v1.BackendState" json:"state,omitempty"`
-	// 1 while it takes calls: breaker not open, health call passing, not
-	// backing off.
+	// 1 while it takes calls: not failing its dials, breaker not open,
+	// health call passing, not lagging, not ejected (see unavailable).
 	Available bool `protobuf:"varint,3,opt,name=available,proto3" json:"available,omitempty"`
 	// Its circuit breaker: closed, open or half-open.
 	Breaker string `protobuf:"bytes,4,opt,name=breaker,proto3" json:"breaker,omitempty"`
@@ -870,7 +1008,22 @@ type BackendStats struct {
 	// Times its circuit breaker opened.
 	BreakerOpens uint64 `protobuf:"varint,14,opt,name=breaker_opens,json=breakerOpens,proto3" json:"breaker_opens,omitempty"`
 	// Time from writing a request to its reply, over a recent window.
-	Latency       *Latency `protobuf:"bytes,15,opt,name=latency,proto3" json:"latency,omitempty"`
+	Latency *Latency `protobuf:"bytes,15,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Its state, as a gRPC channel's: idle, connecting, ready,
+	// transient_failure, shutdown.
+	Connectivity BackendConnectivity `protobuf:"varint,16,opt,name=connectivity,proto3,enum=wsbridge.v1.BackendConnectivity" json:"connectivity,omitempty"`
+	// Why it takes no calls (unspecified while it takes them).
+	Unavailable BackendUnavailable `protobuf:"varint,17,opt,name=unavailable,proto3,enum=wsbridge.v1.BackendUnavailable" json:"unavailable,omitempty"`
+	// Its most recent failed dial, with no URL path or credentials; empty
+	// when none has failed.
+	LastDialError string `protobuf:"bytes,18,opt,name=last_dial_error,json=lastDialError,proto3" json:"last_dial_error,omitempty"`
+	// When that dial failed.
+	LastDialErrorAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=last_dial_error_at,json=lastDialErrorAt,proto3" json:"last_dial_error_at,omitempty"`
+	// Its health method's last value read as a number (with
+	// --backend-max-lag), 0 when none.
+	Head uint64 `protobuf:"varint,20,opt,name=head,proto3" json:"head,omitempty"`
+	// Times passive outlier detection ejected it (--outlier-failures).
+	Ejections     uint64 `protobuf:"varint,21,opt,name=ejections,proto3" json:"ejections,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1010,6 +1163,48 @@ func (x *BackendStats) GetLatency() *Latency {
 	return nil
 }
 
+func (x *BackendStats) GetConnectivity() BackendConnectivity {
+	if x != nil {
+		return x.Connectivity
+	}
+	return BackendConnectivity_BACKEND_CONNECTIVITY_UNSPECIFIED
+}
+
+func (x *BackendStats) GetUnavailable() BackendUnavailable {
+	if x != nil {
+		return x.Unavailable
+	}
+	return BackendUnavailable_BACKEND_UNAVAILABLE_UNSPECIFIED
+}
+
+func (x *BackendStats) GetLastDialError() string {
+	if x != nil {
+		return x.LastDialError
+	}
+	return ""
+}
+
+func (x *BackendStats) GetLastDialErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDialErrorAt
+	}
+	return nil
+}
+
+func (x *BackendStats) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *BackendStats) GetEjections() uint64 {
+	if x != nil {
+		return x.Ejections
+	}
+	return 0
+}
+
 var File_wsbridge_v1_stats_proto protoreflect.FileDescriptor
 
 const file_wsbridge_v1_stats_proto_rawDesc = "" +
@@ -1102,12 +1297,11 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aG\n" +
 	"\x19BackendErrorsByClassEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xd3\n" +
-	"\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xd3\x12\n" +
 	"\fBackendStats\x12>\n" +
 	"\x03url\x18\x01 \x01(\tB,\xea\xe0\x18(\b\x03\x12\"The backend as scheme://host:port.\x18\x02R\x03url\x12c\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x19.wsbridge.v1.BackendStateB2\xea\xe0\x18.\b\x02\x12!The state of its best connection.\x18\x022\x05stateR\x05state\x12w\n" +
-	"\tavailable\x18\x03 \x01(\bBY\xea\xe0\x18U\b\x02\x12O1 while it takes calls: breaker not open, health call passing, not backing off.\x18\x02R\tavailable\x12S\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x19.wsbridge.v1.BackendStateB2\xea\xe0\x18.\b\x02\x12!The state of its best connection.\x18\x022\x05stateR\x05state\x12\xac\x01\n" +
+	"\tavailable\x18\x03 \x01(\bB\x8d\x01\xea\xe0\x18\x88\x01\b\x02\x12\x81\x011 while it takes calls: not failing its dials, breaker not open, health call passing, not lagging, not ejected (see unavailable).\x18\x02R\tavailable\x12S\n" +
 	"\abreaker\x18\x04 \x01(\tB9\xea\xe0\x185\b\x03\x12/Its circuit breaker: closed, open or half-open.\x18\x02R\abreaker\x12m\n" +
 	"\fhealth_error\x18\x05 \x01(\tBJ\xea\xe0\x18F\b\x03\x12@The last failed health call (--backend-health-method), or empty.\x18\x02R\vhealthError\x12G\n" +
 	"\awaiting\x18\x06 \x01(\x03B-\xea\xe0\x18)\b\x02\x12#Requests waiting for its reply now.\x18\x02R\awaiting\x127\n" +
@@ -1124,13 +1318,34 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\rrequests_sent\x18\f \x01(\x04B3\xea\xe0\x18/\b\x01\x12)Requests and notifications written to it.\x18\x02R\frequestsSent\x12p\n" +
 	"\x10transport_errors\x18\r \x01(\x04BE\xea\xe0\x18A\b\x01\x12;Failed dials and lost connections (what opens the breaker).\x18\x02R\x0ftransportErrors\x12P\n" +
 	"\rbreaker_opens\x18\x0e \x01(\x04B+\xea\xe0\x18'\b\x01\x12!Times its circuit breaker opened.\x18\x02R\fbreakerOpens\x12y\n" +
-	"\alatency\x18\x0f \x01(\v2\x14.wsbridge.v1.LatencyBI\xea\xe0\x18E\b\x03\x12?Time from writing a request to its reply, over a recent window.\x18\x02R\alatency*\xa3\x01\n" +
+	"\alatency\x18\x0f \x01(\v2\x14.wsbridge.v1.LatencyBI\xea\xe0\x18E\b\x03\x12?Time from writing a request to its reply, over a recent window.\x18\x02R\alatency\x12\xe4\x01\n" +
+	"\fconnectivity\x18\x10 \x01(\x0e2 .wsbridge.v1.BackendConnectivityB\x9d\x01\xea\xe0\x18\x98\x01\b\x02\x12\x8a\x01Its state, as a gRPC channel's: idle, connecting, ready, transient_failure (its last dial failed; it redials in the background), shutdown.\x18\x022\x05stateR\fconnectivity\x12\xc7\x01\n" +
+	"\vunavailable\x18\x11 \x01(\x0e2\x1f.wsbridge.v1.BackendUnavailableB\x83\x01\xea\xe0\x18\x7f\b\x02\x12q1 for the reason it takes no calls: failing (its last dial failed), breaker_open, health, lag, ejected, shutdown.\x18\x022\x06reasonR\vunavailable\x12u\n" +
+	"\x0flast_dial_error\x18\x12 \x01(\tBM\xea\xe0\x18I\b\x03\x12CIts most recent failed dial (operators only: clients never see it).\x18\x02R\rlastDialError\x12t\n" +
+	"\x12last_dial_error_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB+\xea\xe0\x18'\b\x03\x12!When its most recent dial failed.\x18\x02R\x0flastDialErrorAt\x12\x8c\x01\n" +
+	"\x04head\x18\x14 \x01(\x04Bx\xea\xe0\x18t\b\x02\x12nIts health method's last value read as a number, such as a block height (with --backend-max-lag); 0 when none.\x18\x02R\x04head\x12\x9a\x01\n" +
+	"\tejections\x18\x15 \x01(\x04B|\xea\xe0\x18x\b\x01\x12rTimes passive outlier detection ejected it (--outlier-failures requests in a row timed out or lost their replies).\x18\x02R\tejections*\xa3\x01\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBACKEND_STATE_DISCONNECTED\x10\x01\x12\x1c\n" +
 	"\x18BACKEND_STATE_CONNECTING\x10\x02\x12\x1b\n" +
 	"\x17BACKEND_STATE_CONNECTED\x10\x03\x12\x19\n" +
-	"\x15BACKEND_STATE_BACKOFF\x10\x042\x90\x01\n" +
+	"\x15BACKEND_STATE_BACKOFF\x10\x04*\xee\x01\n" +
+	"\x13BackendConnectivity\x12$\n" +
+	" BACKEND_CONNECTIVITY_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19BACKEND_CONNECTIVITY_IDLE\x10\x01\x12#\n" +
+	"\x1fBACKEND_CONNECTIVITY_CONNECTING\x10\x02\x12\x1e\n" +
+	"\x1aBACKEND_CONNECTIVITY_READY\x10\x03\x12*\n" +
+	"&BACKEND_CONNECTIVITY_TRANSIENT_FAILURE\x10\x04\x12!\n" +
+	"\x1dBACKEND_CONNECTIVITY_SHUTDOWN\x10\x05*\x80\x02\n" +
+	"\x12BackendUnavailable\x12#\n" +
+	"\x1fBACKEND_UNAVAILABLE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bBACKEND_UNAVAILABLE_FAILING\x10\x01\x12$\n" +
+	" BACKEND_UNAVAILABLE_BREAKER_OPEN\x10\x02\x12\x1e\n" +
+	"\x1aBACKEND_UNAVAILABLE_HEALTH\x10\x03\x12\x1b\n" +
+	"\x17BACKEND_UNAVAILABLE_LAG\x10\x04\x12\x1f\n" +
+	"\x1bBACKEND_UNAVAILABLE_EJECTED\x10\x05\x12 \n" +
+	"\x1cBACKEND_UNAVAILABLE_SHUTDOWN\x10\x062\x90\x01\n" +
 	"\fStatsService\x12<\n" +
 	"\bGetStats\x12\x1c.wsbridge.v1.GetStatsRequest\x1a\x12.wsbridge.v1.Stats\x12B\n" +
 	"\n" +
@@ -1148,43 +1363,48 @@ func file_wsbridge_v1_stats_proto_rawDescGZIP() []byte {
 	return file_wsbridge_v1_stats_proto_rawDescData
 }
 
-var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_wsbridge_v1_stats_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_wsbridge_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_wsbridge_v1_stats_proto_goTypes = []any{
 	(BackendState)(0),             // 0: wsbridge.v1.BackendState
-	(*WatchStatsRequest)(nil),     // 1: wsbridge.v1.WatchStatsRequest
-	(*GetStatsRequest)(nil),       // 2: wsbridge.v1.GetStatsRequest
-	(*Latency)(nil),               // 3: wsbridge.v1.Latency
-	(*Stats)(nil),                 // 4: wsbridge.v1.Stats
-	(*BackendStats)(nil),          // 5: wsbridge.v1.BackendStats
-	nil,                           // 6: wsbridge.v1.Stats.ErrorsByReasonEntry
-	nil,                           // 7: wsbridge.v1.Stats.BackendMessagesEntry
-	nil,                           // 8: wsbridge.v1.Stats.BackendErrorsByClassEntry
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(BackendConnectivity)(0),      // 1: wsbridge.v1.BackendConnectivity
+	(BackendUnavailable)(0),       // 2: wsbridge.v1.BackendUnavailable
+	(*WatchStatsRequest)(nil),     // 3: wsbridge.v1.WatchStatsRequest
+	(*GetStatsRequest)(nil),       // 4: wsbridge.v1.GetStatsRequest
+	(*Latency)(nil),               // 5: wsbridge.v1.Latency
+	(*Stats)(nil),                 // 6: wsbridge.v1.Stats
+	(*BackendStats)(nil),          // 7: wsbridge.v1.BackendStats
+	nil,                           // 8: wsbridge.v1.Stats.ErrorsByReasonEntry
+	nil,                           // 9: wsbridge.v1.Stats.BackendMessagesEntry
+	nil,                           // 10: wsbridge.v1.Stats.BackendErrorsByClassEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_wsbridge_v1_stats_proto_depIdxs = []int32{
-	9,  // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
-	10, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
+	11, // 0: wsbridge.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	12, // 1: wsbridge.v1.Stats.started_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: wsbridge.v1.Stats.backend_state:type_name -> wsbridge.v1.BackendState
-	3,  // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
-	6,  // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
-	10, // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
-	3,  // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
-	5,  // 7: wsbridge.v1.Stats.backends:type_name -> wsbridge.v1.BackendStats
-	7,  // 8: wsbridge.v1.Stats.backend_messages:type_name -> wsbridge.v1.Stats.BackendMessagesEntry
-	8,  // 9: wsbridge.v1.Stats.backend_errors_by_class:type_name -> wsbridge.v1.Stats.BackendErrorsByClassEntry
+	5,  // 3: wsbridge.v1.Stats.latency:type_name -> wsbridge.v1.Latency
+	8,  // 4: wsbridge.v1.Stats.errors_by_reason:type_name -> wsbridge.v1.Stats.ErrorsByReasonEntry
+	12, // 5: wsbridge.v1.Stats.last_dial_error_at:type_name -> google.protobuf.Timestamp
+	5,  // 6: wsbridge.v1.Stats.failure_latency:type_name -> wsbridge.v1.Latency
+	7,  // 7: wsbridge.v1.Stats.backends:type_name -> wsbridge.v1.BackendStats
+	9,  // 8: wsbridge.v1.Stats.backend_messages:type_name -> wsbridge.v1.Stats.BackendMessagesEntry
+	10, // 9: wsbridge.v1.Stats.backend_errors_by_class:type_name -> wsbridge.v1.Stats.BackendErrorsByClassEntry
 	0,  // 10: wsbridge.v1.BackendStats.state:type_name -> wsbridge.v1.BackendState
-	3,  // 11: wsbridge.v1.BackendStats.latency:type_name -> wsbridge.v1.Latency
-	2,  // 12: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
-	1,  // 13: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
-	4,  // 14: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
-	4,  // 15: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
-	14, // [14:16] is the sub-list for method output_type
-	12, // [12:14] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 11: wsbridge.v1.BackendStats.latency:type_name -> wsbridge.v1.Latency
+	1,  // 12: wsbridge.v1.BackendStats.connectivity:type_name -> wsbridge.v1.BackendConnectivity
+	2,  // 13: wsbridge.v1.BackendStats.unavailable:type_name -> wsbridge.v1.BackendUnavailable
+	12, // 14: wsbridge.v1.BackendStats.last_dial_error_at:type_name -> google.protobuf.Timestamp
+	4,  // 15: wsbridge.v1.StatsService.GetStats:input_type -> wsbridge.v1.GetStatsRequest
+	3,  // 16: wsbridge.v1.StatsService.WatchStats:input_type -> wsbridge.v1.WatchStatsRequest
+	6,  // 17: wsbridge.v1.StatsService.GetStats:output_type -> wsbridge.v1.Stats
+	6,  // 18: wsbridge.v1.StatsService.WatchStats:output_type -> wsbridge.v1.Stats
+	17, // [17:19] is the sub-list for method output_type
+	15, // [15:17] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_wsbridge_v1_stats_proto_init() }
@@ -1198,7 +1418,7 @@ func file_wsbridge_v1_stats_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wsbridge_v1_stats_proto_rawDesc), len(file_wsbridge_v1_stats_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      3,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
