@@ -94,10 +94,7 @@ func TestReply(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}`, ``, 0, ErrBadErrorObj},
 		{`{"jsonrpc":"2.0","id":1,"error":{"code":1}}`, ``, 0, ErrBadErrorObj},
 	} {
-		m, err := DecodeMessage(json.RawMessage(tc.in))
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := message(t, tc.in)
 		res, e, err := m.Reply()
 		if err != tc.wantErr {
 			t.Errorf("%s: err %v, want %v", tc.in, err, tc.wantErr)
@@ -115,6 +112,16 @@ func TestReply(t *testing.T) {
 	}
 }
 
+// message parses a frame of one message.
+func message(t *testing.T, frame string) Message {
+	t.Helper()
+	msgs, batch, err := ParseMessages(nil, []byte(frame))
+	if err != nil || batch || len(msgs) != 1 || msgs[0].Err != nil {
+		t.Fatalf("%s: %d messages, %v", frame, len(msgs), err)
+	}
+	return msgs[0]
+}
+
 func TestKind(t *testing.T) {
 	for in, want := range map[string]Kind{
 		`{"jsonrpc":"2.0","id":1,"result":1}`:          KindReply,
@@ -124,7 +131,7 @@ func TestKind(t *testing.T) {
 		`{"jsonrpc":"2.0"}`:                            KindInvalid,
 		`{"jsonrpc":"2.0","ID":1,"Method":"x","a":{}}`: KindInvalid,
 	} {
-		m, _ := DecodeMessage(json.RawMessage(in))
+		m := message(t, in)
 		if got := m.Kind(); got != want {
 			t.Errorf("%s: kind %d, want %d", in, got, want)
 		}
