@@ -42,7 +42,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 50000x: a few seconds each).
 	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzParseRequests$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzIDRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzBrokenFrameIDs$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/rpcscan -run '^$$' -fuzz '^FuzzObject$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./jsonrpc -run '^$$' -fuzz '^FuzzSubscription$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/jsonscan -run '^$$' -fuzz '^FuzzObject$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/jsonpb -run '^$$' -fuzz '^FuzzToValue$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./typed -run '^$$' -fuzz '^FuzzResult$$' -fuzztime $(FUZZTIME)

@@ -67,3 +67,33 @@ func BenchmarkBrokenFrameIDs(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSubscription: reading a notification's subscription id,
+// putting another in its place, and finding its result.
+func BenchmarkSubscription(b *testing.B) {
+	b.Run("id", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if SubscriptionID(benchParams) == nil {
+				b.Fatal("no id")
+			}
+		}
+	})
+	b.Run("with-id", func(b *testing.B) {
+		id := []byte(`"0x1"`)
+		b.ReportAllocs()
+		for range b.N {
+			if len(WithSubscriptionID(benchParams, id)) >= len(benchParams) {
+				b.Fatal("not replaced")
+			}
+		}
+	})
+	b.Run("result", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if _, ok := SubscriptionResult(benchParams); !ok {
+				b.Fatal("no result")
+			}
+		}
+	})
+}

@@ -15,7 +15,9 @@
 // Everything that reads JSON text is in read.go, on internal/jsonscan:
 // one entry per direction (ParseRequests for what a client sends,
 // ParseMessages for what the backend sends, and BrokenFrameIDs for a
-// backend frame that cannot be read whole).
+// backend frame that cannot be read whole), and the helpers for the params
+// of subscription notifications (SubscriptionID, WithSubscriptionID,
+// SubscriptionResult).
 //
 // The demo backend (package backend) has an independent implementation on
 // purpose: it is the oracle the gateway's tests check this one against.

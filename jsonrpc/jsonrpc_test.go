@@ -207,3 +207,52 @@ func TestEncodersProduceValidJSON(t *testing.T) {
 		t.Fatal(string(nr))
 	}
 }
+
+func TestSubscriptionHelpers(t *testing.T) {
+	for _, tc := range []struct {
+		params, id, result string // "" for none
+	}{
+		{`{"subscription":"0x1","result":{"a":[1,"}"]}}`, `"0x1"`, `{"a":[1,"}"]}`},
+		{` { "result" : 5 , "subscription" : 7 } `, `7`, `5`},
+		{`{"subscription":-1.5e3,"result":null}`, `-1.5e3`, `null`},
+		{`{"subscr\u0069ption":"a","result":[]}`, `"a"`, `[]`},
+		// Not an id.
+		{`{"subscription":{"id":1},"result":1}`, ``, `1`},
+		{`{"subscription":null,"result":1}`, ``, `1`},
+		{`{"subscription":true}`, ``, ``},
+		// Names match exactly; nested members are not the params'.
+		{`{"Subscription":"0x1","Result":1}`, ``, ``},
+		{`{"result":{"subscription":"0x1","result":2}}`, ``, `{"subscription":"0x1","result":2}`},
+		// Twice: which one is meant is unknown.
+		{`{"subscription":"0x1","subscription":"0x2","result":1,"result":2}`, ``, ``},
+		// Not an object, or not one.
+		{`["0x1",1]`, ``, ``}, {`"subscription"`, ``, ``}, {``, ``, ``},
+		{`{"subscription":"0x1","result":1} {}`, ``, ``},
+		{`{"subscription":"0x1","result":{`, ``, ``},
+	} {
+		if got := SubscriptionID(json.RawMessage(tc.params)); string(got) != tc.id {
+			t.Errorf("SubscriptionID(%s) = %s, want %s", tc.params, got, tc.id)
+		}
+		got, ok := SubscriptionResult(json.RawMessage(tc.params))
+		if string(got) != tc.result || ok != (tc.result != "") {
+			t.Errorf("SubscriptionResult(%s) = %s, %v; want %s", tc.params, got, ok, tc.result)
+		}
+		with := WithSubscriptionID(json.RawMessage(tc.params), json.RawMessage(`"client-1"`))
+		want := tc.params
+		if tc.id != "" {
+			want = strings.Replace(tc.params, tc.id, `"client-1"`, 1)
+		}
+		if string(with) != want {
+			t.Errorf("WithSubscriptionID(%s) = %s, want %s", tc.params, with, want)
+		}
+	}
+}
+
+func TestWithSubscriptionIDCopies(t *testing.T) {
+	params := json.RawMessage(`{"subscription":"0x1","result":1}`)
+	with := WithSubscriptionID(params[:len(params):len(params)], json.RawMessage(`2`))
+	with[0] = ' '
+	if string(params) != `{"subscription":"0x1","result":1}` || string(with) != ` "subscription":2,"result":1}` {
+		t.Fatalf("params %s, with %s", params, with)
+	}
+}

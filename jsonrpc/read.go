@@ -209,3 +209,65 @@ func objectID(b []byte, i int) (id json.RawMessage, end int) {
 	}
 	return id, end
 }
+
+// Subscription notifications: a backend that has subscriptions (such as
+// eth_subscribe) sends each event as a notification whose params are
+// {"subscription": id, "result": event}. The helpers below read and
+// rewrite such params without decoding the event, which may be large.
+// Member names match exactly ("Subscription" is another member), and a
+// member given twice counts as absent: which one was meant is unknown.
+// params is JSON from a checked frame; on other text the helpers do not
+// panic, but what they find is unspecified.
+
+// SubscriptionID returns params.subscription when it is an id (a JSON
+// string or number), as a span of params; otherwise nil.
+func SubscriptionID(params json.RawMessage) json.RawMessage {
+	if v := member(params, "subscription"); isScalarID(v) {
+		return v
+	}
+	return nil
+}
+
+// WithSubscriptionID returns a copy of params with the value of its
+// subscription member replaced by id (a JSON string or number), every
+// other byte as it was. When SubscriptionID(params) is nil, params comes
+// back as it is.
+//
+// A gateway that numbers subscriptions for its clients calls it on each
+// notification: SubscriptionID gives the backend's id to look up, and
+// WithSubscriptionID puts the client's id in its place.
+func WithSubscriptionID(params, id json.RawMessage) json.RawMessage {
+	old := SubscriptionID(params)
+	if old == nil {
+		return params
+	}
+	at := cap(params) - cap(old) // old is a span of params
+	out := make(json.RawMessage, 0, len(params)-len(old)+len(id))
+	out = append(out, params[:at]...)
+	out = append(out, id...)
+	return append(out, params[at+len(old):]...)
+}
+
+// SubscriptionResult returns params.result (the event), as a span of
+// params; ok is false when there is none.
+func SubscriptionResult(params json.RawMessage) (result json.RawMessage, ok bool) {
+	result = member(params, "result")
+	return result, result != nil
+}
+
+// member returns the value of the member called name of the object params,
+// or nil when params is not one object, or has no such member or two.
+func member(params json.RawMessage, name string) json.RawMessage {
+	var value json.RawMessage
+	n := 0
+	end := jsonscan.Object(params, jsonscan.SkipSpace(params, 0), func(k, v []byte) {
+		if string(k) == name {
+			value = v
+			n++
+		}
+	})
+	if end < 0 || jsonscan.SkipSpace(params, end) != len(params) || n != 1 {
+		return nil
+	}
+	return value
+}
