@@ -138,8 +138,8 @@ func isScalarID(v []byte) bool {
 	return len(v) > 0 && (v[0] == '"' || v[0] == '-' || (v[0] >= '0' && v[0] <= '9'))
 }
 
-// String decodes a JSON string value (a valid span) as encoding/json does
-// (invalid UTF-8 becomes U+FFFD); ok is false for any other kind of value.
+// String decodes a JSON string value (a valid span; see jsonscan.Unquote);
+// ok is false for any other kind of value.
 func String(v []byte) (string, bool) { return jsonscan.Unquote(v) }
 
 // BrokenFrameIDs returns the ids of the replies in a frame that cannot be

@@ -40,23 +40,13 @@ func SkipSpace(b []byte, i int) int {
 // StringEnd returns the index just past the string starting at b[i] ('"'),
 // or -1 when b ends first.
 func StringEnd(b []byte, i int) int {
-	for i++; i < len(b); {
-		j := bytes.IndexByte(b[i:], '"')
-		if j < 0 {
-			return -1
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
 		}
-		q := i + j
-		// The quote is escaped when an odd number of backslashes precede
-		// it; the byte before them is not a backslash (it is the opening
-		// quote at the least).
-		k := q
-		for b[k-1] == '\\' {
-			k--
-		}
-		if (q-k)%2 == 0 {
-			return q + 1
-		}
-		i = q + 1
 	}
 	return -1
 }
@@ -198,38 +188,30 @@ func each(b []byte, i int, closing byte, read func(i int) int) int {
 	}
 }
 
-// Unquote decodes the string v (a span from StringEnd or ValueEnd) as
-// encoding/json does: escapes are decoded, and each byte that is not
-// UTF-8 and each lone surrogate becomes U+FFFD. ok is false when v is not
-// a string or holds an escape encoding/json refuses. Like the span
-// functions it checks no more than it needs: a string without escapes may
-// hold control characters.
+// Unquote decodes the string v (a span from StringEnd or ValueEnd). Its
+// escapes are decoded as encoding/json does; a string without escapes
+// comes back as it is, unchecked: callers read text that was checked to be
+// UTF-8 (encoding/json would turn each byte that is not into U+FFFD). ok
+// is false when v is not a string or holds an escape encoding/json
+// refuses.
 func Unquote(v []byte) (s string, ok bool) {
 	u, ok := unquote(v)
 	return string(u), ok
 }
 
-// unquote is Unquote without the copy when v has nothing to decode.
+// unquote is Unquote without the copy when v has no escapes.
 func unquote(v []byte) ([]byte, bool) {
 	if len(v) < 2 || v[0] != '"' {
 		return nil, false
 	}
-	inner := v[1 : len(v)-1]
-	if bytes.IndexByte(inner, '\\') >= 0 {
-		var s string
-		if json.Unmarshal(v, &s) != nil {
-			return nil, false
-		}
-		return []byte(s), true
-	}
-	if utf8.Valid(inner) {
+	if inner := v[1 : len(v)-1]; bytes.IndexByte(inner, '\\') < 0 {
 		return inner, true
 	}
-	out := make([]byte, 0, len(inner)+8)
-	for _, r := range string(inner) { // U+FFFD for each byte that is not UTF-8
-		out = utf8.AppendRune(out, r)
+	var s string
+	if json.Unmarshal(v, &s) != nil {
+		return nil, false
 	}
-	return out, true
+	return []byte(s), true
 }
 
 // MaxDepth matches protojson's recursion limit.
