@@ -329,22 +329,23 @@ func (c *conn) readLoop(ctx context.Context) error {
 
 // handleFrame routes every message of one text frame.
 func (c *conn) handleFrame(frame []byte) {
-	msgs, _, err := jsonrpc.SplitFrame(frame)
+	var buf [1]jsonrpc.Message // most frames hold one message: no allocation
+	msgs, _, err := jsonrpc.ParseMessages(buf[:0], frame)
 	if err != nil {
 		c.broken(frame, err)
 		return
 	}
-	for _, raw := range msgs {
+	for i := range msgs {
 		c.b.counters.messagesIn.Add(1)
-		c.handleMessage(raw)
+		c.handleMessage(&msgs[i])
 	}
 }
 
-func (c *conn) handleMessage(raw []byte) {
+func (c *conn) handleMessage(m *jsonrpc.Message) {
 	b := c.b
-	m, err := jsonrpc.DecodeMessage(raw)
-	if err != nil {
-		c.broken(raw, err)
+	raw := m.Raw
+	if m.Err != nil {
+		c.broken(raw, m.Err)
 		return
 	}
 	switch m.Kind() {

@@ -3,6 +3,7 @@ package jsonrpc
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"unicode/utf8"
 )
@@ -123,4 +124,83 @@ func FuzzBrokenFrameIDs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzSubscription: on any params no panic. On valid JSON, SubscriptionID
+// and SubscriptionResult find what a full decode finds at the top level
+// (a member given once, by its exact name), and WithSubscriptionID changes
+// the id and nothing else.
+func FuzzSubscription(f *testing.F) {
+	for _, s := range []string{
+		`{"subscription":"0x9ce59a13059e417087c02d3236a0b1cc","result":{"number":"0x1b4","hash":"0x1"}}`,
+		` {"result" : [1,{"subscription":2}] , "subscription" : -7e1 } `, `{"subscr\u0069ption":"a","result":"\"}"}`,
+		`{"Subscription":"0x1","result":1}`, `{"subscription":"0x1","subscription":"0x2"}`, `{"subscription":{},"result":null}`,
+		`["0x1"]`, `{"subscription":"0x1","result":{`, `{"subscription":"0x1"} x`, "{\"subscription\":\"\xff\"}",
+	} {
+		f.Add([]byte(s), []byte(`"client-1"`))
+	}
+	f.Add([]byte(`{"subscription":1,"result":2}`), []byte(`18446744073709551616`))
+	f.Fuzz(func(t *testing.T, params, id []byte) {
+		sub := SubscriptionID(params)
+		result, ok := SubscriptionResult(params)
+		with := WithSubscriptionID(params, id)
+		if !json.Valid(params) {
+			return
+		}
+		members, isObject := topLevel(params)
+		wantSub, wantResult := members["subscription"], members["result"]
+		if !isObject || len(wantSub) != 1 || !isScalarID(wantSub[0]) {
+			wantSub = nil
+		}
+		if !isObject || len(wantResult) != 1 {
+			wantResult = nil
+		}
+		if wantSub == nil && sub != nil || wantSub != nil && !bytes.Equal(sub, wantSub[0]) {
+			t.Fatalf("%s: subscription %s, a decode finds %q", params, sub, wantSub)
+		}
+		if wantResult == nil && ok || wantResult != nil && (!ok || !bytes.Equal(result, wantResult[0])) {
+			t.Fatalf("%s: result %s (%v), a decode finds %q", params, result, ok, wantResult)
+		}
+		if sub == nil {
+			if !bytes.Equal(with, params) {
+				t.Fatalf("%s: changed to %s without a subscription", params, with)
+			}
+			return
+		}
+		var v any
+		if json.Unmarshal(id, &v) != nil || !isScalarID(bytes.TrimSpace(id)) {
+			return // the caller's id must be an id
+		}
+		if !json.Valid(with) {
+			t.Fatalf("%s with id %s: %s is not JSON", params, id, with)
+		}
+		after, _ := topLevel(with)
+		if got := after["subscription"]; len(got) != 1 || !bytes.Equal(got[0], bytes.TrimSpace(id)) {
+			t.Fatalf("%s with id %s: %s", params, id, with)
+		}
+		delete(members, "subscription")
+		delete(after, "subscription")
+		if !reflect.DeepEqual(after, members) {
+			t.Fatalf("%s with id %s: %s changed other members", params, id, with)
+		}
+	})
+}
+
+// topLevel decodes the members of a valid JSON object, each name with its
+// values in order; isObject is false for other JSON.
+func topLevel(b []byte) (members map[string][]json.RawMessage, isObject bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, _ := dec.Token(); tok != json.Delim('{') {
+		return nil, false
+	}
+	members = map[string][]json.RawMessage{}
+	for dec.More() {
+		name, _ := dec.Token()
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return nil, false
+		}
+		members[name.(string)] = append(members[name.(string)], v)
+	}
+	return members, true
 }

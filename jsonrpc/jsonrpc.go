@@ -12,6 +12,13 @@
 // "Method" for "method"). Values are spans of the input; callers that keep
 // them past the input's lifetime copy them.
 //
+// Everything that reads JSON text is in read.go, on internal/jsonscan:
+// one entry per direction (ParseRequests for what a client sends,
+// ParseMessages for what the backend sends, and BrokenFrameIDs for a
+// backend frame that cannot be read whole), and the helpers for the params
+// of subscription notifications (SubscriptionID, WithSubscriptionID,
+// SubscriptionResult).
+//
 // The demo backend (package backend) has an independent implementation on
 // purpose: it is the oracle the gateway's tests check this one against.
 package jsonrpc
@@ -22,10 +29,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/wsbridge/wsbridge/internal/jsonenc"
-	"github.com/wsbridge/wsbridge/internal/rpcscan"
 )
 
 // The error codes of the specification, and the gateway's own conditions
@@ -86,100 +91,6 @@ var (
 	ErrParams     = &Error{Code: CodeInvalidRequest, Message: "invalid request: params must be an object or an array"}
 	ErrID         = &Error{Code: CodeInvalidRequest, Message: "invalid request: id must be a string, a number or null"}
 )
-
-// ParseRequests reads one client message (a WebSocket message or an HTTP
-// body): a request, a notification or a batch. Text that is not JSON, or
-// not UTF-8, yields one request with ErrParse or ErrNotUTF8 (reply to
-// null); an empty batch one with ErrEmptyBatch, not in a batch. The
-// spans in the requests point into data.
-//
-// Invalid UTF-8 is refused here, whatever the transport: passed on in a
-// backend text frame it would break the one socket every client shares
-// (RFC 6455 peers close it with 1007).
-func ParseRequests(data []byte) (reqs []Request, batch bool) {
-	data = bytes.TrimLeft(data, " \t\r\n")
-	if !utf8.Valid(data) {
-		return []Request{{Err: ErrNotUTF8}}, false
-	}
-	if !json.Valid(data) {
-		return []Request{{Err: ErrParse}}, false
-	}
-	if data[0] == '[' {
-		elems, _ := rpcscan.Array(data)
-		if len(elems) == 0 {
-			return []Request{{Err: ErrEmptyBatch}}, false
-		}
-		reqs = make([]Request, len(elems))
-		for i, e := range elems {
-			reqs[i] = parseRequest(e)
-		}
-		return reqs, true
-	}
-	return []Request{parseRequest(data)}, false
-}
-
-// parseRequest checks one request object (valid JSON).
-func parseRequest(raw json.RawMessage) Request {
-	if len(raw) == 0 || raw[0] != '{' {
-		return Request{Err: ErrNotObject}
-	}
-	var version, id, method, params []byte
-	var hasID bool
-	_ = rpcscan.Object(raw, func(key, value []byte) bool {
-		switch string(key) {
-		case "jsonrpc":
-			version = value
-		case "id":
-			id, hasID = value, true
-		case "method":
-			method = value
-		case "params":
-			params = value
-		}
-		return true
-	})
-	var r Request
-	if hasID {
-		switch id[0] {
-		case '"', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-			r.ID = id
-		default:
-			return Request{Err: ErrID}
-		}
-	}
-	fail := func(e *Error) Request { return Request{ID: r.ID, Err: e} }
-	if v, ok := String(version); !ok || v != "2.0" {
-		return fail(ErrVersion)
-	}
-	m, ok := String(method)
-	if !ok || m == "" {
-		return fail(ErrMethod)
-	}
-	r.Method = m
-	if len(params) > 0 && string(params) != "null" {
-		if params[0] != '{' && params[0] != '[' {
-			return fail(ErrParams)
-		}
-		r.Params = params
-	}
-	return r
-}
-
-// String decodes a JSON string value (a valid span); ok is false for any
-// other kind of value.
-func String(v []byte) (string, bool) {
-	if len(v) < 2 || v[0] != '"' {
-		return "", false
-	}
-	if bytes.IndexByte(v, '\\') < 0 {
-		return string(v[1 : len(v)-1]), true
-	}
-	var s string
-	if json.Unmarshal(v, &s) != nil {
-		return "", false
-	}
-	return s, true
-}
 
 // AppendString appends s as a JSON string (invalid UTF-8 becomes U+FFFD).
 func AppendString(dst []byte, s string) []byte { return jsonenc.AppendString(dst, s) }
@@ -314,6 +225,11 @@ func AppendBatch(dst []byte, elems [][]byte) []byte {
 // (nil when absent; a JSON null member is the 4 bytes "null").
 type Message struct {
 	JSONRPC, ID, Method, Params, Result, Error json.RawMessage
+	// Raw is the whole message.
+	Raw json.RawMessage
+	// Err, when set, says why Raw is not a message (it is not a JSON
+	// object); the members are then unset.
+	Err error
 }
 
 // Kind classifies a Message.
@@ -342,50 +258,6 @@ func (m *Message) Kind() Kind {
 		return KindReply
 	}
 	return KindInvalid
-}
-
-// SplitFrame checks one text frame (valid UTF-8) and returns its messages:
-// the frame itself (batch false) or the elements of a batch, as spans of
-// the frame.
-func SplitFrame(frame []byte) (msgs [][]byte, batch bool, err error) {
-	p := bytes.TrimLeft(frame, " \t\r\n")
-	if !json.Valid(p) {
-		return nil, false, errors.New("frame is not valid JSON")
-	}
-	if p[0] != '[' {
-		return [][]byte{p}, false, nil
-	}
-	elems, _ := rpcscan.Array(p)
-	if len(elems) == 0 {
-		return nil, true, errors.New("empty batch")
-	}
-	return elems, true, nil
-}
-
-// DecodeMessage picks the members of one message (valid JSON) by their
-// exact names, without decoding the values.
-func DecodeMessage(raw json.RawMessage) (m Message, err error) {
-	if len(raw) == 0 || raw[0] != '{' {
-		return m, errors.New("message is not a JSON object")
-	}
-	_ = rpcscan.Object(raw, func(key, value []byte) bool {
-		switch string(key) {
-		case "jsonrpc":
-			m.JSONRPC = value
-		case "id":
-			m.ID = value
-		case "method":
-			m.Method = value
-		case "params":
-			m.Params = value
-		case "result":
-			m.Result = value
-		case "error":
-			m.Error = value
-		}
-		return true
-	})
-	return m, nil
 }
 
 // Why a reply is not valid JSON-RPC 2.0.

@@ -94,10 +94,7 @@ func TestReply(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}`, ``, 0, ErrBadErrorObj},
 		{`{"jsonrpc":"2.0","id":1,"error":{"code":1}}`, ``, 0, ErrBadErrorObj},
 	} {
-		m, err := DecodeMessage(json.RawMessage(tc.in))
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := message(t, tc.in)
 		res, e, err := m.Reply()
 		if err != tc.wantErr {
 			t.Errorf("%s: err %v, want %v", tc.in, err, tc.wantErr)
@@ -115,6 +112,16 @@ func TestReply(t *testing.T) {
 	}
 }
 
+// message parses a frame of one message.
+func message(t *testing.T, frame string) Message {
+	t.Helper()
+	msgs, batch, err := ParseMessages(nil, []byte(frame))
+	if err != nil || batch || len(msgs) != 1 || msgs[0].Err != nil {
+		t.Fatalf("%s: %d messages, %v", frame, len(msgs), err)
+	}
+	return msgs[0]
+}
+
 func TestKind(t *testing.T) {
 	for in, want := range map[string]Kind{
 		`{"jsonrpc":"2.0","id":1,"result":1}`:          KindReply,
@@ -124,7 +131,7 @@ func TestKind(t *testing.T) {
 		`{"jsonrpc":"2.0"}`:                            KindInvalid,
 		`{"jsonrpc":"2.0","ID":1,"Method":"x","a":{}}`: KindInvalid,
 	} {
-		m, _ := DecodeMessage(json.RawMessage(in))
+		m := message(t, in)
 		if got := m.Kind(); got != want {
 			t.Errorf("%s: kind %d, want %d", in, got, want)
 		}
@@ -198,5 +205,54 @@ func TestEncodersProduceValidJSON(t *testing.T) {
 	}
 	if string(nr) != `{"jsonrpc":"2.0","method":"m"}` {
 		t.Fatal(string(nr))
+	}
+}
+
+func TestSubscriptionHelpers(t *testing.T) {
+	for _, tc := range []struct {
+		params, id, result string // "" for none
+	}{
+		{`{"subscription":"0x1","result":{"a":[1,"}"]}}`, `"0x1"`, `{"a":[1,"}"]}`},
+		{` { "result" : 5 , "subscription" : 7 } `, `7`, `5`},
+		{`{"subscription":-1.5e3,"result":null}`, `-1.5e3`, `null`},
+		{`{"subscr\u0069ption":"a","result":[]}`, `"a"`, `[]`},
+		// Not an id.
+		{`{"subscription":{"id":1},"result":1}`, ``, `1`},
+		{`{"subscription":null,"result":1}`, ``, `1`},
+		{`{"subscription":true}`, ``, ``},
+		// Names match exactly; nested members are not the params'.
+		{`{"Subscription":"0x1","Result":1}`, ``, ``},
+		{`{"result":{"subscription":"0x1","result":2}}`, ``, `{"subscription":"0x1","result":2}`},
+		// Twice: which one is meant is unknown.
+		{`{"subscription":"0x1","subscription":"0x2","result":1,"result":2}`, ``, ``},
+		// Not an object, or not one.
+		{`["0x1",1]`, ``, ``}, {`"subscription"`, ``, ``}, {``, ``, ``},
+		{`{"subscription":"0x1","result":1} {}`, ``, ``},
+		{`{"subscription":"0x1","result":{`, ``, ``},
+	} {
+		if got := SubscriptionID(json.RawMessage(tc.params)); string(got) != tc.id {
+			t.Errorf("SubscriptionID(%s) = %s, want %s", tc.params, got, tc.id)
+		}
+		got, ok := SubscriptionResult(json.RawMessage(tc.params))
+		if string(got) != tc.result || ok != (tc.result != "") {
+			t.Errorf("SubscriptionResult(%s) = %s, %v; want %s", tc.params, got, ok, tc.result)
+		}
+		with := WithSubscriptionID(json.RawMessage(tc.params), json.RawMessage(`"client-1"`))
+		want := tc.params
+		if tc.id != "" {
+			want = strings.Replace(tc.params, tc.id, `"client-1"`, 1)
+		}
+		if string(with) != want {
+			t.Errorf("WithSubscriptionID(%s) = %s, want %s", tc.params, with, want)
+		}
+	}
+}
+
+func TestWithSubscriptionIDCopies(t *testing.T) {
+	params := json.RawMessage(`{"subscription":"0x1","result":1}`)
+	with := WithSubscriptionID(params[:len(params):len(params)], json.RawMessage(`2`))
+	with[0] = ' '
+	if string(params) != `{"subscription":"0x1","result":1}` || string(with) != ` "subscription":2,"result":1}` {
+		t.Fatalf("params %s, with %s", params, with)
 	}
 }

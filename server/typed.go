@@ -26,7 +26,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/wsbridge/wsbridge/bridge"
-	"github.com/wsbridge/wsbridge/internal/rpcscan"
+	"github.com/wsbridge/wsbridge/jsonrpc"
 	"github.com/wsbridge/wsbridge/typed"
 )
 
@@ -169,16 +169,9 @@ func (s *Server) typedStream(m *typed.Method, stream grpc.ServerStream) error {
 // notificationMessage reads a subscription notification's result into a
 // stream message.
 func notificationMessage(m *typed.Method, params json.RawMessage) (*dynamicpb.Message, error) {
-	var result []byte
-	err := rpcscan.Object(params, func(key, value []byte) bool {
-		if string(key) == "result" {
-			result = value
-			return false
-		}
-		return true
-	})
-	if err != nil || result == nil {
-		return nil, fmt.Errorf("notification params %.100s have no result", params)
+	result, ok := jsonrpc.SubscriptionResult(params)
+	if !ok {
+		return nil, fmt.Errorf("notification params %.100s have no result (or two)", params)
 	}
 	return m.ResultOfValid(result) // the bridge checked the frame
 }
