@@ -703,12 +703,12 @@ func (h *hub) unsubscribeAtBackend(method string, slot int, id json.RawMessage) 
 
 // route delivers one backend notification (see hub).
 func (h *hub) route(slot int, method string, params json.RawMessage) {
-	if id := subscriptionID(params); id != nil {
+	if id := jsonrpc.SubscriptionID(params); id != nil {
 		h.mu.Lock()
 		sub := h.byID[subRef{slot, jsonrpc.IDKey(id)}]
 		if sub != nil {
 			if !bytes.Equal(sub.clientID, id) {
-				params = replaceSubscriptionID(params, sub.clientID)
+				params = jsonrpc.WithSubscriptionID(params, sub.clientID)
 			}
 			owners := make([]*Consumer, 0, len(sub.owners))
 			for c := range sub.owners {
@@ -764,33 +764,6 @@ func (h *hub) deliver(to []*Consumer, method string, params json.RawMessage) {
 		}
 	}
 	h.delivered.Add(uint64(n))
-}
-
-// subscriptionID returns params.subscription, or nil.
-func subscriptionID(params json.RawMessage) json.RawMessage {
-	if len(params) == 0 || params[0] != '{' || !bytes.Contains(params, []byte(`"subscription"`)) {
-		return nil
-	}
-	var p struct {
-		Subscription json.RawMessage `json:"subscription"`
-	}
-	if json.Unmarshal(params, &p) != nil || !isScalarID(p.Subscription) {
-		return nil
-	}
-	return p.Subscription
-}
-
-func replaceSubscriptionID(params, id json.RawMessage) json.RawMessage {
-	var obj map[string]json.RawMessage
-	if json.Unmarshal(params, &obj) != nil {
-		return params
-	}
-	obj["subscription"] = id
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return params
-	}
-	return b
 }
 
 func gatewayParams(fields map[string]any) json.RawMessage {

@@ -10,8 +10,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wsbridge/wsbridge/internal/jsonenc"
-	"github.com/wsbridge/wsbridge/internal/rpcscan"
-	"github.com/wsbridge/wsbridge/jsonrpc"
+	"github.com/wsbridge/wsbridge/internal/jsonscan"
 )
 
 // Tracing (Options.TracerProvider): each call to a backend is a client
@@ -110,29 +109,21 @@ func withTraceParam(ctx context.Context, name string, params json.RawMessage) js
 // member called name (its key decoded).
 func hasMember(obj []byte, name string) bool {
 	found := false
-	_ = rpcscan.Object(obj, func(key, _ []byte) bool {
-		found = string(key) == name
-		return !found
+	jsonscan.Object(obj, 0, func(key, _ []byte) {
+		found = found || string(key) == name
 	})
 	return found
 }
 
-// membersWithout returns the spans (`"key": value`, as written) of the
-// top-level members of the valid JSON object obj, but those called name.
+// membersWithout returns the top-level members of the valid JSON object
+// obj (`"key":value`, the value as written), but those called name.
 func membersWithout(obj []byte, name string) [][]byte {
 	var kept [][]byte
-	i := rpcscan.SkipSpace(obj, 1)
-	for i < len(obj) && obj[i] == '"' {
-		kEnd := rpcscan.StringEnd(obj, i)
-		v := rpcscan.SkipSpace(obj, rpcscan.SkipSpace(obj, kEnd)+1) // past ':'
-		vEnd := rpcscan.ValueEnd(obj, v)
-		if key, _ := jsonrpc.String(obj[i:kEnd]); key != name {
-			kept = append(kept, obj[i:vEnd])
+	jsonscan.Object(obj, 0, func(key, value []byte) {
+		if string(key) != name {
+			m := jsonenc.AppendString(nil, string(key))
+			kept = append(kept, append(append(m, ':'), value...))
 		}
-		i = rpcscan.SkipSpace(obj, vEnd)
-		if i < len(obj) && obj[i] == ',' {
-			i = rpcscan.SkipSpace(obj, i+1)
-		}
-	}
+	})
 	return kept
 }

@@ -49,7 +49,7 @@ func TestWithTraceParamDropsTheClientsMember(t *testing.T) {
 		`{"a":1,"_trace":` + forged + `}`:                          `{` + tc + `,"a":1}`,
 		`{"_trace":` + forged + `,"a":1}`:                          `{` + tc + `,"a":1}`,
 		`{"a":1,"_trace":1,"b":[2],"_trace":"x","c":{"_trace":3}}`: `{` + tc + `,"a":1,"b":[2],"c":{"_trace":3}}`,
-		`{"\u005ftrace":` + forged + `, "a" : 1 }`:                 `{` + tc + `,"a" : 1}`,
+		`{"\u005ftrace":` + forged + `, "a" : 1 }`:                 `{` + tc + `,"a":1}`,
 		` { "_trace" : 1 , "_trace" : 2 } `:                        `{` + tc + `}`,
 		`{"_tracex":1,"_trac":2}`:                                  `{` + tc + `,"_tracex":1,"_trac":2}`,
 	} {
