@@ -47,6 +47,10 @@ type conn struct {
 var errIdle = errors.New("closed after being idle")
 
 func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
+	// The reader enforces Options.MaxReplyBytes itself (see readLoop):
+	// coder/websocket's own limit would close the socket, failing every
+	// call on it for one reply's size.
+	ws.SetReadLimit(-1)
 	c := &conn{
 		slot:  s,
 		b:     s.b,
@@ -305,11 +309,12 @@ func (c *conn) readLoop(ctx context.Context) error {
 	for {
 		// Not ctx: a read context costs coder/websocket a timer per
 		// message; serve closes the socket to end the read.
-		typ, frame, err := wsutil.ReadMessage(context.Background(), c.ws)
+		typ, frame, err := wsutil.ReadMessage(context.Background(), c.ws, c.b.opts.MaxReplyBytes)
+		if tl, ok := errors.AsType[*wsutil.TooLargeError](err); ok {
+			c.oversize(tl)
+			continue
+		}
 		if err != nil {
-			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
-				return fmt.Errorf("backend sent a message over the %d-byte limit (closed with 1009): %w", c.b.opts.MaxMessageBytes, err)
-			}
 			return fmt.Errorf("read: %w", err)
 		}
 		switch {
@@ -443,6 +448,33 @@ func (c *conn) broken(raw []byte, cause error) {
 		}
 		if o, _, _ := c.pending.takeReply(id); o != nil {
 			o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause)})
+		}
+	}
+}
+
+// oversize handles a message over Options.MaxReplyBytes, which the reader
+// has discarded but for its head: it is counted and logged, and the
+// callers it names at the top level of its head (see
+// jsonrpc.BrokenFrameIDs) fail at once with CodeTooLarge. Their calls
+// alone fail: the connection carries on.
+func (c *conn) oversize(tl *wsutil.TooLargeError) {
+	c.b.counters.messagesIn.Add(1)
+	c.b.counters.oversize.Add(1)
+	ids := jsonrpc.BrokenFrameIDs(tl.Head)
+	c.b.opts.Logger.Warn("backend sent a message over the reply limit; discarded", "bytes", tl.Size, "limit", tl.Limit,
+		"callers", len(ids), "frame", excerpt(tl.Head))
+	for _, rawID := range ids {
+		id, _, ok := jsonrpc.GatewayID(rawID)
+		if !ok {
+			continue
+		}
+		o, _, _ := c.pending.takeReply(id)
+		if o == nil {
+			continue
+		}
+		o.complete(result{err: newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)})
+		if at := o.sentAt.Load(); at != 0 {
+			c.slot.be.lat.Record(time.Duration(time.Now().UnixNano() - at))
 		}
 	}
 }
