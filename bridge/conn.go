@@ -435,48 +435,45 @@ var (
 )
 
 // broken handles a frame or message that cannot be routed as it is: it is
-// counted and logged, and the callers it names at its top level (see
-// jsonrpc.BrokenFrameIDs) fail at once with CodeMalformedReply. A frame
-// that names no caller reliably fails no one.
+// counted and logged, and the callers it names at its top level fail at
+// once with CodeMalformedReply.
 func (c *conn) broken(raw []byte, cause error) {
 	c.b.counters.malformed.Add(1)
 	c.b.opts.Logger.Warn("backend sent an invalid frame", "err", cause, "bytes", len(raw), "frame", excerpt(raw))
+	c.failNamed(raw, func() *Error { return newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause) })
+}
+
+// oversize handles a message over Options.MaxReplyBytes, which the reader
+// has discarded but for its head: it is counted and logged, and the
+// callers its head names at its top level fail at once with CodeTooLarge.
+// Their calls alone fail: the connection carries on.
+func (c *conn) oversize(tl *wsutil.TooLargeError) {
+	c.b.counters.messagesIn.Add(1)
+	c.b.counters.oversize.Add(1)
+	n := c.failNamed(tl.Head, func() *Error {
+		return newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)
+	})
+	c.b.opts.Logger.Warn("backend sent a message over the reply limit; discarded", "bytes", tl.Size, "limit", tl.Limit,
+		"callers_failed", n, "frame", excerpt(tl.Head))
+}
+
+// failNamed fails, each with an error of fail's, the callers waiting for
+// the replies that raw names at its top level (see jsonrpc.BrokenFrameIDs;
+// raw may be cut off), and returns how many there were. A frame that
+// names no caller reliably fails no one.
+func (c *conn) failNamed(raw []byte, fail func() *Error) int {
+	n := 0
 	for _, rawID := range jsonrpc.BrokenFrameIDs(raw) {
 		id, _, ok := jsonrpc.GatewayID(rawID)
 		if !ok {
 			continue
 		}
 		if o, _, _ := c.pending.takeReply(id); o != nil {
-			o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause)})
+			o.complete(result{err: fail()})
+			n++
 		}
 	}
-}
-
-// oversize handles a message over Options.MaxReplyBytes, which the reader
-// has discarded but for its head: it is counted and logged, and the
-// callers it names at the top level of its head (see
-// jsonrpc.BrokenFrameIDs) fail at once with CodeTooLarge. Their calls
-// alone fail: the connection carries on.
-func (c *conn) oversize(tl *wsutil.TooLargeError) {
-	c.b.counters.messagesIn.Add(1)
-	c.b.counters.oversize.Add(1)
-	ids := jsonrpc.BrokenFrameIDs(tl.Head)
-	c.b.opts.Logger.Warn("backend sent a message over the reply limit; discarded", "bytes", tl.Size, "limit", tl.Limit,
-		"callers", len(ids), "frame", excerpt(tl.Head))
-	for _, rawID := range ids {
-		id, _, ok := jsonrpc.GatewayID(rawID)
-		if !ok {
-			continue
-		}
-		o, _, _ := c.pending.takeReply(id)
-		if o == nil {
-			continue
-		}
-		o.complete(result{err: newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)})
-		if at := o.sentAt.Load(); at != 0 {
-			c.slot.be.lat.Record(time.Duration(time.Now().UnixNano() - at))
-		}
-	}
+	return n
 }
 
 // excerpt is the start of a frame for a log line: at most 64 bytes, quoted
