@@ -108,10 +108,16 @@ type Options struct {
 	// MaxInFlight is the most calls in flight at once; more are refused with
 	// CodeOverloaded. Default 10000.
 	MaxInFlight int
-	// MaxMessageBytes caps a message in either direction. A larger reply
-	// closes the connection with 1009; a larger request fails with
-	// CodeTooLarge before anything is sent. Default 4 MiB.
+	// MaxMessageBytes caps a request to the backend (and a batch of them):
+	// a larger request fails with CodeTooLarge before anything is sent.
+	// Default 4 MiB.
 	MaxMessageBytes int64
+	// MaxReplyBytes caps a message from the backend. A larger one is
+	// discarded as it is read, its first MaxReplyBytes aside: the callers
+	// it names there (a JSON-RPC server writes "id" before "result") fail
+	// with CodeTooLarge, and the connection stays up. Default 32 MiB,
+	// go-ethereum's own WebSocket read limit.
+	MaxReplyBytes int64
 	// SubscribeMethods are the methods that create a backend subscription
 	// when a Consumer calls them: patterns with at most one *, which
 	// matches any run of characters (package glob). UnsubscribeMethods
@@ -211,6 +217,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.CallTimeout, 30*time.Second)
 	defaults.Positive(&o.MaxInFlight, 10000)
 	defaults.Positive(&o.MaxMessageBytes, 4<<20)
+	defaults.Positive(&o.MaxReplyBytes, 32<<20)
 	defaults.Positive(&o.MaxMethodLength, 1024)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -296,6 +303,7 @@ type counters struct {
 	timeouts, late, unknown            atomic.Uint64
 	notifications, malformed, rejected atomic.Uint64
 	backendRequests                    atomic.Uint64
+	oversize                           atomic.Uint64 // messages over MaxReplyBytes
 }
 
 // New validates opts and returns a running Bridge. With opts.Eager it starts
@@ -753,6 +761,9 @@ type Stats struct {
 	Malformed uint64
 	// Requests the backend sent to the gateway (dropped).
 	BackendRequests uint64
+	// Messages from the backend over MaxReplyBytes, discarded (a reply's
+	// callers fail with CodeTooLarge; a notification is lost).
+	OversizeReplies uint64
 	Rejected        uint64 // refused by MaxInFlight
 	// Latency of the calls that succeeded, and of those that failed.
 	Latency, FailureLatency window.Summary
@@ -829,6 +840,7 @@ func (b *Bridge) Stats() Stats {
 		Notifications:   b.counters.notifications.Load(),
 		Malformed:       b.counters.malformed.Load(),
 		BackendRequests: b.counters.backendRequests.Load(),
+		OversizeReplies: b.counters.oversize.Load(),
 		Rejected:        b.counters.rejected.Load(),
 		Latency:         b.lat.Summary(),
 		FailureLatency:  b.failLat.Summary(),

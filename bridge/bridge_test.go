@@ -540,28 +540,6 @@ func TestOversizeRequestIsRefusedBeforeSending(t *testing.T) {
 	}
 }
 
-func TestOversizeReplyClosesWith1009(t *testing.T) {
-	closed := make(chan websocket.StatusCode, 1)
-	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
-		r, err := c.Read(ctx)
-		if err != nil {
-			return
-		}
-		_ = c.Reply(ctx, r.ID, strings.Repeat("y", 2048))
-		_, err = c.Read(ctx)
-		closed <- websocket.CloseStatus(err)
-	})
-	b := startBridge(t, srv.URL(), Options{MaxMessageBytes: 1024})
-	_, err := b.Call(ctxT(t), "big", nil, CallOptions{})
-	e := wantCode(t, err, CodeReplyLost)
-	if !strings.Contains(e.Error(), "limit") {
-		t.Fatalf("error %q does not name the limit", e)
-	}
-	if code := <-closed; code != websocket.StatusMessageTooBig {
-		t.Fatalf("backend saw close status %v, want 1009", code)
-	}
-}
-
 func TestCloseSendsGoingAwayAndFailsInFlight(t *testing.T) {
 	status := make(chan websocket.StatusCode, 1)
 	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {

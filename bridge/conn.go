@@ -47,6 +47,10 @@ type conn struct {
 var errIdle = errors.New("closed after being idle")
 
 func newConn(s *slot, ws *websocket.Conn, raw net.Conn) *conn {
+	// The reader enforces Options.MaxReplyBytes itself (see readLoop):
+	// coder/websocket's own limit would close the socket, failing every
+	// call on it for one reply's size.
+	ws.SetReadLimit(-1)
 	c := &conn{
 		slot:  s,
 		b:     s.b,
@@ -305,11 +309,12 @@ func (c *conn) readLoop(ctx context.Context) error {
 	for {
 		// Not ctx: a read context costs coder/websocket a timer per
 		// message; serve closes the socket to end the read.
-		typ, frame, err := wsutil.ReadMessage(context.Background(), c.ws)
+		typ, frame, err := wsutil.ReadMessage(context.Background(), c.ws, c.b.opts.MaxReplyBytes)
+		if tl, ok := errors.AsType[*wsutil.TooLargeError](err); ok {
+			c.oversize(tl)
+			continue
+		}
 		if err != nil {
-			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
-				return fmt.Errorf("backend sent a message over the %d-byte limit (closed with 1009): %w", c.b.opts.MaxMessageBytes, err)
-			}
 			return fmt.Errorf("read: %w", err)
 		}
 		switch {
@@ -431,21 +436,45 @@ var (
 )
 
 // broken handles a frame or message that cannot be routed as it is: it is
-// counted and logged, and the callers it names at its top level (see
-// jsonrpc.BrokenFrameIDs) fail at once with CodeMalformedReply. A frame
-// that names no caller reliably fails no one.
+// counted and logged, and the callers it names at its top level fail at
+// once with CodeMalformedReply.
 func (c *conn) broken(raw []byte, cause error) {
 	c.b.counters.malformed.Add(1)
 	c.b.opts.Logger.Warn("backend sent an invalid frame", "err", cause, "bytes", len(raw), "frame", excerpt(raw))
+	c.failNamed(raw, func() *Error { return newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause) })
+}
+
+// oversize handles a message over Options.MaxReplyBytes, which the reader
+// has discarded but for its head: it is counted and logged, and the
+// callers its head names at its top level fail at once with CodeTooLarge.
+// Their calls alone fail: the connection carries on.
+func (c *conn) oversize(tl *wsutil.TooLargeError) {
+	c.b.counters.messagesIn.Add(1)
+	c.b.counters.oversize.Add(1)
+	n := c.failNamed(tl.Head, func() *Error {
+		return newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)
+	})
+	c.b.opts.Logger.Warn("backend sent a message over the reply limit; discarded", "bytes", tl.Size, "limit", tl.Limit,
+		"callers_failed", n, "frame", excerpt(tl.Head))
+}
+
+// failNamed fails, each with an error of fail's, the callers waiting for
+// the replies that raw names at its top level (see jsonrpc.BrokenFrameIDs;
+// raw may be cut off), and returns how many there were. A frame that
+// names no caller reliably fails no one.
+func (c *conn) failNamed(raw []byte, fail func() *Error) int {
+	n := 0
 	for _, rawID := range jsonrpc.BrokenFrameIDs(raw) {
 		id, _, ok := jsonrpc.GatewayID(rawID)
 		if !ok {
 			continue
 		}
 		if o, _, _ := c.pending.takeReply(id); o != nil {
-			o.complete(result{err: newError(CodeMalformedReply, "backend reply is not valid JSON-RPC 2.0", cause)})
+			o.complete(result{err: fail()})
+			n++
 		}
 	}
+	return n
 }
 
 // excerpt is the start of a frame for a log line: at most 64 bytes, quoted

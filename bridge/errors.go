@@ -28,7 +28,9 @@ const (
 	CodeCanceled
 	// CodeOverloaded: the in-flight limit was reached.
 	CodeOverloaded
-	// CodeTooLarge: the encoded request is larger than the message limit.
+	// CodeTooLarge: the encoded request is larger than the message limit
+	// (nothing was sent), or the backend's reply is larger than the reply
+	// limit (Options.MaxReplyBytes; it was discarded).
 	CodeTooLarge
 	// CodeInvalidArgument: the method or params cannot be sent as JSON-RPC.
 	CodeInvalidArgument

@@ -416,14 +416,14 @@ func (ps *policies) store(key string, res json.RawMessage, ttl time.Duration) {
 }
 
 // answered reports whether a call ended with the backend's answer (a
-// result, a JSON-RPC error, or a malformed reply), as opposed to the
-// transport failing it.
+// result, a JSON-RPC error, a malformed reply, or one over the reply
+// limit), as opposed to the transport failing it.
 func answered(err error) bool {
 	if err == nil {
 		return true
 	}
 	switch CodeOf(err) {
-	case CodeBackendError, CodeMalformedReply:
+	case CodeBackendError, CodeMalformedReply, CodeTooLarge:
 		return true
 	}
 	return false

@@ -358,7 +358,6 @@ func (s *slot) dial(ctx context.Context) (*conn, error) {
 		}
 		return nil, fmt.Errorf("dial %s: %w", be.displayURL, err)
 	}
-	ws.SetReadLimit(b.opts.MaxMessageBytes)
 	return newConn(s, ws, raw()), nil
 }
 

@@ -257,6 +257,7 @@ func (s *Server) snapshot() *wsbridgev1.Stats {
 		NotificationsDropped:    bs.Dropped,
 		ClientSubscriptions:     bs.ClientSubscriptions,
 		BackendRequests:         bs.BackendRequests,
+		OversizeReplies:         bs.OversizeReplies,
 		Ready:                   bs.Ready && !s.draining.Load(),
 		RefusedClients:          c.refusedClients.Load(),
 		Pending:                 bs.Pending,

@@ -296,8 +296,9 @@ func (c *wsClient) readLoop(ss *session) error {
 			return nil // end woke the reader: serve closes
 		}
 		// Reads use a context that is never cancelled: cancelling a read
-		// drops the TCP connection without the close handshake.
-		typ, data, err := wsutil.ReadMessage(context.Background(), c.conn)
+		// drops the TCP connection without the close handshake. The
+		// message limit is the connection's (SetReadLimit): over it, 1009.
+		typ, data, err := wsutil.ReadMessage(context.Background(), c.conn, -1)
 		if err != nil {
 			return err
 		}

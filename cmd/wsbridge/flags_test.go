@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -126,6 +127,8 @@ func TestServeRefusesBadValues(t *testing.T) {
 		{[]string{"--balance", "fastest"}, nil, "--balance fastest: must be priority, round-robin or least-inflight"},
 		{[]string{"--hedge-after", "0s"}, nil, "--hedge-after 0s: must be a positive duration"},
 		{[]string{"--breaker-failures", "0"}, nil, "--breaker-failures 0: must be at least 1"},
+		{[]string{"--max-reply-bytes", "0"}, nil, "--max-reply-bytes 0: must be at least 1"},
+		{nil, map[string]string{"WSBRIDGE_MAX_REPLY_BYTES": "-1"}, "WSBRIDGE_MAX_REPLY_BYTES -1: must be at least 1"},
 		{[]string{"--admin-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"}, nil, "--admin-addr serves pprof itself; --debug-addr is for a gateway without an admin listener"},
 		{[]string{"--backend-idle-timeout", "1m", "--backend-eager"}, nil, "--backend-idle-timeout closes idle backend connections, which --backend-eager redials at once"},
 	} {
@@ -241,7 +244,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	help := stderr.String()
 	for _, name := range []string{"backend", "demo", "grpc-addr", "http-addr", "backend-eager", "backend-conns", "backend-header",
 		"backoff-base", "backoff-multiplier", "backoff-jitter", "backoff-max", "backend-ping-interval", "backend-ping-timeout",
-		"call-timeout", "max-inflight", "max-message-bytes", "max-batch", "shutdown-grace", "log-format", "log-level"} {
+		"call-timeout", "max-inflight", "max-message-bytes", "max-reply-bytes", "max-batch", "shutdown-grace", "log-format", "log-level"} {
 		if !strings.Contains(help, "--"+name+" ") && !strings.Contains(help, "--"+name+"\n") {
 			t.Errorf("help lacks --%s", name)
 		}
@@ -309,6 +312,48 @@ func TestRedactArgs(t *testing.T) {
 	}
 	if !strings.Contains(got, "wss://h:1/REDACTED") || !strings.Contains(got, "X-Api-Key: REDACTED") || !strings.Contains(got, "--grpc-addr 1.2.3.4:5") {
 		t.Errorf("redacted too much or wrongly: %q", got)
+	}
+}
+
+// --max-reply-bytes comes from the flag, the environment or the config
+// file like any flag, apart from --max-message-bytes, and --print-config
+// shows it.
+func TestMaxReplyBytes(t *testing.T) {
+	clearEnv(t)
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("max-reply-bytes: 3000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want int64
+	}{
+		{nil, "", 32 << 20},
+		{[]string{"--max-reply-bytes", "1000000"}, "", 1000000},
+		{nil, "2000000", 2000000},
+		{[]string{"--config", file}, "", 3000000},
+	} {
+		if tc.env != "" {
+			t.Setenv("WSBRIDGE_MAX_REPLY_BYTES", tc.env)
+		}
+		var errOut bytes.Buffer
+		fs := newFlagSet("serve", &errOut)
+		var sf serveFlags
+		sf.register(fs)
+		if code, ok := parseArgs(fs, append([]string{"--demo", "--max-message-bytes", "1024"}, tc.args...)); !ok {
+			t.Fatalf("%v: parse: %d %s", tc.args, code, errOut.String())
+		}
+		opts, err := sf.options(fs, slog.New(slog.DiscardHandler))
+		if err != nil || opts.Bridge.MaxReplyBytes != tc.want || opts.Bridge.MaxMessageBytes != 1024 {
+			t.Errorf("%v %s: reply limit %d, message limit %d, %v; want %d and 1024", tc.args, tc.env, opts.Bridge.MaxReplyBytes, opts.Bridge.MaxMessageBytes, err, tc.want)
+		}
+		var out bytes.Buffer
+		if code := run(context.Background(), append([]string{"serve", "--demo", "--print-config"}, tc.args...), &out, &errOut); code != 0 ||
+			!strings.Contains(out.String(), fmt.Sprintf("max-reply-bytes: %d\n", tc.want)) {
+			t.Errorf("%v %s: --print-config exit %d:\n%s", tc.args, tc.env, code, out.String())
+		}
+		os.Unsetenv("WSBRIDGE_MAX_REPLY_BYTES")
 	}
 }
 

@@ -79,7 +79,8 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.duration(&bo.WriteTimeout, "backend-write-timeout", 10*time.Second, "bound on one write to the backend")
 	fs.duration(&bo.CallTimeout, "call-timeout", 30*time.Second, "longest any call may take")
 	fs.int(&bo.MaxInFlight, "max-inflight", 10000, "most calls in flight at once; more get RESOURCE_EXHAUSTED")
-	fs.int64(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message to or from the backend, and largest request body")
+	fs.int64(&bo.MaxMessageBytes, "max-message-bytes", 4<<20, "largest message a client may send (a request body, a /ws or gRPC message) and largest request to the backend")
+	fs.int64(&bo.MaxReplyBytes, "max-reply-bytes", 32<<20, "largest message from the backend; a larger reply fails its call alone with RESOURCE_EXHAUSTED and is discarded as it is read (the link stays up)")
 	fs.duration(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long calls in flight may drain at shutdown")
 	fs.duration(&o.ShutdownDelay, "shutdown-delay", 0, "at shutdown, keep serving this long with readiness NOT_SERVING before refusing calls (time for load balancers to notice)")
 	fs.duration(&o.ClientPingInterval, "client-ping-interval", 30*time.Second, "WebSocket ping interval to /ws clients")
@@ -270,7 +271,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		return fs.badValue("backoff-max", "must be at least --backoff-base ("+bo.Backoff.Base.String()+")")
 	}
 	atLeastOne := map[string]int64{"backend-conns": int64(bo.Conns), "max-inflight": int64(bo.MaxInFlight),
-		"max-message-bytes": bo.MaxMessageBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch),
+		"max-message-bytes": bo.MaxMessageBytes, "max-reply-bytes": bo.MaxReplyBytes, "client-buffer": int64(o.ClientBuffer), "max-batch": int64(o.MaxBatch),
 		"client-buffer-bytes": o.ClientBufferBytes, "max-unauthenticated-rpcs": int64(o.MaxOpenRPCs), "max-streams-per-conn": int64(o.MaxStreamsPerConn),
 		"max-header-bytes": int64(o.MaxHeaderBytes), "breaker-failures": int64(bo.BreakerFailures)}
 	for _, name := range sortedKeys(atLeastOne) {

@@ -534,8 +534,12 @@ type Stats struct {
 	// invalid_request, method_not_found, invalid_params, internal_error,
 	// server_error (-32000 to -32099), application (any other code).
 	BackendErrorsByClass map[string]uint64 `protobuf:"bytes,58,rep,name=backend_errors_by_class,json=backendErrorsByClass,proto3" json:"backend_errors_by_class,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Backend messages over --max-reply-bytes, discarded as they were read: a
+	// reply's caller got RESOURCE_EXHAUSTED, a notification was lost. The
+	// connection stays up.
+	OversizeReplies uint64 `protobuf:"varint,59,opt,name=oversize_replies,json=oversizeReplies,proto3" json:"oversize_replies,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -974,6 +978,13 @@ func (x *Stats) GetBackendErrorsByClass() map[string]uint64 {
 	return nil
 }
 
+func (x *Stats) GetOversizeReplies() uint64 {
+	if x != nil {
+		return x.OversizeReplies
+	}
+	return 0
+}
+
 // BackendStats are one backend's figures (Stats.backends). Each field is
 // declared like Stats' own; metrics carry the backend's url as a label.
 type BackendStats struct {
@@ -1218,7 +1229,7 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xce<\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xa9>\n" +
 	"\x05Stats\x12X\n" +
 	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
 	"instanceId\x12i\n" +
@@ -1288,7 +1299,8 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"cache_hits\x187 \x01(\x04B@\xea\xe0\x18<\b\x01\x126Calls answered from the reply cache (--cache-methods).\x18\x03R\tcacheHits\x12v\n" +
 	"\bbackends\x188 \x03(\v2\x19.wsbridge.v1.BackendStatsB?\xea\xe0\x18;\b\x03\x12\x1fOne row per configured backend.\x18\x02*\vper_backend2\abackendR\bbackends\x12\xdf\x01\n" +
 	"\x10backend_messages\x189 \x03(\v2'.wsbridge.v1.Stats.BackendMessagesEntryB\x8a\x01\xea\xe0\x18\x85\x01\b\x01\x12tJSON-RPC messages by direction: sent (to the backends) and received (from them; each element of a batch counts one).\x18\x022\tdirectionR\x0fbackendMessages\x12\xbb\x02\n" +
-	"\x17backend_errors_by_class\x18: \x03(\v2,.wsbridge.v1.Stats.BackendErrorsByClassEntryB\xd5\x01\xea\xe0\x18\xd0\x01\b\x01\x12\xc2\x01Backend error replies by the JSON-RPC code's class: parse_error, invalid_request, method_not_found, invalid_params, internal_error, server_error (-32000 to -32099), application (any other code).\x18\x042\x05classR\x14backendErrorsByClass\x1aA\n" +
+	"\x17backend_errors_by_class\x18: \x03(\v2,.wsbridge.v1.Stats.BackendErrorsByClassEntryB\xd5\x01\xea\xe0\x18\xd0\x01\b\x01\x12\xc2\x01Backend error replies by the JSON-RPC code's class: parse_error, invalid_request, method_not_found, invalid_params, internal_error, server_error (-32000 to -32099), application (any other code).\x18\x042\x05classR\x14backendErrorsByClass\x12\xd8\x01\n" +
+	"\x10oversize_replies\x18; \x01(\x04B\xac\x01\xea\xe0\x18\xa7\x01\b\x01\x12\xa0\x01Backend messages over --max-reply-bytes, discarded as they were read: a reply's caller got RESOURCE_EXHAUSTED, a notification was lost. The connection stays up.\x18\x02R\x0foversizeReplies\x1aA\n" +
 	"\x13ErrorsByReasonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aB\n" +
