@@ -394,7 +394,7 @@ type Stats struct {
 	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	// When the process started.
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	// Milliseconds since start.
+	// Milliseconds since start (the metric uptime_seconds: seconds).
 	UptimeMs uint64 `protobuf:"varint,3,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
 	// Client requests (calls and notifications) on every face.
 	RequestsHandled uint64 `protobuf:"varint,4,opt,name=requests_handled,json=requestsHandled,proto3" json:"requests_handled,omitempty"`
@@ -1229,13 +1229,13 @@ const file_wsbridge_v1_stats_proto_rawDesc = "" +
 	"\x06p90_ms\x18\x02 \x01(\x01R\x05p90Ms\x12\x15\n" +
 	"\x06p99_ms\x18\x03 \x01(\x01R\x05p99Ms\x12\x14\n" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12%\n" +
-	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xa9>\n" +
+	"\x0ewindow_seconds\x18\x05 \x01(\rR\rwindowSeconds\"\xaf>\n" +
 	"\x05Stats\x12X\n" +
 	"\vinstance_id\x18\x01 \x01(\tB7\xea\xe0\x183\b\x03\x12\"Random id of this gateway process.\x18\x01\"\tisolateIdR\n" +
 	"instanceId\x12i\n" +
 	"\n" +
-	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB.\xea\xe0\x18*\b\x03\x12\x19When the process started.\x18\x01\"\tstartedAtR\tstartedAt\x12c\n" +
-	"\tuptime_ms\x18\x03 \x01(\x04BF\xea\xe0\x18B\b\x02\x12\x19Milliseconds since start.\x18\x01\"\buptimeMs*\x0euptime_seconds9\xfc\xa9\xf1\xd2MbP?R\buptimeMs\x12~\n" +
+	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB.\xea\xe0\x18*\b\x03\x12\x19When the process started.\x18\x01\"\tstartedAtR\tstartedAt\x12i\n" +
+	"\tuptime_ms\x18\x03 \x01(\x04BL\xea\xe0\x18H\b\x02\x12\x1fTime since the gateway started.\x18\x01\"\buptimeMs*\x0euptime_seconds9\xfc\xa9\xf1\xd2MbP?R\buptimeMs\x12~\n" +
 	"\x10requests_handled\x18\x04 \x01(\x04BS\xea\xe0\x18O\b\x01\x128Client requests (calls and notifications) on every face.\x18\x03\"\x0frequestsHandledR\x0frequestsHandled\x12`\n" +
 	"\vws_upgrades\x18\x05 \x01(\x04B?\xea\xe0\x18;\b\x01\x12)WebSocket upgrades accepted from clients.\x18\x06\"\n" +
 	"wsUpgradesR\n" +
