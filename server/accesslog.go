@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync/atomic"
@@ -61,7 +62,32 @@ func (e *accessEntry) done(respLen int, err error) {
 		slog.Float64("latency_ms", float64(time.Since(e.start).Microseconds())/1000),
 		slog.Int("request_bytes", e.reqLen), slog.Int("response_bytes", respLen),
 	}
-	e.write("call", attrs)
+	e.write("call", append(attrs, failureAttrs(e.face, err)...))
+}
+
+// failureAttrs explain a failed call in its access log line: the reason
+// (the stats' errors_by_reason: unavailable, reply_lost, draining,
+// deadline_exceeded, backend_error, ...: whether a retry is safe), the
+// JSON-RPC code (the backend's, or the one a JSON-RPC client got) and the
+// HTTP status where the face answers with one.
+func failureAttrs(f face, err error) []slog.Attr {
+	if err == nil {
+		return nil
+	}
+	m := mappingFor(err)
+	attrs := []slog.Attr{slog.String("reason", errorReason(err))}
+	var be *bridge.Error
+	switch {
+	case errors.As(err, &be) && be.RPC != nil:
+		attrs = append(attrs, slog.Int64("jsonrpc_code", be.RPC.Code))
+	case (f == faceWS || f == faceRPC || f == faceSession) && !m.NoReply:
+		attrs = append(attrs, slog.Int64("jsonrpc_code", m.JSONRPC))
+	}
+	switch f {
+	case faceREST, faceRESTTyped, faceConnect:
+		attrs = append(attrs, slog.Int("http_status", m.HTTP))
+	}
+	return attrs
 }
 
 // grpcCodeOf names the gRPC code of an outcome: a status's own, or the

@@ -109,3 +109,59 @@ func TestAccessLogSampling(t *testing.T) {
 		t.Fatalf("lines %v", lines)
 	}
 }
+
+// A failed call's line explains it (issue 21 item 4): the reason (is a
+// retry safe?), the JSON-RPC code, the HTTP status where there is one;
+// each door has its own face name (typed REST and Connect apart from
+// typed gRPC), and a stream gets a line when it ends, with its duration
+// and messages.
+func TestAccessLogExplainsFailures(t *testing.T) {
+	var buf syncBuffer
+	h, _ := typedHarness(t, func(o *Options) { o.AccessLog = slog.New(slog.NewJSONHandler(&buf, nil)) })
+	jsonHeader := http.Header{"Content-Type": {"application/json"}}
+	httpDo(t, http.MethodPost, h.base+"/v1/call/fail", `{"code":-32602,"message":"m"}`, jsonHeader)
+	httpDo(t, http.MethodPost, h.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"fail","params":{"code":-32000,"message":"m"}}`, jsonHeader)
+	httpDo(t, http.MethodPost, h.base+"/v1/demo/add", `{"a":2,"b":3}`, jsonHeader)
+	httpDo(t, http.MethodPost, h.base+"/demo.v1.Demo/Add", `{"a":2,"b":3}`, http.Header{"Content-Type": {"application/json"}, "Connect-Protocol-Version": {"1"}})
+	if _, err := h.bridge.Subscribe(ctxT(t), &wsbridgev1.SubscribeRequest{Methods: []string{"tick"}}); err != nil {
+		t.Fatal(err)
+	}
+	bridgetest.Eventually(t, "the stream open", func() bool { return h.srv.Bridge().Stats().Consumers == 1 })
+	h.stop() // ends the stream: its line is written at its end
+	var calls []map[string]any
+	var stream map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		switch m["msg"] {
+		case "call":
+			calls = append(calls, m)
+		case "stream":
+			if m["method"] == wsbridgev1.BridgeService_Subscribe_FullMethodName {
+				stream = m
+			}
+		}
+	}
+	find := func(face, method string) map[string]any {
+		for _, c := range calls {
+			if c["face"] == face && c["method"] == method {
+				return c
+			}
+		}
+		t.Fatalf("no %s line for %s: %v", face, method, calls)
+		return nil
+	}
+	if l := find("rest", "fail"); l["reason"] != "backend_error" || l["jsonrpc_code"] != float64(-32602) || l["http_status"] != float64(400) {
+		t.Errorf("REST backend error: %v", l)
+	}
+	if l := find("rpc", "fail"); l["reason"] != "backend_error" || l["jsonrpc_code"] != float64(-32000) || l["http_status"] != nil {
+		t.Errorf("/rpc backend error: %v", l)
+	}
+	find("rest-typed", "add")
+	find("connect", "add")
+	if stream == nil || stream["face"] != "grpc" || stream["duration_ms"] == nil || stream["messages"] == nil {
+		t.Errorf("Subscribe's stream line: %v", stream)
+	}
+}
