@@ -306,20 +306,42 @@ type counters struct {
 	oversize                           atomic.Uint64 // messages over MaxReplyBytes
 }
 
+// Check reports what New would refuse in opts, starting nothing.
+func Check(opts Options) error {
+	opts = opts.withDefaults()
+	for _, be := range opts.Backends {
+		if err := CheckURL(be.URL); err != nil {
+			return err
+		}
+	}
+	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
+		return fmt.Errorf("subscription methods: %w", err)
+	}
+	return nil
+}
+
+// SubscribeMatcher reports, for opts as New would take them, whether a
+// method makes a backend subscription (see Bridge.IsSubscribeMethod), for
+// checks made before a Bridge exists.
+func SubscribeMatcher(opts Options) func(method string) bool {
+	h := newHub(nil, hubOptions{SubscribeMethods: opts.SubscribeMethods, UnsubscribeMethods: opts.UnsubscribeMethods})
+	return func(method string) bool {
+		_, ok := h.unsubscribeFor(method)
+		return ok
+	}
+}
+
 // New validates opts and returns a running Bridge. With opts.Eager it starts
 // dialling at once; otherwise nothing is dialled before the first call.
 func New(opts Options) (*Bridge, error) {
+	if err := Check(opts); err != nil {
+		return nil, err
+	}
 	opts = opts.withDefaults()
 	var logURLs, displayURLs []string
 	for _, be := range opts.Backends {
-		if err := CheckURL(be.URL); err != nil {
-			return nil, err
-		}
 		logURLs = append(logURLs, RedactURL(be.URL))
 		displayURLs = append(displayURLs, DisplayURL(be.URL))
-	}
-	if err := validPatterns(opts.SubscribeMethods, opts.UnsubscribeMethods); err != nil {
-		return nil, fmt.Errorf("subscription methods: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bridge{

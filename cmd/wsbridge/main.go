@@ -57,6 +57,7 @@ Commands:
   serve     run the gateway (gRPC, REST, /ws, /rpc) in front of --backend,
             or of the embedded demo backend with --demo
   stats     show a running gateway's counters (--json, --watch)
+  check     check a configuration as serve would (same flags, environment and --config), and print it
   call      make one call through a running gateway: call METHOD [PARAMS_JSON]
   backend   run the demo JSON-RPC WebSocket backend alone
   version   print the version, commit and Go version
@@ -73,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stdout, stderr)
+	case "check":
+		return check(args[1:], stdout, stderr)
 	case "stats":
 		return statsCmd(ctx, args[1:], stdout, stderr)
 	case "call":
@@ -161,19 +164,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if sf.printConfig {
-		out, err := fs.effective(redactSetting)
-		if err == nil {
-			var sec sections
-			if sec, err = readSections(fs.config); err == nil {
-				out, err = sec.redacted().appendYAML(out)
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(stderr, "wsbridge serve:", err)
-			return 1
-		}
-		_, _ = stdout.Write(out)
-		return 0
+		return checkAndPrint(fs, &sf, stdout, stderr)
 	}
 	log, err := sf.logs.logger(fs, stderr)
 	if err == nil {
@@ -187,6 +178,59 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "wsbridge serve: %v\n", err)
 	return 2
+}
+
+// check is `wsbridge check`: every check serve makes before it listens
+// (values, files, TLS pairs, descriptor sets and their mapping, HTTP
+// rules), then the effective configuration, redacted; or serve's one-line
+// error and exit code 2. It starts nothing.
+func check(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("check", stderr)
+	var sf serveFlags
+	sf.register(fs)
+	if code, ok := parseArgs(fs, args); !ok {
+		return code
+	}
+	return checkAndPrint(fs, &sf, stdout, stderr)
+}
+
+// checkAndPrint checks the configuration of fs and sf as serve would,
+// and prints it (check, serve --print-config).
+func checkAndPrint(fs *flagSet, sf *serveFlags, stdout, stderr io.Writer) int {
+	err := sf.dryRun(fs)
+	var out []byte
+	if err == nil {
+		out, err = fs.effective(redactSetting)
+	}
+	if err == nil {
+		var sec sections
+		if sec, err = readSections(fs.config); err == nil {
+			out, err = sec.redacted().appendYAML(out)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "wsbridge %s: %v\n", fs.Name(), err)
+		return 2
+	}
+	_, _ = stdout.Write(out)
+	return 0
+}
+
+// dryRun runs serve's checks: the flags' values and files (options), then
+// what the server would refuse at start (server.Check).
+func (sf *serveFlags) dryRun(fs *flagSet) error {
+	log, err := sf.logs.logger(fs, io.Discard)
+	if err != nil {
+		return err
+	}
+	opts, err := sf.options(fs, log)
+	if err != nil {
+		return err
+	}
+	if sf.demo {
+		opts.Bridge.URL = "ws://127.0.0.1:1/" // the demo backend's, once started
+	}
+	return server.Check(opts)
 }
 
 // runServer starts what the options need (the demo backend, pprof) and
