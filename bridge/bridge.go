@@ -256,6 +256,9 @@ type Bridge struct {
 	policies    *policies       // per-method retry, hedging, dedup, cache
 
 	router *router // picks each request's backend
+	// rules are the allow and deny lists in effect (SetRules replaces
+	// them).
+	rules atomic.Pointer[methodRules]
 
 	// Lifetime: cancel stops every slot's run loop and the state notifier;
 	// wg waits for them.
@@ -306,6 +309,19 @@ type counters struct {
 	oversize                           atomic.Uint64 // messages over MaxReplyBytes
 }
 
+// methodRules are the allow and deny lists (Options.AllowMethods,
+// DenyMethods).
+type methodRules struct{ allow, deny []string }
+
+// SetRules replaces the allow and deny lists and the method policies
+// (Options.AllowMethods, DenyMethods, Methods) for the calls that start
+// from now on: a reload. Calls under way keep the rules they started
+// with.
+func (b *Bridge) SetRules(allow, deny []string, methods []MethodPolicy) {
+	b.rules.Store(&methodRules{allow: allow, deny: deny})
+	b.policies.setMethods(methods)
+}
+
 // Check reports what New would refuse in opts, starting nothing.
 func Check(opts Options) error {
 	opts = opts.withDefaults()
@@ -354,6 +370,7 @@ func New(opts Options) (*Bridge, error) {
 		idle:        make(chan struct{}),
 		changed:     make(chan struct{}),
 	}
+	b.rules.Store(&methodRules{allow: opts.AllowMethods, deny: opts.DenyMethods})
 	b.policies = newPolicies(b)
 	if opts.TracerProvider != nil {
 		b.tracer = opts.TracerProvider.Tracer(tracerName)
@@ -915,10 +932,11 @@ func (b *Bridge) Stats() Stats {
 // MethodAllowed reports whether clients may call method (see
 // Options.AllowMethods and DenyMethods).
 func (b *Bridge) MethodAllowed(method string) bool {
-	if glob.Any(b.opts.DenyMethods, method) {
+	r := b.rules.Load()
+	if glob.Any(r.deny, method) {
 		return false
 	}
-	return len(b.opts.AllowMethods) == 0 || glob.Any(b.opts.AllowMethods, method)
+	return len(r.allow) == 0 || glob.Any(r.allow, method)
 }
 
 // State returns the Bridge's state: the best state of its slots.

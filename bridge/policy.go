@@ -55,7 +55,8 @@ func (p policy) plain() bool { return p == policy{} }
 type policies struct {
 	b *Bridge
 
-	byMethod sync.Map // method -> policy, up to maxQuoted methods
+	methods  atomic.Pointer[[]MethodPolicy] // Options.Methods, until SetRules
+	byMethod sync.Map                       // method -> policy, up to maxQuoted methods
 	n        atomic.Int64
 	chains   sync.Map // policy -> invoker
 
@@ -71,12 +72,23 @@ type policies struct {
 }
 
 func newPolicies(b *Bridge) *policies {
-	return &policies{b: b, flights: map[string]*flight{}, cache: map[string]*cached{}}
+	ps := &policies{b: b, flights: map[string]*flight{}, cache: map[string]*cached{}}
+	ps.methods.Store(&b.opts.Methods)
+	return ps
+}
+
+// setMethods replaces the method policies; the lookups made of the old
+// ones are forgotten.
+func (ps *policies) setMethods(methods []MethodPolicy) {
+	ps.methods.Store(&methods)
+	ps.byMethod.Clear()
+	ps.n.Store(0)
 }
 
 // of returns the policy for method.
 func (ps *policies) of(method string) policy {
-	if len(ps.b.opts.Methods) == 0 {
+	methods := *ps.methods.Load()
+	if len(methods) == 0 {
 		return policy{}
 	}
 	if p, ok := ps.byMethod.Load(method); ok {
@@ -84,7 +96,7 @@ func (ps *policies) of(method string) policy {
 	}
 	var p policy
 	var retrySet, dedupSet bool
-	for _, r := range ps.b.opts.Methods {
+	for _, r := range methods {
 		if !glob.Match(r.Pattern, method) {
 			continue
 		}

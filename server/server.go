@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -113,6 +114,10 @@ type Options struct {
 	WSOrigins []string
 	// TLS, if set, serves both listeners over TLS (1.2 at least).
 	TLS *tls.Config
+	// TLSNotAfter, if set, tells when the served certificate expires (it
+	// may change as the certificate is renewed): the metric
+	// wsbridge_tls_cert_not_after_seconds.
+	TLSNotAfter func() time.Time
 	// ReadHeaderTimeout bounds reading a request's headers (slowloris).
 	// Default 10 s.
 	ReadHeaderTimeout time.Duration
@@ -295,6 +300,12 @@ func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
 	s.counters.metrics = newMetrics(s, opts.MetricsMethods, opts.Bridge.AllowMethods)
+	if opts.TLSNotAfter != nil {
+		s.counters.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wsbridge_tls_cert_not_after_seconds",
+			Help: "When the certificate the listeners serve expires (Unix time); it follows the renewed files.",
+		}, func() float64 { return float64(opts.TLSNotAfter().Unix()) }))
+	}
 	if opts.TracerProvider != nil {
 		s.tracer = opts.TracerProvider.Tracer(tracerName)
 		if opts.Bridge.TracerProvider == nil {

@@ -120,6 +120,7 @@ func (p *proc) signal(sig syscall.Signal) int {
 type gateway struct {
 	*proc
 	grpcAddr, httpAddr string
+	adminAddr          string // with --admin-addr
 	conn               *grpc.ClientConn
 	bridge             wsbridgev1.BridgeServiceClient
 	stats              wsbridgev1.StatsServiceClient
@@ -130,6 +131,7 @@ func startGateway(t *testing.T, args ...string) *gateway {
 	p := startProc(t, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)...)
 	ready := p.waitLog("wsbridge listening")
 	g := &gateway{proc: p, grpcAddr: ready["grpc"].(string), httpAddr: ready["http"].(string)}
+	g.adminAddr, _ = ready["admin"].(string)
 	conn, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,9 @@ func signalContext() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	// SIGHUP never stops the gateway: serve reloads on it (see reload.go),
+	// and until serve listens for it, it is ignored.
+	signal.Ignore(syscall.SIGHUP)
 	go func() {
 		<-sigs
 		cancel()
@@ -173,7 +176,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		var opts server.Options
 		if opts, err = sf.options(fs, log); err == nil {
-			return runServer(ctx, sf, opts, log)
+			return runServer(ctx, sf, opts, log, func(srv *server.Server) {
+				go watchReload(ctx, args, &sf, fs, srv, opts.Auth, log)
+			})
 		}
 	}
 	fmt.Fprintf(stderr, "wsbridge serve: %v\n", err)
@@ -235,7 +240,7 @@ func (sf *serveFlags) dryRun(fs *flagSet) error {
 
 // runServer starts what the options need (the demo backend, pprof) and
 // runs the gateway until ctx ends.
-func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slog.Logger) int {
+func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slog.Logger, started func(*server.Server)) int {
 	if sf.demo {
 		demo, err := startEmbeddedBackend(backend.Options{Tick: sf.demoTick, Logger: log.With("component", "demo-backend")})
 		if err != nil {
@@ -285,6 +290,7 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	started(srv)
 	if err := srv.Run(ctx); err != nil {
 		log.Error("stopped with an error", "err", err)
 		return 1

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/auth"
+	"github.com/wsbridge/wsbridge/internal/certfile"
 	"github.com/wsbridge/wsbridge/server"
 )
 
@@ -35,6 +36,7 @@ type serveFlags struct {
 	allow, deny, origins, metricsMethods  *listValue
 	hosts                                 *listValue
 	tokenFile, tlsCert, tlsKey, backendCA string
+	tlsPair                               *certfile.Pair // loaded by options
 	backendInsecure, errorData            bool
 	debugAddr                             string
 	printConfig                           bool
@@ -196,11 +198,15 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 		o.Auth = tokens
 	}
 	if sf.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(sf.tlsCert, sf.tlsKey)
+		// Followed as the files change: a renewed certificate is served
+		// to new handshakes without a restart.
+		pair, err := certfile.Load(sf.tlsCert, sf.tlsKey, log)
 		if err != nil {
 			return o, fmt.Errorf("%s %s: %w", fs.source("tls-cert"), sf.tlsCert, err)
 		}
-		o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		sf.tlsPair = pair
+		o.TLS = &tls.Config{GetCertificate: pair.GetCertificate, MinVersion: tls.VersionTLS12}
+		o.TLSNotAfter = pair.NotAfter
 	}
 	if sf.backendCA != "" || sf.backendInsecure {
 		client, err := backendClient(sf.backendCA, sf.backendInsecure)

@@ -51,6 +51,9 @@ func Load(path string, log *slog.Logger) (*TokenFile, error) {
 	return f, nil
 }
 
+// Reload reads the file now (SIGHUP), whether or not it changed.
+func (f *TokenFile) Reload() error { return f.reload() }
+
 // reload reads the file. When it holds no token the set becomes empty
 // (no token is accepted) and the error says why.
 func (f *TokenFile) reload() error {

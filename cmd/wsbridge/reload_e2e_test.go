@@ -1,0 +1,154 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	wsbridgev1 "github.com/wsbridge/wsbridge/gen/wsbridge/v1"
+)
+
+// SIGHUP reloads the method rules of the config file and never stops the
+// gateway (issue 21 item 1: it used to exit 129 at once, cutting the calls
+// in flight); a configuration that does not load keeps the one in use.
+func TestSIGHUPReloadsAndNeverKills(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "wsbridge.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(config, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("demo: true\n")
+	g := startGateway(t, "--config", config)
+	if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	// A call in flight across the reload still answers.
+	inFlight := make(chan error, 1)
+	go func() {
+		_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `[500]`)})
+		inFlight <- err
+	}()
+	write("demo: true\ndeny-methods: [echo]\nmax-inflight: 7\n")
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	line := g.waitLog("reloaded (SIGHUP)")
+	if !strings.Contains(stringOf(line["changed"]), "deny-methods") || !strings.Contains(stringOf(line["needs_restart"]), "max-inflight") {
+		t.Fatalf("reload line %v", line)
+	}
+	if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("echo after the reload denied it: %v", err)
+	}
+	if err := <-inFlight; err != nil {
+		t.Fatalf("the call in flight at the reload: %v", err)
+	}
+	// A configuration that does not load keeps the one in use.
+	write("demo: true\nmax-inflight: -5\n")
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	g.waitLog("reload failed (SIGHUP): the configuration in use stays")
+	if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("echo after a reload that failed: %v", err)
+	}
+	if code := g.signal(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// The TLS certificate follows its files: a renewed certificate reaches
+// new handshakes without a restart, and its expiry is a metric (issue 21
+// item 2).
+func TestTLSCertificateIsReloaded(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	first := writeCert(t, cert, key, time.Now().Add(48*time.Hour))
+	g := startGateway(t, "--demo", "--tls-cert", cert, "--tls-key", key, "--admin-addr", "127.0.0.1:0")
+	served := func() time.Time {
+		t.Helper()
+		c, err := tls.Dial("tcp", g.httpAddr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the test reads the served certificate
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].NotAfter
+	}
+	if got := served(); !got.Equal(first) {
+		t.Fatalf("served %v, want %v", got, first)
+	}
+	second := writeCert(t, cert, key, time.Now().Add(90*24*time.Hour))
+	deadline := time.Now().Add(20 * time.Second)
+	for !served().Equal(second) {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewed certificate is not served")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + g.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var got float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "wsbridge_tls_cert_not_after_seconds "); ok {
+			got, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if got != float64(second.Unix()) {
+		t.Fatalf("wsbridge_tls_cert_not_after_seconds %v, want %d", got, second.Unix())
+	}
+}
+
+func stringOf(v any) string { return fmt.Sprint(v) }
+
+// writeCert writes a self-signed certificate for 127.0.0.1 expiring at
+// notAfter, and its key, and returns its NotAfter as the certificate has
+// it (to the second).
+func writeCert(t *testing.T, certFile, keyFile string, notAfter time.Time) time.Time {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter.Truncate(time.Second), DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key first: a reader between the two writes sees a pair that does
+	// not match, and keeps the old one.
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tmpl.NotAfter.UTC()
+}
