@@ -168,4 +168,3 @@ func TestE2EOutlierEjection(t *testing.T) {
 		t.Fatalf("readiness with one backend available: %v", got)
 	}
 }
-
