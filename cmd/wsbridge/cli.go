@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -92,19 +95,14 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	cf.register(fs)
 	var asJSON, watch bool
 	var interval time.Duration
+	var admin string
 	fs.bool(&asJSON, "json", false, "print JSON (one object per snapshot)")
 	fs.bool(&watch, "watch", false, "keep printing a snapshot every --interval")
 	fs.duration(&interval, "interval", 2*time.Second, "time between snapshots with --watch")
+	fs.StringVar(&admin, "admin", "", "read the stats from the gateway's admin listener (--admin-addr, e.g. 127.0.0.1:9091) over HTTP, instead of its gRPC port")
 	if code, ok := parseArgs(fs, args); !ok {
 		return code
 	}
-	conn, ctx, err := cf.dial(ctx)
-	if err != nil {
-		fmt.Fprintln(stderr, "stats:", err)
-		return 1
-	}
-	defer conn.Close()
-	client := wsbridgev1.NewStatsServiceClient(conn)
 	show := func(st *wsbridgev1.Stats) {
 		if asJSON {
 			b, _ := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(st)
@@ -116,6 +114,16 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		printStats(stdout, st)
 	}
+	if admin != "" {
+		return adminStats(ctx, admin, watch, interval, show, stderr)
+	}
+	conn, ctx, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "stats:", err)
+		return 1
+	}
+	defer conn.Close()
+	client := wsbridgev1.NewStatsServiceClient(conn)
 	if !watch {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -142,6 +150,55 @@ func statsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 1
 		}
 		show(st)
+	}
+}
+
+// adminStats reads GET /v1/stats from the admin listener at addr (no
+// token: it is private), once or every interval with watch.
+func adminStats(ctx context.Context, addr string, watch bool, interval time.Duration, show func(*wsbridgev1.Stats), stderr io.Writer) int {
+	get := func() (*wsbridgev1.Stats, error) {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+addr+"/v1/stats", nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: HTTP %d: %s", addr, resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		var st wsbridgev1.Stats
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, &st); err != nil {
+			return nil, fmt.Errorf("%s/v1/stats: %w", addr, err)
+		}
+		return &st, nil
+	}
+	for {
+		st, err := get()
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0 // interrupted
+			}
+			fmt.Fprintln(stderr, "stats:", err)
+			return 1
+		}
+		show(st)
+		if !watch {
+			return 0
+		}
+		select {
+		case <-time.After(interval):
+		case <-ctx.Done():
+			return 0
+		}
 	}
 }
 
@@ -197,7 +254,7 @@ func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	stop()
 	if err != nil {
 		fmt.Fprintln(stderr, "call:", describe(err))
-		return 1
+		return callExit(err)
 	}
 	if res != nil {
 		out, err := jsonpb.AppendValue(nil, res.GetResult())
@@ -211,6 +268,36 @@ func callCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, string(b))
 	}
 	return 0
+}
+
+// The exit codes of `wsbridge call`, so that a script can tell what
+// failed.
+const (
+	exitBackendError = 1 // the backend answered with a JSON-RPC error
+	exitUsage        = 2 // the command line is wrong
+	exitUnreachable  = 3 // the gateway could not be reached (refused, TLS, no such host)
+	exitGateway      = 4 // the gateway refused or failed the call (backend unavailable, deadline, permission, ...)
+)
+
+// callExit is the exit code for a failed call.
+func callExit(err error) int {
+	st, ok := status.FromError(err)
+	if !ok {
+		return exitUnreachable
+	}
+	fromGateway := false
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *wsbridgev1.BackendError:
+			return exitBackendError
+		case *errdetails.ErrorInfo:
+			fromGateway = fromGateway || d.GetDomain() == "wsbridge"
+		}
+	}
+	if st.Code() == codes.Unavailable && !fromGateway {
+		return exitUnreachable // the client's transport, not the gateway's answer
+	}
+	return exitGateway
 }
 
 // describe renders a gRPC error with its code and, for a backend error,

@@ -152,3 +152,35 @@ func writeCert(t *testing.T, certFile, keyFile string, notAfter time.Time) time.
 	}
 	return tmpl.NotAfter.UTC()
 }
+
+// `wsbridge call` exit codes say what failed (issue 21 item 8): 0 a
+// result, 1 the backend answered with an error, 2 the command line, 3 the
+// gateway could not be reached, 4 the gateway failed the call. `wsbridge
+// stats --admin` reads the admin listener.
+func TestCLIExitCodesAndAdminStats(t *testing.T) {
+	g := startGateway(t, "--demo", "--admin-addr", "127.0.0.1:0")
+	call := func(args ...string) int {
+		var out, errOut strings.Builder
+		return run(ctxT(t), append([]string{"call", "--grpc-addr", g.grpcAddr}, args...), &out, &errOut)
+	}
+	if code := call("add", "[1,2]"); code != 0 {
+		t.Errorf("a result: exit %d", code)
+	}
+	if code := call("fail", `{"code":-32602,"message":"m"}`); code != exitBackendError {
+		t.Errorf("a backend error: exit %d", code)
+	}
+	if code := call("add", "not json"); code != exitUsage {
+		t.Errorf("bad params: exit %d", code)
+	}
+	if code := call("--timeout", "100ms", "sleep", "[1000]"); code != exitGateway {
+		t.Errorf("a deadline: exit %d", code)
+	}
+	var out, errOut strings.Builder
+	if code := run(ctxT(t), []string{"call", "--grpc-addr", freeAddr(t), "--timeout", "2s", "echo"}, &out, &errOut); code != exitUnreachable {
+		t.Errorf("no gateway there: exit %d (%s)", code, errOut.String())
+	}
+	out.Reset()
+	if code := run(ctxT(t), []string{"stats", "--admin", g.adminAddr, "--json"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), `"requestsHandled"`) {
+		t.Errorf("stats --admin: exit %d: %s %s", code, out.String(), errOut.String())
+	}
+}
