@@ -184,3 +184,15 @@ func TestCLIExitCodesAndAdminStats(t *testing.T) {
 		t.Errorf("stats --admin: exit %d: %s %s", code, out.String(), errOut.String())
 	}
 }
+
+// --backend on the command line replacing a config file's backends: (and
+// their settings) is said in the log, not done silently (issue 21 item 8).
+func TestFlagsReplacingTheFilesBackendsAreLogged(t *testing.T) {
+	_, url := startBackend(t, "127.0.0.1:0")
+	config := filepath.Join(t.TempDir(), "wsbridge.yaml")
+	if err := os.WriteFile(config, []byte("backends:\n  - url: ws://127.0.0.1:1/\n    weight: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, "--config", config, "--backend", url)
+	g.waitLog("the backends given by --backend replace the config file's backends: list and its settings")
+}

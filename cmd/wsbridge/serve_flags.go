@@ -143,6 +143,12 @@ func (sf *serveFlags) options(fs *flagSet, log *slog.Logger) (server.Options, er
 	for _, u := range sf.backends.values {
 		bo.Backends = append(bo.Backends, bridge.BackendOptions{URL: u})
 	}
+	if len(bo.Backends) > 0 && len(sf.sections.Backends) > 0 {
+		// Said, not silent: the file's backends and their settings
+		// (headers, weights, priorities, conns) are not used.
+		log.Warn("the backends given by "+fs.source("backend")+" replace the config file's backends: list and its settings",
+			"config", fs.config, "file_backends", len(sf.sections.Backends), "backends", len(bo.Backends))
+	}
 	if len(bo.Backends) == 0 {
 		if bo.Backends, err = sf.sections.backendOptions(fs.config); err != nil {
 			return o, err
