@@ -193,6 +193,6 @@ func TestFlagsReplacingTheFilesBackendsAreLogged(t *testing.T) {
 	if err := os.WriteFile(config, []byte("backends:\n  - url: ws://127.0.0.1:1/\n    weight: 3\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t, "--config", config, "--backend", url)
-	g.waitLog("the backends given by --backend replace the config file's backends: list and its settings")
+	p := startProc(t, "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config", config, "--backend", url)
+	p.waitLog("the backends given by --backend replace the config file's backends: list and its settings")
 }
