@@ -390,8 +390,17 @@ func (s *Server) watchRevocation(ctx context.Context) {
 				verdict[h.digest] = ok
 			}
 			if !ok {
-				s.counters.revoked.Add(1)
-				h.end()
+				// Ended once, counted once: the conversation takes a
+				// moment to end, and the next check must not count it
+				// again.
+				s.heldMu.Lock()
+				_, still := s.held[h]
+				delete(s.held, h)
+				s.heldMu.Unlock()
+				if still {
+					s.counters.revoked.Add(1)
+					h.end()
+				}
 			}
 		}
 	}
