@@ -1053,7 +1053,7 @@ func TestProbesAndTermination(t *testing.T) {
 			}
 		}
 		// What each path answers is checked on the binary by
-		// TestLivenessIgnoresBackendOutage.
+		// TestProbesThroughABackendOutage.
 		if readiness.Path == liveness.Path {
 			t.Errorf("readiness and liveness probe the same path %s", readiness.Path)
 		}
@@ -1820,12 +1820,30 @@ func (g *gateway) clientGet(ctx context.Context, path string) (int, []byte, erro
 	return get(ctx, g.http, scheme+g.addrs.HTTP+path, g.token)
 }
 
+// clientCall is a client's REST call of method on the HTTP port, with TLS
+// and a token if the gateway asks for them.
+func (g *gateway) clientCall(ctx context.Context, method, params string) (int, []byte, error) {
+	scheme := "http://"
+	if g.https {
+		scheme = "https://"
+	}
+	return send(ctx, g.http, http.MethodPost, scheme+g.addrs.HTTP+"/v1/call/"+method, g.token, params)
+}
+
 func get(ctx context.Context, client *http.Client, url, token string) (int, []byte, error) {
+	return send(ctx, client, http.MethodGet, url, token, "")
+}
+
+// send makes one request, with body as JSON if not empty.
+func send(ctx context.Context, client *http.Client, method, url, token, body string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return 0, nil, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -1835,8 +1853,8 @@ func get(ctx context.Context, client *http.Client, url, token string) (int, []by
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
+	answer, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, answer, err
 }
 
 // needAdmin stops a test of the probes on a gateway without the admin
@@ -1993,37 +2011,72 @@ func TestBinaryServesTheManifestsProbesAndMetrics(t *testing.T) {
 	})
 }
 
-// TestLivenessIgnoresBackendOutage runs wsbridge as the container does with
-// a backend that refuses connections: the readiness probe's path must turn
-// 503 (the pod leaves the Service) while the liveness probe's stays 200
-// (the kubelet does not restart pods for the backend's outage).
-func TestLivenessIgnoresBackendOutage(t *testing.T) {
+// TestProbesThroughABackendOutage runs wsbridge as the container does
+// with a backend that refuses connections. Lazy (no --backend-eager, the
+// default), the readiness probe's path is 200 until a call finds the
+// backend down (nothing says so before); eager, the dial at start does.
+// Then it is 503 (the pod leaves the Service) with no more calls, and 200
+// again once the backend is up, still with no call: a pod out of rotation
+// gets no traffic, so nothing else could bring it back. The liveness
+// probe's path stays 200 throughout (the kubelet does not restart pods for
+// the backend's outage).
+func TestProbesThroughABackendOutage(t *testing.T) {
 	forEachSource(t, func(t *testing.T, o objects) {
 		c := o.container(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		dead := "ws://" + ln.Addr().String() + "/"
+		addr := ln.Addr().String()
 		ln.Close()
-		g := startGateway(t, ctx, o, map[string]string{
-			"WSBRIDGE_BACKEND":       dead,
-			"WSBRIDGE_DEMO":          "",
-			"WSBRIDGE_BACKEND_EAGER": "true",
-		})
+		g := startGateway(t, ctx, o, map[string]string{"WSBRIDGE_BACKEND": "ws://" + addr + "/", "WSBRIDGE_DEMO": ""})
 		g.needAdmin(t)
 		readiness, liveness := httpProbes(t, c)
 		if readiness.Path == liveness.Path {
 			t.Fatalf("readiness and liveness probe the same path %s", readiness.Path)
 		}
+		live := func(when string) {
+			t.Helper()
+			if code, _, err := g.adminGet(ctx, liveness.Path); err != nil || code != http.StatusOK {
+				t.Errorf("liveness %s %s: %d %v, want 200", liveness.Path, when, code, err)
+			}
+		}
+		if effectiveConfig(t, c)["backend-eager"] != "true" {
+			if err := waitStatus(ctx, g, readiness.Path, http.StatusOK); err != nil {
+				t.Fatalf("before any call: %v", err)
+			}
+			// One call: the dial fails, the call is refused, and the
+			// gateway redials in the background from then on.
+			if code, body, err := g.clientCall(ctx, "echo", "[1]"); err != nil || code != http.StatusServiceUnavailable {
+				t.Fatalf("a call with the backend down: %d %s %v, want 503", code, body, err)
+			}
+		}
 		if err := waitStatus(ctx, g, readiness.Path, http.StatusServiceUnavailable); err != nil {
+			t.Fatalf("with the backend found down: %v", err)
+		}
+		live("while the backend is down")
+
+		// The backend comes up; no call is made.
+		backend := exec.Command(wsbridge(t), "backend", "--listen", addr)
+		backend.Env = baseEnv()
+		var backendOut bytes.Buffer
+		backend.Stdout, backend.Stderr = &backendOut, &backendOut
+		if err := backend.Start(); err != nil {
 			t.Fatal(err)
 		}
-		if code, _, err := g.adminGet(ctx, liveness.Path); err != nil || code != http.StatusOK {
-			t.Errorf("liveness %s: %d %v while the backend is down, want 200", liveness.Path, code, err)
+		t.Cleanup(func() {
+			_ = backend.Process.Kill()
+			_ = backend.Wait()
+			if t.Failed() {
+				t.Logf("wsbridge backend output:\n%s", backendOut.String())
+			}
+		})
+		if err := waitStatus(ctx, g, readiness.Path, http.StatusOK); err != nil {
+			t.Fatalf("after the backend came back, with no call: %v", err)
 		}
+		live("once the backend is back")
 	})
 }

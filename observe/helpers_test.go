@@ -31,6 +31,7 @@ const (
 	repoRoot       = ".."
 	observability  = "../deploy/observability"
 	alertsFile     = observability + "/alerts.yaml"
+	alertsTestFile = observability + "/alerts_test.yaml"
 	dashboardFile  = observability + "/grafana-dashboard.json"
 	requireEnv     = "WSBRIDGE_REQUIRE_PROMETHEUS"
 	scrapeJob      = "wsbridge" // the job name alerts.yaml's WsbridgeTargetDown expects
@@ -242,6 +243,44 @@ func startGateway(t *testing.T, bin, label string, args ...string) *gateway {
 	return nil
 }
 
+// startBackend runs the demo backend (wsbridge backend) on a free port and
+// returns its URL, read from its "demo backend listening" log line.
+func startBackend(t *testing.T, bin string) string {
+	t.Helper()
+	ch := make(chan string, 1)
+	onLine := func(line string) {
+		var l struct{ Msg, URL string }
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "demo backend listening" && l.URL != "" {
+			select {
+			case ch <- l.URL:
+			default:
+			}
+		}
+	}
+	p := start(t, "wsbridge backend", onLine, baseEnv(), bin, "backend", "--listen", "127.0.0.1:0", "--log-format", "json")
+	select {
+	case u := <-ch:
+		t.Logf("demo backend at %s", u)
+		return u
+	case <-p.done:
+		t.Fatalf("wsbridge backend exited before listening: %v\n%s", p.exitErr(), p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("wsbridge backend did not log that it listens within 30 s:\n%s", p.output())
+	}
+	return ""
+}
+
+// displayURL is a backend URL as the gateway's stats and metrics show it:
+// scheme, host and port.
+func displayURL(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Scheme + "://" + u.Host
+}
+
 // freeAddr returns a loopback address nothing listens on (at the moment).
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -341,6 +380,9 @@ type stats struct {
 	Backends             []struct {
 		URL          string `json:"url"`
 		RequestsSent string `json:"requestsSent"`
+		Available    bool   `json:"available"`
+		Connectivity string `json:"connectivity"`
+		Unavailable  string `json:"unavailable"`
 	} `json:"backends"`
 }
 

@@ -23,23 +23,33 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
+	"go.yaml.in/yaml/v3"
 )
 
 // The alerts the rules file must have (the brief of deploy/observability/).
-var requiredAlerts = []string{"WsbridgeBackendDown", "WsbridgeHighErrorRatio", "WsbridgeHighLatencyP99", "WsbridgeReconnectStorm"}
+var requiredAlerts = []string{"WsbridgeBackendDown", "WsbridgeBackendUnavailable", "WsbridgeBackendEjected",
+	"WsbridgeHighErrorRatio", "WsbridgeHighLatencyP99", "WsbridgeReconnectStorm"}
 
 // The metrics the dashboard must chart, one panel or more each.
 var requiredDashboardMetrics = []string{
-	"wsbridge_call_duration_seconds_count",     // requests by face and outcome
-	"wsbridge_call_duration_seconds_bucket",    // latency p50/p99
-	"wsbridge_backend_state",                   // backend state
-	"wsbridge_backend_reconnects_total",        // reconnects
-	"wsbridge_backend_dial_failures_total",     // dial failures
-	"wsbridge_in_flight",                       // calls in flight
-	"wsbridge_slow_consumers_total",            // slow consumers
-	"wsbridge_errors_by_reason_total",          // errors by reason
-	"wsbridge_per_backend_requests_sent_total", // per-backend requests
-	"wsbridge_per_backend_state",               // per-backend state
+	"wsbridge_call_duration_seconds_count",             // requests by face and outcome
+	"wsbridge_call_duration_seconds_bucket",            // latency p50/p99
+	"wsbridge_backend_state",                           // backend state
+	"wsbridge_backend_reconnects_total",                // reconnects
+	"wsbridge_backend_dial_failures_total",             // dial failures
+	"wsbridge_in_flight",                               // calls in flight
+	"wsbridge_slow_consumers_total",                    // slow consumers
+	"wsbridge_errors_by_reason_total",                  // errors by reason
+	"wsbridge_per_backend_requests_sent_total",         // per-backend requests
+	"wsbridge_per_backend_state",                       // per-backend state
+	"wsbridge_per_backend_connectivity",                // per-backend connectivity
+	"wsbridge_per_backend_unavailable",                 // why a backend is out of rotation
+	"wsbridge_per_backend_available",                   // per-backend availability
+	"wsbridge_per_backend_head",                        // per-backend health value (lag)
+	"wsbridge_per_backend_ejections_total",             // ejections
+	"wsbridge_backend_request_duration_seconds_bucket", // per-backend latency
+	"wsbridge_backend_request_errors_total",            // per-backend errors
+	"wsbridge_build_info",                              // versions
 }
 
 // Metrics Prometheus makes itself, not the gateway.
@@ -120,6 +130,46 @@ func TestPromtoolCheckRules(t *testing.T) {
 		t.Fatalf("promtool check rules: no SUCCESS in\n%s", out)
 	}
 	t.Logf("%s", bytes.TrimSpace(out))
+}
+
+// promtool's unit tests of the rules (alerts_test.yaml) pass, and test
+// each backend alert firing.
+func TestPromtoolTestRules(t *testing.T) {
+	_, promtool := prometheusTools(t)
+	out, err := exec.Command(promtool, "test", "rules", alertsTestFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Fatalf("promtool test rules %s: %v\n%s", alertsTestFile, err, out)
+	}
+	data, err := os.ReadFile(alertsTestFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tests struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(data, &tests); err != nil {
+		t.Fatalf("%s: %v", alertsTestFile, err)
+	}
+	fires := map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			}
+		}
+	}
+	for _, g := range loadRules(t).Groups {
+		for _, r := range g.Rules {
+			if strings.HasPrefix(r.Alert, "WsbridgeBackend") && !fires[r.Alert] {
+				t.Errorf("%s: no test in %s where it fires", r.Alert, alertsTestFile)
+			}
+		}
+	}
 }
 
 // The dashboard is well formed: one Prometheus data source variable used by
@@ -461,10 +511,11 @@ scrape_configs:
 	}
 }
 
-// TestWithPrometheus runs two gateways, one with the demo backend under
-// mixed load and one whose backend does not exist, and a real Prometheus
-// scraping both with the alert rules, then checks the dashboard and the
-// rules against it.
+// TestWithPrometheus runs three gateways: one with the demo backend under
+// mixed load, one whose backend does not exist under load, and one with
+// two backends, one of which refuses connections, and no load (a few calls
+// at start, then none); and a real Prometheus scraping them with the alert
+// rules. It then checks the dashboard and the rules against it.
 func TestWithPrometheus(t *testing.T) {
 	promBin, _ := prometheusTools(t)
 	startedAt := time.Now()
@@ -475,7 +526,34 @@ func TestWithPrometheus(t *testing.T) {
 	bin := buildWsbridge(t, dir)
 	demo := startGateway(t, bin, "wsbridge --demo", "--demo", "--demo-tick", "1s")
 	broken := startGateway(t, bin, "wsbridge without a backend", "--backend", "ws://"+freeAddr(t)+"/")
-	prom := startPrometheus(t, promBin, dir, []string{demo.admin, broken.admin})
+	liveBackend, refusingBackend := startBackend(t, bin), "ws://"+freeAddr(t)+"/"
+	quiet := startGateway(t, bin, "wsbridge with one of two backends refusing, no load",
+		"--backend", liveBackend, "--backend", refusingBackend, "--balance", "round-robin")
+	prom := startPrometheus(t, promBin, dir, []string{demo.admin, broken.admin, quiet.admin})
+
+	// The quiet gateway is lazy: its first calls dial both backends (the
+	// refusing one's calls go to the other). Then it gets no call: what
+	// it says of the refusing backend from then on comes from its
+	// background redials alone.
+	const quietCalls = 4
+	for i := range quietCalls {
+		if code, body, err := call("http://"+quiet.http, "echo", fmt.Sprintf("[%d]", i)); err != nil || code != http.StatusOK {
+			t.Fatalf("echo through the gateway with one backend refusing: HTTP %d %s (%v), want 200", code, body, err)
+		}
+	}
+	down, up := displayURL(t, refusingBackend), displayURL(t, liveBackend)
+	poll(t, "the quiet gateway has found the refusing backend down", 30*time.Second, 100*time.Millisecond, func() (bool, string) {
+		st, err := quiet.stats(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, b := range st.Backends {
+			if b.URL == down && b.Connectivity == "BACKEND_CONNECTIVITY_TRANSIENT_FAILURE" && !b.Available {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("backends %+v", st.Backends)
+	})
 
 	demoCalls := demoLoad(demo, 8)
 	brokenCalls := brokenLoad(broken, 2)
@@ -552,6 +630,62 @@ func TestWithPrometheus(t *testing.T) {
 		v, err = prom.value(ctx, `sum(wsbridge_per_backend_state`+sel(demo, `state="connected"`)+`)`)
 		if err != nil || v != 1 {
 			t.Errorf("demo gateway: per-backend connected = %v (%v), want 1", v, err)
+		}
+	})
+
+	// The quiet gateway shows its refusing backend down with no traffic,
+	// and stays ready on the other; the dashboard's table says why.
+	t.Run("BackendDownWithoutTraffic", func(t *testing.T) {
+		backend := func(u, extra string) string {
+			return sel(quiet, fmt.Sprintf("backend=%q", u)+extra)
+		}
+		checks := []struct {
+			expr string
+			want float64
+		}{
+			{`wsbridge_per_backend_available` + backend(down, ""), 0},
+			{`wsbridge_per_backend_available` + backend(up, ""), 1},
+			{`sum(wsbridge_per_backend_unavailable` + backend(down, `,reason=~"failing|breaker_open"`) + `)`, 1},
+			{`sum(wsbridge_per_backend_unavailable` + backend(up, "") + `)`, 0},
+			{`wsbridge_per_backend_connectivity` + backend(down, `,state="transient_failure"`), 1},
+			{`wsbridge_per_backend_connectivity` + backend(up, `,state="ready"`), 1},
+			{`wsbridge_ready` + sel(quiet, ""), 1},
+			{`wsbridge_requests_handled_total` + sel(quiet, ""), quietCalls},
+		}
+		poll(t, "Prometheus shows the refusing backend down and the other up", 30*time.Second, 250*time.Millisecond, func() (bool, string) {
+			var why []string
+			for _, c := range checks {
+				if v, err := prom.value(ctx, c.expr); err != nil || v != c.want {
+					why = append(why, fmt.Sprintf("%s = %v (%v), want %v", c.expr, v, err, c.want))
+				}
+			}
+			return len(why) == 0, strings.Join(why, "; ")
+		})
+		vars := map[string]string{"__rate_interval": rateIntervalIs, "job": scrapeJob, "instance": quiet.admin, "datasource": "prometheus"}
+		reasons := map[string]string{}
+		for _, p := range loadDashboard(t).allPanels() {
+			for _, tg := range p.Targets {
+				if p.Title != "Per-backend state" || !strings.Contains(tg.Expr, "wsbridge_per_backend_unavailable") {
+					continue
+				}
+				src, err := expand(tg.Expr, vars)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := prom.query(ctx, src, time.Time{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range res {
+					reasons[r.Metric["backend"]] = r.Metric["reason"]
+				}
+			}
+		}
+		if r := reasons[down]; r != "failing" && r != "breaker_open" {
+			t.Errorf("the dashboard's Per-backend state gives %s the reason %q, want failing or breaker_open (all: %v)", down, r, reasons)
+		}
+		if r := reasons[up]; r != "available" {
+			t.Errorf("the dashboard's Per-backend state gives %s the reason %q, want available (all: %v)", up, r, reasons)
 		}
 	})
 
@@ -773,11 +907,12 @@ func TestWithPrometheus(t *testing.T) {
 	t.Run("AlertsThatTheLoadTrips", func(t *testing.T) {
 		// The demo gateway fails one call in ten with a backend error: above
 		// the 5 % of WsbridgeHighErrorRatio, and nothing else is wrong with
-		// it. The other gateway has no backend: every call fails
-		// UNAVAILABLE.
+		// it. The second gateway has no backend: every call fails
+		// UNAVAILABLE. The quiet one has a backend down, with no traffic.
 		want := map[string][]string{
 			demo.admin:   {"WsbridgeHighErrorRatio"},
-			broken.admin: {"WsbridgeBackendDown", "WsbridgeGatewayErrorRatio", "WsbridgeHighErrorRatio"},
+			broken.admin: {"WsbridgeBackendDown", "WsbridgeBackendUnavailable", "WsbridgeGatewayErrorRatio", "WsbridgeHighErrorRatio"},
+			quiet.admin:  {"WsbridgeBackendUnavailable"},
 		}
 		// Not for the gateway without a backend either: its target is up, no
 		// call succeeds (no latency), it never connected (no reconnects).
@@ -809,6 +944,9 @@ func TestWithPrometheus(t *testing.T) {
 			}
 			if inst == demo.admin && !slices.Contains(want[demo.admin], name) {
 				t.Errorf("%s is active for the healthy demo gateway (value %s)", name, a.Value)
+			}
+			if inst == quiet.admin && (!slices.Contains(want[quiet.admin], name) || a.Labels["backend"] != down) {
+				t.Errorf("%s is active for the quiet gateway, backend %q (value %s); want only WsbridgeBackendUnavailable for %s", name, a.Labels["backend"], a.Value, down)
 			}
 			if slices.Contains(never, name) {
 				t.Errorf("%s is active for %s (value %s)", name, inst, a.Value)

@@ -162,6 +162,9 @@ type Options struct {
 	// /metrics; calls to any other method are labelled "other", so that no
 	// client-supplied string becomes a label.
 	MetricsMethods []string
+	// Version and Commit label wsbridge_build_info in /metrics (the
+	// binary's, stamped at build time). Empty: "unknown".
+	Version, Commit string
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
 }
@@ -299,7 +302,7 @@ func (s *Server) setReadiness() {
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
-	s.counters.metrics = newMetrics(s, opts.MetricsMethods, opts.Bridge.AllowMethods)
+	s.counters.metrics = newMetrics(s, opts)
 	if opts.TLSNotAfter != nil {
 		s.counters.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "wsbridge_tls_cert_not_after_seconds",
@@ -324,11 +327,20 @@ func New(opts Options) (*Server, error) {
 			userHook(st)
 		}
 	}
+	// Each request written to a backend feeds its metrics.
+	userRequestHook := opts.Bridge.OnBackendRequest
+	opts.Bridge.OnBackendRequest = func(backend string, took time.Duration, err error) {
+		s.counters.metrics.backendRequest(backend, took, err)
+		if userRequestHook != nil {
+			userRequestHook(backend, took, err)
+		}
+	}
 	b, err := bridge.New(opts.Bridge)
 	if err != nil {
 		return nil, err
 	}
 	s.bridge = b
+	s.counters.metrics.addBackends(b.Stats().Backends)
 
 	grpcLn, err := net.Listen("tcp", opts.GRPCAddr)
 	if err != nil {

@@ -116,7 +116,14 @@ func parseArgs(fs *flagSet, args []string) (code int, ok bool) {
 var version, commit string
 
 func versionString() string {
-	v, rev, goVersion := version, commit, runtime.Version()
+	v, rev := buildVersion()
+	return fmt.Sprintf("wsbridge %s\ncommit %s\n%s", v, rev, runtime.Version())
+}
+
+// buildVersion returns the version and commit: those stamped at build
+// time, else the module's build information's.
+func buildVersion() (v, rev string) {
+	v, rev = version, commit
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if v == "" && bi.Main.Version != "" {
 			v = bi.Main.Version
@@ -133,7 +140,7 @@ func versionString() string {
 	if rev == "" {
 		rev = "unknown"
 	}
-	return fmt.Sprintf("wsbridge %s\ncommit %s\n%s", v, rev, goVersion)
+	return v, rev
 }
 
 type logFlags struct{ format, level string }
@@ -285,6 +292,7 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 	} else if opts.Bridge.TraceParam != "" {
 		log.Warn("--backend-trace-param has no effect: tracing is off (set OTEL_EXPORTER_OTLP_ENDPOINT)")
 	}
+	opts.Version, opts.Commit = buildVersion()
 	srv, err := server.New(opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)
