@@ -715,6 +715,26 @@ func TestServiceMonitorScrapesTheAdminPort(t *testing.T) {
 		if len(selected) == 0 {
 			t.Fatalf("selector %s matches none of the Services", sel)
 		}
+		// The job the Prometheus Operator gives the targets: the value of
+		// the Service label jobLabel names, else the Service's name. The
+		// alert rules (WsbridgeTargetDown: up{job="wsbridge"}) must match
+		// it, or the "gateway is down" alert can never fire.
+		rules, err := os.ReadFile("observability/alerts.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(rules), `up{job="wsbridge"}`) {
+			t.Fatal(`alerts.yaml no longer matches up{job="wsbridge"}: update this check`)
+		}
+		for _, svc := range selected {
+			job := svc.Name
+			if v, ok := svc.Labels[spec.JobLabel]; spec.JobLabel != "" && ok {
+				job = v
+			}
+			if job != "wsbridge" {
+				t.Errorf("the targets of Service %s get job %q; the alerts match job \"wsbridge\"", svc.Name, job)
+			}
+		}
 		if len(spec.Endpoints) == 0 {
 			t.Fatal("no endpoints")
 		}

@@ -174,7 +174,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if sf.printConfig {
-		return checkAndPrint(fs, &sf, stdout, stderr)
+		return checkAndPrint(fs, &sf, false, stdout, stderr)
 	}
 	log, err := sf.logs.logger(fs, stderr)
 	if err == nil {
@@ -203,13 +203,21 @@ func check(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseArgs(fs, args); !ok {
 		return code
 	}
-	return checkAndPrint(fs, &sf, stdout, stderr)
+	return checkAndPrint(fs, &sf, true, stdout, stderr)
 }
 
 // checkAndPrint checks the configuration of fs and sf as serve would,
-// and prints it (check, serve --print-config).
-func checkAndPrint(fs *flagSet, sf *serveFlags, stdout, stderr io.Writer) int {
-	err := sf.dryRun(fs)
+// and prints it: with files, every check (wsbridge check: the files it
+// names are read too), else the values alone (serve --print-config, which
+// shows a configuration meant for another machine, whose files may not
+// be here).
+func checkAndPrint(fs *flagSet, sf *serveFlags, files bool, stdout, stderr io.Writer) int {
+	var err error
+	if files {
+		err = sf.dryRun(fs)
+	} else {
+		err = sf.check(fs)
+	}
 	var out []byte
 	if err == nil {
 		out, err = fs.effective(redactSetting)
