@@ -50,24 +50,6 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-// traceEvent adds an event to the call's span, when tracing is on.
-func (b *Bridge) traceEvent(ctx context.Context, name string, attrs ...attribute.KeyValue) {
-	if b.tracer == nil {
-		return
-	}
-	trace.SpanFromContext(ctx).AddEvent(name, trace.WithAttributes(attrs...))
-}
-
-// traceRequest notes on the call's span a request written with id to a
-// backend.
-func (b *Bridge) traceRequest(ctx context.Context, id uint64, s *slot) {
-	if b.tracer == nil {
-		return
-	}
-	trace.SpanFromContext(ctx).SetAttributes(attribute.Int64("rpc.jsonrpc.request_id", int64(id)),
-		attribute.String("server.address", s.be.displayURL))
-}
-
 // withTraceParam adds the call's trace context to params that are a JSON
 // object, as the member name: {"traceparent": "00-..."} (W3C Trace
 // Context), for a backend that continues the trace (Options.TraceParam).

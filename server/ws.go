@@ -184,16 +184,6 @@ func (c *wsClient) serve(base context.Context) {
 	_ = c.conn.CloseNow()
 }
 
-// startTask runs f on a goroutine of the client unless the handler has
-// stopped waiting for them.
-func (c *wsClient) startTask(f func()) {
-	c.taskMu.Lock()
-	defer c.taskMu.Unlock()
-	if !c.stopped {
-		c.tasks.Go(f)
-	}
-}
-
 // end closes the client with code and reason, once. The close handshake
 // runs in its own goroutine; the reader sees the end of the connection.
 func (c *wsClient) end(code websocket.StatusCode, reason string) {
