@@ -205,12 +205,13 @@ func TestTypedEthereumAPI(t *testing.T) {
 			t.Fatalf("GetBalance at a block: %v %v", bal, err)
 		}
 		gas := uint64(blockNumber) // above 2^53 on the way to the node too
-		res, err := client.Call(ctxT(t), &ethv1.CallRequest{Transaction: &ethv1.Transaction{To: addr, Gas: &gas, Data: []byte{0xca, 0xfe}}})
-		if err != nil || len(res.GetData()) != 10 || binary.BigEndian.Uint64(res.GetData()) != gas || res.GetData()[8] != 0xca {
-			t.Fatalf("Call: %x %v", res.GetData(), err)
+		res, err := client.Call(ctxT(t), &ethv1.CallRequest{Transaction: &ethv1.Transaction{To: addr, Gas: &gas, Data: "0xcafe"}})
+		data, derr := hexutil.Decode(res.GetData())
+		if err != nil || derr != nil || len(data) != 10 || binary.BigEndian.Uint64(data) != gas || data[8] != 0xca {
+			t.Fatalf("Call: %s %v %v", res.GetData(), err, derr)
 		}
 		block, err := client.GetBlockByNumber(ctxT(t), &ethv1.GetBlockByNumberRequest{Number: "0x2a"})
-		if err != nil || block.GetNumber() != 42 || block.GetGasLimit() != 30_000_000 || len(block.GetTransactions()) != 2 || len(block.GetHash()) != 32 ||
+		if err != nil || block.GetNumber() != 42 || block.GetGasLimit() != 30_000_000 || len(block.GetTransactions()) != 2 || len(block.GetHash()) != 66 ||
 			block.GetMiner() != "0x00000000000000000000000000000000000000aa" {
 			t.Fatalf("GetBlockByNumber: %v %v", block, err)
 		}
@@ -248,7 +249,7 @@ func TestTypedEthereumAPI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.GetNumber() < blockNumber || h.GetNumber() <= last && last != 0 || len(h.GetParentHash()) != 32 {
+			if h.GetNumber() < blockNumber || h.GetNumber() <= last && last != 0 || len(h.GetParentHash()) != 66 {
 				t.Fatalf("header %v after %d", h, last)
 			}
 			last = h.GetNumber()
@@ -294,10 +295,23 @@ func TestTypedEthereumAPI(t *testing.T) {
 				t.Errorf("curl %s: %v\n%s", path, err, out)
 			}
 		}
-		out, err := exec.Command("curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json",
-			"-d", `{"transaction":{"to":"`+addr+`","data":"yv4="}}`, "http://"+httpAddr+"/v1/eth/call").CombinedOutput()
-		if err != nil || !strings.Contains(string(out), `"data":"AAAAAAAAAADK/g=="`) {
-			t.Errorf("curl POST /v1/eth/call: %v\n%s", err, out)
+		// Call data as every Ethereum tool writes it, 0x hex: it reaches the
+		// node as those four bytes (the node answers 8 bytes of gas, then
+		// the data), and comes back as 0x hex. Data that is not hex is
+		// refused by the node: 400.
+		for data, want := range map[string]string{
+			`"0x70a08231"`: `"data":"0x000000000000000070a08231"`,
+			`"hello"`:      `"code":3`,
+		} {
+			out, err := exec.Command("curl", "-sS", "-w", " %{http_code}", "-X", "POST", "-H", "Content-Type: application/json",
+				"-d", `{"transaction":{"to":"`+addr+`","data":`+data+`}}`, "http://"+httpAddr+"/v1/eth/call").CombinedOutput()
+			wantCode := " 200"
+			if data == `"hello"` {
+				wantCode = " 400"
+			}
+			if err != nil || !strings.Contains(string(out), want) || !strings.HasSuffix(string(out), wantCode) {
+				t.Errorf("curl POST /v1/eth/call with data %s: %v\n%s", data, err, out)
+			}
 		}
 	})
 

@@ -219,8 +219,9 @@ type Transaction struct {
 	To    string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
 	Gas   *uint64                `protobuf:"varint,3,opt,name=gas,proto3,oneof" json:"gas,omitempty"`
 	// Wei as a 0x hex quantity.
-	Value         *string `protobuf:"bytes,4,opt,name=value,proto3,oneof" json:"value,omitempty"`
-	Data          []byte  `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Value *string `protobuf:"bytes,4,opt,name=value,proto3,oneof" json:"value,omitempty"`
+	// The call data, 0x hex.
+	Data          string `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,11 +284,11 @@ func (x *Transaction) GetValue() string {
 	return ""
 }
 
-func (x *Transaction) GetData() []byte {
+func (x *Transaction) GetData() string {
 	if x != nil {
 		return x.Data
 	}
-	return nil
+	return ""
 }
 
 type CallRequest struct {
@@ -344,8 +345,9 @@ func (x *CallRequest) GetBlock() string {
 }
 
 type CallResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The returned data, 0x hex.
+	Data          string `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -380,11 +382,11 @@ func (*CallResponse) Descriptor() ([]byte, []int) {
 	return file_eth_v1_eth_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *CallResponse) GetData() []byte {
+func (x *CallResponse) GetData() string {
 	if x != nil {
 		return x.Data
 	}
-	return nil
+	return ""
 }
 
 type GetBlockByNumberRequest struct {
@@ -444,16 +446,17 @@ func (x *GetBlockByNumberRequest) GetFullTransactions() bool {
 // Block is the part of a node's block object these messages name; the
 // node's other fields are dropped.
 type Block struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Number     uint64                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
-	Hash       []byte                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
-	ParentHash []byte                 `protobuf:"bytes,3,opt,name=parent_hash,json=parentHash,proto3" json:"parent_hash,omitempty"`
-	Timestamp  uint64                 `protobuf:"varint,4,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	GasLimit   uint64                 `protobuf:"varint,5,opt,name=gas_limit,json=gasLimit,proto3" json:"gas_limit,omitempty"`
-	GasUsed    uint64                 `protobuf:"varint,6,opt,name=gas_used,json=gasUsed,proto3" json:"gas_used,omitempty"`
-	Miner      string                 `protobuf:"bytes,7,opt,name=miner,proto3" json:"miner,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Number uint64                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// 0x hex, as all hashes here.
+	Hash       string `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	ParentHash string `protobuf:"bytes,3,opt,name=parent_hash,json=parentHash,proto3" json:"parent_hash,omitempty"`
+	Timestamp  uint64 `protobuf:"varint,4,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	GasLimit   uint64 `protobuf:"varint,5,opt,name=gas_limit,json=gasLimit,proto3" json:"gas_limit,omitempty"`
+	GasUsed    uint64 `protobuf:"varint,6,opt,name=gas_used,json=gasUsed,proto3" json:"gas_used,omitempty"`
+	Miner      string `protobuf:"bytes,7,opt,name=miner,proto3" json:"miner,omitempty"`
 	// The transactions' hashes (full_transactions false).
-	Transactions  [][]byte `protobuf:"bytes,8,rep,name=transactions,proto3" json:"transactions,omitempty"`
+	Transactions  []string `protobuf:"bytes,8,rep,name=transactions,proto3" json:"transactions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -495,18 +498,18 @@ func (x *Block) GetNumber() uint64 {
 	return 0
 }
 
-func (x *Block) GetHash() []byte {
+func (x *Block) GetHash() string {
 	if x != nil {
 		return x.Hash
 	}
-	return nil
+	return ""
 }
 
-func (x *Block) GetParentHash() []byte {
+func (x *Block) GetParentHash() string {
 	if x != nil {
 		return x.ParentHash
 	}
-	return nil
+	return ""
 }
 
 func (x *Block) GetTimestamp() uint64 {
@@ -537,7 +540,7 @@ func (x *Block) GetMiner() string {
 	return ""
 }
 
-func (x *Block) GetTransactions() [][]byte {
+func (x *Block) GetTransactions() []string {
 	if x != nil {
 		return x.Transactions
 	}
@@ -583,8 +586,8 @@ func (*SubscribeNewHeadsRequest) Descriptor() ([]byte, []int) {
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Number        uint64                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
-	Hash          []byte                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
-	ParentHash    []byte                 `protobuf:"bytes,3,opt,name=parent_hash,json=parentHash,proto3" json:"parent_hash,omitempty"`
+	Hash          string                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	ParentHash    string                 `protobuf:"bytes,3,opt,name=parent_hash,json=parentHash,proto3" json:"parent_hash,omitempty"`
 	Timestamp     uint64                 `protobuf:"varint,4,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -627,18 +630,18 @@ func (x *Header) GetNumber() uint64 {
 	return 0
 }
 
-func (x *Header) GetHash() []byte {
+func (x *Header) GetHash() string {
 	if x != nil {
 		return x.Hash
 	}
-	return nil
+	return ""
 }
 
-func (x *Header) GetParentHash() []byte {
+func (x *Header) GetParentHash() string {
 	if x != nil {
 		return x.ParentHash
 	}
-	return nil
+	return ""
 }
 
 func (x *Header) GetTimestamp() uint64 {
@@ -667,7 +670,7 @@ const file_eth_v1_eth_proto_rawDesc = "" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x15\n" +
 	"\x03gas\x18\x03 \x01(\x04H\x01R\x03gas\x88\x01\x01\x12\x19\n" +
 	"\x05value\x18\x04 \x01(\tH\x02R\x05value\x88\x01\x01\x12\x12\n" +
-	"\x04data\x18\x05 \x01(\fR\x04dataB\a\n" +
+	"\x04data\x18\x05 \x01(\tR\x04dataB\a\n" +
 	"\x05_fromB\x06\n" +
 	"\x04_gasB\b\n" +
 	"\x06_value\"i\n" +
@@ -676,25 +679,25 @@ const file_eth_v1_eth_proto_rawDesc = "" +
 	"\x05block\x18\x02 \x01(\tH\x00R\x05block\x88\x01\x01B\b\n" +
 	"\x06_block\"\"\n" +
 	"\fCallResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"^\n" +
+	"\x04data\x18\x01 \x01(\tR\x04data\"^\n" +
 	"\x17GetBlockByNumberRequest\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\tR\x06number\x12+\n" +
 	"\x11full_transactions\x18\x02 \x01(\bR\x10fullTransactions\"\xe4\x01\n" +
 	"\x05Block\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x04R\x06number\x12\x12\n" +
-	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1f\n" +
-	"\vparent_hash\x18\x03 \x01(\fR\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x1f\n" +
+	"\vparent_hash\x18\x03 \x01(\tR\n" +
 	"parentHash\x12\x1c\n" +
 	"\ttimestamp\x18\x04 \x01(\x04R\ttimestamp\x12\x1b\n" +
 	"\tgas_limit\x18\x05 \x01(\x04R\bgasLimit\x12\x19\n" +
 	"\bgas_used\x18\x06 \x01(\x04R\agasUsed\x12\x14\n" +
 	"\x05miner\x18\a \x01(\tR\x05miner\x12\"\n" +
-	"\ftransactions\x18\b \x03(\fR\ftransactions\"\x1a\n" +
+	"\ftransactions\x18\b \x03(\tR\ftransactions\"\x1a\n" +
 	"\x18SubscribeNewHeadsRequest\"s\n" +
 	"\x06Header\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x04R\x06number\x12\x12\n" +
-	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1f\n" +
-	"\vparent_hash\x18\x03 \x01(\fR\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x1f\n" +
+	"\vparent_hash\x18\x03 \x01(\tR\n" +
 	"parentHash\x12\x1c\n" +
 	"\ttimestamp\x18\x04 \x01(\x04R\ttimestamp2\xea\x04\n" +
 	"\x03Eth\x12p\n" +

@@ -40,9 +40,14 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Eth is the node's eth_ namespace. Ethereum writes quantities (block
-// numbers, gas) as 0x hex strings and data as 0x hex bytes: so do these
-// messages' 64-bit integer and bytes fields on the way to the node, and
-// any of hex, decimal or a JSON number is read back.
+// numbers, gas) as 0x hex strings: so do these messages' 64-bit integer
+// fields on the way to the node, and any of hex, decimal or a JSON number
+// is read back. Data, hashes and addresses are strings holding 0x hex, as
+// every Ethereum tool writes them, in the clients' JSON too (REST,
+// Connect, grpcurl): a bytes field would be base64 there, protojson's
+// rule, and "0x70a08231" would be read as base64 without an error. The
+// node checks them: one that is not hex is refused with -32602 (HTTP 400,
+// INVALID_ARGUMENT).
 type EthClient interface {
 	// eth_blockNumber: the number of the latest block.
 	BlockNumber(ctx context.Context, in *BlockNumberRequest, opts ...grpc.CallOption) (*BlockNumberResponse, error)
@@ -130,9 +135,14 @@ type Eth_SubscribeNewHeadsClient = grpc.ServerStreamingClient[Header]
 // for forward compatibility.
 //
 // Eth is the node's eth_ namespace. Ethereum writes quantities (block
-// numbers, gas) as 0x hex strings and data as 0x hex bytes: so do these
-// messages' 64-bit integer and bytes fields on the way to the node, and
-// any of hex, decimal or a JSON number is read back.
+// numbers, gas) as 0x hex strings: so do these messages' 64-bit integer
+// fields on the way to the node, and any of hex, decimal or a JSON number
+// is read back. Data, hashes and addresses are strings holding 0x hex, as
+// every Ethereum tool writes them, in the clients' JSON too (REST,
+// Connect, grpcurl): a bytes field would be base64 there, protojson's
+// rule, and "0x70a08231" would be read as base64 without an error. The
+// node checks them: one that is not hex is refused with -32602 (HTTP 400,
+// INVALID_ARGUMENT).
 type EthServer interface {
 	// eth_blockNumber: the number of the latest block.
 	BlockNumber(context.Context, *BlockNumberRequest) (*BlockNumberResponse, error)
