@@ -256,6 +256,9 @@ type Bridge struct {
 	policies    *policies       // per-method retry, hedging, dedup, cache
 
 	router *router // picks each request's backend
+	// attempt is b.send as an invoker, made once (a method value
+	// allocates each time it is taken).
+	attempt invoker
 	// rules are the allow and deny lists in effect (SetRules replaces
 	// them).
 	rules atomic.Pointer[methodRules]
@@ -371,6 +374,7 @@ func New(opts Options) (*Bridge, error) {
 		changed:     make(chan struct{}),
 	}
 	b.rules.Store(&methodRules{allow: opts.AllowMethods, deny: opts.DenyMethods})
+	b.attempt = b.send
 	b.policies = newPolicies(b)
 	if opts.TracerProvider != nil {
 		b.tracer = opts.TracerProvider.Tracer(tracerName)
@@ -579,7 +583,7 @@ func (b *Bridge) callOrNotify(ctx context.Context, method string, params json.Ra
 	if err != nil {
 		return nil, err
 	}
-	inv := b.send // notifications get no policy
+	inv := b.attempt // notifications get no policy
 	if !notify {
 		inv = b.policies.chain(method)
 	}

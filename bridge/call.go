@@ -238,5 +238,5 @@ func (b *Bridge) internalCall(ctx context.Context, r *request, co CallOptions) (
 	if err != nil {
 		return nil, err
 	}
-	return b.wait(ctx, c, b.send, b.deadlineOf(ctx, co))
+	return b.wait(ctx, c, b.attempt, b.deadlineOf(ctx, co))
 }

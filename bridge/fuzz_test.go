@@ -66,6 +66,7 @@ func bareConn() (*Bridge, *conn) {
 	b := &Bridge{opts: Options{URL: "ws://x/"}.withDefaults()}
 	b.hub = newHub(b, hubOptions{Logger: b.opts.Logger})
 	b.rules.Store(&methodRules{})
+	b.attempt = b.send
 	b.policies = newPolicies(b)
 	be := newBackend(b, 0, b.opts.Backends[0])
 	s := newSlot(b, be, 0)

@@ -127,13 +127,13 @@ func (ps *policies) of(method string) policy {
 func (ps *policies) chain(method string) invoker {
 	p := ps.of(method)
 	if p.plain() {
-		return ps.b.send
+		return ps.b.attempt
 	}
 	if inv, ok := ps.chains.Load(p); ok {
 		return inv.(invoker)
 	}
 	b := ps.b
-	inv := invoker(b.send)
+	inv := b.attempt
 	if p.retry {
 		inv = b.retryStep(inv)
 	}
