@@ -271,7 +271,7 @@ func (a *attempt) abort(code Code) {
 	case written:
 		c.sendCancel(o.id)
 		if code == CodeDeadlineExceeded {
-			c.slot.be.requestEnded(o, err) // the backend did not answer in time
+			c.slot.be.requestEnded(o, err) // the backend did not answer in time (see requestEnded)
 		}
 	}
 	o.complete(result{err: err})

@@ -58,6 +58,11 @@ type Options struct {
 	// never ejected. Passive outlier detection, as Envoy's.
 	OutlierFailures int
 	OutlierEjection time.Duration
+	// OutlierTimeout is how long a request written to a backend must go
+	// unanswered for its deadline to count against the backend (default
+	// 1 s): a caller's own short deadline says nothing of the backend, and
+	// must not let a client eject healthy backends.
+	OutlierTimeout time.Duration
 	// OnBackendRequest, if set, is called once for each request written
 	// to a backend when it ends: answered (err nil, or an *Error with
 	// CodeBackendError or CodeMalformedReply), its reply lost
@@ -205,6 +210,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.HealthInterval, 10*time.Second)
 	defaults.Positive(&o.HealthTimeout, 2*time.Second)
 	defaults.Positive(&o.OutlierEjection, 30*time.Second)
+	defaults.Positive(&o.OutlierTimeout, time.Second)
 	defaults.Positive(&o.CacheMaxEntries, 10000)
 	defaults.Positive(&o.CacheMaxBytes, 64<<20)
 	defaults.Positive(&o.DialTimeout, 5*time.Second)

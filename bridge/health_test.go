@@ -157,9 +157,18 @@ func TestOutlierEjection(t *testing.T) {
 	bad.mu.Lock()
 	bad.delay = time.Minute // its "slow" never comes in time
 	bad.mu.Unlock()
-	b := startBridge(t, "", Options{Balance: BalanceRoundRobin, OutlierFailures: 3, OutlierEjection: time.Hour,
+	b := startBridge(t, "", Options{Balance: BalanceRoundRobin, OutlierFailures: 3, OutlierEjection: time.Hour, OutlierTimeout: 20 * time.Millisecond,
 		Backends: []BackendOptions{{URL: good.URL()}, {URL: badSrv.URL()}}})
 	allConnected(t, b)
+	// A client's own deadline, shorter than OutlierTimeout, says nothing
+	// of a backend: 30 calls that give up at once eject no one (a client
+	// could otherwise eject every backend but one).
+	for range 30 {
+		_, _ = b.Call(ctxT(t), "echo", nil, CallOptions{Timeout: time.Microsecond})
+	}
+	if st := b.Stats().Backends[0]; st.Ejections != 0 || !st.Available {
+		t.Fatalf("short client deadlines ejected a backend: %+v", st)
+	}
 	for range 10 {
 		_, _ = b.Call(ctxT(t), "slow", nil, CallOptions{Timeout: 50 * time.Millisecond})
 	}

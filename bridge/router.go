@@ -390,21 +390,29 @@ func (rt *router) lagCheck() {
 // requestEnded takes the end of a request written to be: answered (err
 // nil, or a JSON-RPC error), its reply lost, or timed out. It reports it
 // to Options.OnBackendRequest, and is passive outlier detection
-// (Options.OutlierFailures): a request that timed out or lost its reply
-// counts against be, and OutlierFailures of them in a row eject it for
+// (Options.OutlierFailures): a request whose reply was lost, or that went
+// unanswered for OutlierTimeout at least before its deadline, counts
+// against be, and OutlierFailures of them in a row eject it for
 // OutlierEjection, unless no other backend would be left to take calls;
 // any answer starts the count again.
 func (be *backend) requestEnded(o *op, err error) {
 	b := be.b
-	if f := b.opts.OnBackendRequest; f != nil && o != nil {
+	var took time.Duration
+	if o != nil {
 		if at := o.sentAt.Load(); at != 0 {
-			f(be.displayURL, time.Duration(time.Now().UnixNano()-at), err)
+			took = time.Duration(time.Now().UnixNano() - at)
+			if f := b.opts.OnBackendRequest; f != nil {
+				f(be.displayURL, took, err)
+			}
 		}
 	}
 	if b.opts.OutlierFailures <= 0 {
 		return
 	}
 	failed := !answered(err)
+	if CodeOf(err) == CodeDeadlineExceeded && took < b.opts.OutlierTimeout {
+		return // the caller's deadline, too short to judge the backend by
+	}
 	be.mu.Lock()
 	if !failed {
 		be.outlierFailures = 0

@@ -140,12 +140,20 @@ func TestE2EOutlierEjection(t *testing.T) {
 	_, url2 := startBackend(t, "127.0.0.1:0")
 	proxy, purl := proxied(t, "silent", url2)
 	g := startGateway(t, "--backend", url1, "--backend", purl, "--balance", "round-robin",
-		"--outlier-failures", "3", "--outlier-ejection", "1h", "--backend-ping-interval", "0")
+		"--outlier-failures", "3", "--outlier-ejection", "1h", "--outlier-timeout", "100ms", "--backend-ping-interval", "0")
 	g.waitStats(t, "both backends connected", func(st *wsbridgev1.Stats) bool {
 		_, _ = g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"})
 		return st.Backends[0].GetConnectivity() == wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_READY &&
 			st.Backends[1].GetConnectivity() == wsbridgev1.BackendConnectivity_BACKEND_CONNECTIVITY_READY
 	})
+	// Callers' own short deadlines eject no one (they would let any client
+	// eject healthy backends).
+	for range 30 {
+		_, _ = g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo", Timeout: durationpb.New(300 * time.Microsecond)})
+	}
+	if row := backendRow(t, g.getStats(t), purl); row.GetEjections() != 0 {
+		t.Fatalf("short client deadlines ejected a healthy backend: %v", row)
+	}
 	// The proxied backend's replies stop coming: requests reach it, answers do not.
 	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(`{"name":"silence","type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)); err != nil {
 		t.Fatal(err)

@@ -55,6 +55,7 @@ func (sf *serveFlags) register(fs *flagSet) {
 	fs.int64(&sf.maxLag, "backend-max-lag", 0, "with --backend-health-method: read its result as a number (decimal or a 0x quantity, e.g. eth_blockNumber's block height); a backend whose value trails the highest by more than this gets no calls (0: off)")
 	fs.int(&bo.OutlierFailures, "outlier-failures", 0, "eject a backend whose requests timed out or lost their replies this many times in a row (passive outlier detection; the last backend taking calls is never ejected; 0: off)")
 	fs.duration(&bo.OutlierEjection, "outlier-ejection", 30*time.Second, "how long an ejected backend gets no calls (--outlier-failures)")
+	fs.duration(&bo.OutlierTimeout, "outlier-timeout", time.Second, "how long a request must go unanswered before its deadline for the timeout to count against the backend (--outlier-failures; a caller's shorter deadline says nothing of the backend)")
 	fs.duration(&bo.IdleTimeout, "backend-idle-timeout", 0, "close a backend connection that had no call, subscription or listener for this long; the next call dials again (lazy mode; 0: never)")
 	sf.retry = fs.list("retry-methods", ",", nil, "comma-separated method patterns safe to repeat: a call written when its connection broke is sent once more, to another backend")
 	sf.hedge = fs.list("hedge-methods", ",", nil, "comma-separated method patterns to hedge: after --hedge-after without an answer, a copy goes to another backend; the first answer wins")
@@ -264,7 +265,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		"backend-dial-timeout": bo.DialTimeout, "backoff-base": bo.Backoff.Base, "backoff-max": bo.Backoff.Max,
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
 		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
-		"outlier-ejection": bo.OutlierEjection,
+		"outlier-ejection": bo.OutlierEjection, "outlier-timeout": bo.OutlierTimeout,
 		"hedge-after":      sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
 		"shutdown-grace": o.ShutdownGrace, "unauthenticated-idle-timeout": o.UnauthenticatedIdle, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
