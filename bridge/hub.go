@@ -22,9 +22,11 @@ const (
 	// {"subscription": id, "reason": text} for a subscription made by a
 	// subscribe call, {"methods": [...], "reason": text} for listened methods.
 	NotifySubscriptionLost = "wsbridge_subscriptionLost"
-	// NotifyGap says that notifications may have been missed while the
-	// backend connection was down and the subscription was re-issued:
-	// params {"subscription": id} or {"methods": [...]}.
+	// NotifyGap says, at once when the backend connection is lost (with
+	// Options.Resubscribe), that notifications stop and may be missed until
+	// the subscription is re-issued or the listeners hear another backend:
+	// params {"subscription": id, "reason": text} or {"methods": [...],
+	// "reason": text}. Notifications then come again under the same id.
 	NotifyGap = "wsbridge_gap"
 )
 
@@ -58,13 +60,8 @@ type hub struct {
 	// notifications it still sends for them until it replies belong to no
 	// one, and must not fall through to method listeners. Guarded by mu.
 	ending map[subRef]int
-	// methodGap is set while the listen slot is down with --resubscribe:
-	// method listeners get a gap notification when it is up. Guarded by mu.
-	methodGap bool
 	// listen is the listen slot's index. Guarded by mu.
 	listen int
-	// moveMu serializes moveListeners.
-	moveMu sync.Mutex
 
 	delivered    atomic.Uint64
 	resubscribes atomic.Uint64
@@ -789,88 +786,27 @@ func (h *hub) wantsConn(slot int) bool {
 	return false
 }
 
-// connUp runs when a slot's connection opens, before its reader starts.
-func (h *hub) connUp(slot int) {
-	h.mu.Lock()
-	if slot != h.listen || !h.methodGap {
-		h.mu.Unlock()
-		return
-	}
-	h.methodGap = false
-	type gap struct {
-		c       *Consumer
-		methods []string
-	}
-	var gaps []gap
-	for c := range h.consumers {
-		if ms := listening(c); len(ms) > 0 {
-			gaps = append(gaps, gap{c, ms})
-		}
-	}
-	h.mu.Unlock()
-	for _, g := range gaps {
-		h.deliver([]*Consumer{g.c}, NotifyGap, gatewayParams(map[string]any{"methods": g.methods}))
-	}
-}
-
-// moveListeners makes slot, whose connection is open, the listen slot,
-// and tells every listener first that notifications may have been missed
-// (the listen slot's connection was lost; Resubscribe). Each listener's
-// deliveries are held (its dmu) from before the move until its gap is
-// delivered, so that no notification from the new slot reaches it before
-// the gap. moveMu keeps two moves from holding deliveries at once.
-func (h *hub) moveListeners(slot int) {
-	h.moveMu.Lock()
-	defer h.moveMu.Unlock()
-	h.mu.Lock()
-	var listeners []*Consumer
-	for c := range h.consumers {
-		if len(c.methods) > 0 {
-			listeners = append(listeners, c)
-		}
-	}
-	h.mu.Unlock()
-	for _, c := range listeners {
-		c.dmu.Lock()
-	}
-	h.mu.Lock()
-	h.listen = slot
-	h.methodGap = !h.link.connected(slot) // lost again meanwhile: connUp tells them
-	gapNow := !h.methodGap
-	methods := make([][]string, len(listeners))
-	for i, c := range listeners {
-		methods[i] = listening(c)
-	}
-	h.mu.Unlock()
-	n := 0
-	for i, c := range listeners {
-		if gapNow && !c.dclosed && len(methods[i]) > 0 {
-			c.deliver(NotifyGap, gatewayParams(map[string]any{"methods": methods[i]}))
-			n++
-		}
-		c.dmu.Unlock()
-	}
-	h.delivered.Add(uint64(n))
-	if !gapNow {
-		h.link.dial(slot)
-	}
-}
-
 // connLost runs when a slot's connection is gone and its reader has exited.
 // Without Resubscribe, every subscription on it ends with
-// NotifySubscriptionLost (and, for slot 0, every listened method). With it,
-// the subscriptions are re-issued in the background, and listeners keep
-// listening (the slot redials for them, see wantsConn).
+// NotifySubscriptionLost (and, for the listen slot, every listened
+// method). With it, the owners of its subscriptions and the listeners
+// are told at once that notifications stop for a while and may be missed
+// (NotifyGap: nobody is left waiting in silence while the backend is
+// down), the subscriptions are re-issued in the background, and listeners
+// keep listening (the slot redials for them, see wantsConn). Listening
+// moves to another available backend, if any, once the listeners have
+// their gap: no notification from there reaches them before it.
 func (h *hub) connLost(slot int, cause error) {
 	reason := "backend connection lost"
 	if cause != nil {
 		reason += ": " + cause.Error()
 	}
-	type lost struct {
+	type tell struct {
 		owners []*Consumer
+		method string
 		params json.RawMessage
 	}
-	var losts []lost
+	var tells []tell
 	var again []*subscription
 	h.mu.Lock()
 	for ref := range h.ending {
@@ -886,9 +822,10 @@ func (h *hub) connLost(slot int, cause error) {
 		if h.opts.Resubscribe && len(sub.owners) > 0 {
 			sub.state = subResubscribing
 			again = append(again, sub)
+			tells = append(tells, tell{ownersOf(sub), NotifyGap, gatewayParams(map[string]any{"subscription": sub.clientID, "reason": reason})})
 			continue
 		}
-		losts = append(losts, lost{ownersOf(sub), gatewayParams(map[string]any{"subscription": sub.clientID, "reason": reason})})
+		tells = append(tells, tell{ownersOf(sub), NotifySubscriptionLost, gatewayParams(map[string]any{"subscription": sub.clientID, "reason": reason})})
 		h.removeLocked(sub)
 	}
 	moveTo := -1
@@ -899,31 +836,30 @@ func (h *hub) connLost(slot int, cause error) {
 				continue
 			}
 			if h.opts.Resubscribe {
-				h.methodGap = true
+				tells = append(tells, tell{[]*Consumer{c}, NotifyGap, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
 				continue
 			}
 			c.budget.listens -= len(c.methods)
 			clear(c.methods)
-			losts = append(losts, lost{[]*Consumer{c}, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
+			tells = append(tells, tell{[]*Consumer{c}, NotifySubscriptionLost, gatewayParams(map[string]any{"methods": ms, "reason": reason})})
 		}
-		// Listening moves to another available backend, if any (with
-		// Resubscribe the listeners follow; later listeners go there too).
 		if to, ok := h.link.moveFrom(slot); ok {
 			moveTo = to
-			if !h.methodGap || !h.link.connected(to) {
-				h.listen = to // connUp sends the gap, if one is due
-			}
 		}
 	}
-	gapNow := moveTo >= 0 && h.listen != moveTo
 	h.mu.Unlock()
-	if gapNow {
-		h.moveListeners(moveTo)
-	} else if moveTo >= 0 {
-		h.link.dial(moveTo)
+	for _, t := range tells {
+		h.deliver(t.owners, t.method, t.params)
 	}
-	for _, l := range losts {
-		h.deliver(l.owners, NotifySubscriptionLost, l.params)
+	if moveTo >= 0 {
+		// Later listeners, and these with Resubscribe, hear the other
+		// backend from now on.
+		h.mu.Lock()
+		if h.listen == slot {
+			h.listen = moveTo
+		}
+		h.mu.Unlock()
+		h.link.dial(moveTo)
 	}
 	for _, sub := range again {
 		h.link.background(func(ctx context.Context) { h.resubscribe(ctx, sub) })
@@ -977,8 +913,8 @@ func (h *hub) resubscribe(ctx context.Context, sub *subscription) {
 	}
 }
 
-// reactivate routes sub by its new backend id and tells its owners about
-// the gap, before the reader handles the next message.
+// reactivate routes sub by its new backend id, before the reader handles
+// the next message (its owners were told of the gap at the loss).
 func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 	if !isScalarID(id) {
 		return
@@ -994,10 +930,8 @@ func (h *hub) reactivate(sub *subscription, slot int, id json.RawMessage) {
 	sub.slot = slot
 	sub.backendID = id
 	h.byID[subRef{slot, jsonrpc.IDKey(id)}] = sub
-	owners := ownersOf(sub)
 	h.mu.Unlock()
 	h.resubscribes.Add(1)
-	h.deliver(owners, NotifyGap, gatewayParams(map[string]any{"subscription": sub.clientID}))
 }
 
 // listenersLocked reports whether any consumer listens to methods. h.mu

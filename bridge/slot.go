@@ -236,7 +236,6 @@ func (s *slot) run(ctx context.Context) {
 		}
 		be.transportSuccess()
 		log.Info("backend connected", "url", be.redactedURL)
-		b.hub.connUp(s.idx)
 		s.mu.Lock()
 		s.current = c
 		s.dialFailed = false
