@@ -224,8 +224,13 @@ func (c *conn) writeBatches(ctx context.Context, ops []*op) error {
 		}
 		frame = append(frame, ']')
 		now := time.Now().UnixNano()
+		ids := make([]uint64, len(inFrame))
+		for i, o := range inFrame {
+			ids[i] = o.id
+		}
 		for _, o := range inFrame {
 			o.sentAt.Store(now)
+			o.batch.Store(&ids)
 		}
 		if err := c.ws.Write(ctx, websocket.MessageText, frame); err != nil {
 			return fmt.Errorf("write: %w", err)
@@ -451,9 +456,36 @@ func (c *conn) broken(raw []byte, cause error) {
 func (c *conn) oversize(tl *wsutil.TooLargeError) {
 	c.b.counters.messagesIn.Add(1)
 	c.b.counters.oversize.Add(1)
-	n := c.failNamed(tl.Head, func() *Error {
-		return newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)
-	})
+	n := 0
+	for _, rawID := range jsonrpc.BrokenFrameIDs(tl.Head) {
+		id, _, ok := jsonrpc.GatewayID(rawID)
+		if !ok {
+			continue
+		}
+		o, _, _ := c.pending.takeReply(id)
+		if o == nil {
+			continue
+		}
+		batch := o.batch.Load()
+		if batch == nil {
+			o.complete(result{err: newError(CodeTooLarge, fmt.Sprintf("the backend's reply was larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)})
+			n++
+			continue
+		}
+		// A JSON-RPC batch's replies come in one message: every call
+		// written in that batch fails now, not just those named before
+		// the cut (the rest would wait for their deadlines).
+		err := newError(CodeTooLarge, fmt.Sprintf("the backend answered the batch this call was sent in (--backend-batch) with one message larger than the %d-byte reply limit (%d bytes); it was discarded", tl.Limit, tl.Size), nil)
+		o.complete(result{err: err})
+		n++
+		for _, other := range *batch {
+			if p, _, _ := c.pending.takeReply(other); p != nil {
+				p.complete(result{err: err})
+				n++
+			}
+		}
+		break // one message answers one batch
+	}
 	c.b.opts.Logger.Warn("backend sent a message over the reply limit; discarded", "bytes", tl.Size, "limit", tl.Limit,
 		"callers_failed", n, "frame", excerpt(tl.Head))
 }

@@ -7,7 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wsbridge/wsbridge/bridge/bridgetest"
 )
@@ -120,5 +122,76 @@ func TestOversizeReplyFailsOnlyItsCall(t *testing.T) {
 	}
 	if st.OversizeReplies != 3 || st.Malformed != 0 || st.Notifications != 0 {
 		t.Errorf("oversize %d, malformed %d, notifications %d; want 3, 0, 0", st.OversizeReplies, st.Malformed, st.Notifications)
+	}
+}
+
+// With Options.Batch, a batch's replies come in one message: one over the
+// reply limit fails every call of that batch at once, as too large,
+// instead of failing those named before the cut and leaving the others to
+// their deadlines (found by the attack review).
+func TestOversizeBatchReplyFailsItsWholeBatch(t *testing.T) {
+	var batches atomic.Int64
+	srv := bridgetest.NewServer(t, func(ctx context.Context, c *bridgetest.Conn) {
+		for {
+			frame, err := c.ReadRaw(ctx)
+			if err != nil {
+				return
+			}
+			var reqs []struct{ ID json.RawMessage }
+			if json.Unmarshal(frame, &reqs) != nil {
+				var one struct{ ID json.RawMessage }
+				_ = json.Unmarshal(frame, &one)
+				reqs = append(reqs, one)
+			} else {
+				batches.Add(1)
+			}
+			// Each reply is 1 KiB: a batch of more than 4 is over the limit.
+			var out []string
+			for _, r := range reqs {
+				out = append(out, `{"jsonrpc":"2.0","id":`+string(r.ID)+`,"result":"`+strings.Repeat("x", 1024)+`"}`)
+			}
+			msg := out[0]
+			if len(out) > 1 || frame[0] == '[' {
+				msg = "[" + strings.Join(out, ",") + "]"
+			}
+			if c.WriteRaw(ctx, msg) != nil {
+				return
+			}
+		}
+	})
+	b := startBridge(t, srv.URL(), Options{Batch: true, MaxReplyBytes: 4 << 10})
+	if _, err := b.Call(ctxT(t), "big", nil, CallOptions{}); err != nil { // the connection is open
+		t.Fatal(err)
+	}
+	// Calls that meet at the writer go out as batches; a batch of more
+	// than four is answered by one message over the limit.
+	const calls = 500
+	out := make(chan goOutcome, calls)
+	for range calls {
+		go func() {
+			res, err := b.Call(ctxT(t), "big", nil, CallOptions{Timeout: time.Minute})
+			out <- goOutcome{res, err}
+		}()
+	}
+	tooLarge := 0
+	for range calls {
+		select {
+		case o := <-out:
+			switch CodeOf(o.err) {
+			case 0:
+			case CodeTooLarge:
+				tooLarge++
+			default:
+				t.Fatalf("a call ended with %v", o.err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a call of an oversize batch waits for its deadline")
+		}
+	}
+	if batches.Load() == 0 || tooLarge == 0 {
+		t.Fatalf("%d batches, %d calls too large: the test made no oversize batch", batches.Load(), tooLarge)
+	}
+	if st := b.Stats(); st.Connects != 1 || st.InFlight != 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }

@@ -21,6 +21,10 @@ type op struct {
 	owner opOwner
 	// onResult, if set, runs on the reader with a successful result.
 	onResult resultHook
+	// batch holds the ids of the requests written with o in one JSON-RPC
+	// batch (Options.Batch), whose replies come in one message; nil for a
+	// request written alone. Set by the writer, read by the reader.
+	batch atomic.Pointer[[]uint64]
 	// sentAt is when the writer wrote o (unix nanoseconds), for the
 	// backend's latency: set by the writer, read by the reader after the
 	// reply (atomic: the network orders them, the memory model does not).
