@@ -28,6 +28,7 @@ import (
 	"github.com/wsbridge/wsbridge/backend"
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/auth"
+	"github.com/wsbridge/wsbridge/internal/glob"
 	"github.com/wsbridge/wsbridge/server"
 )
 
@@ -274,7 +275,7 @@ func runServer(ctx context.Context, sf serveFlags, opts server.Options, log *slo
 		opts.AdminHandler = debugHandler(tokens) // pprof on the admin listener
 	}
 	if sf.debugAddr != "" {
-		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens, opts.MaxHeaderBytes)
+		stopDebug, addr, err := serveDebug(sf.debugAddr, tokens, opts.MaxHeaderBytes, opts.AllowedHosts)
 		if err != nil {
 			log.Error("cannot listen on --debug-addr", "err", err)
 			return 1
@@ -413,15 +414,41 @@ func backendClient(caFile string, insecure bool) (*http.Client, error) {
 // every path requires one, as the gateway's own faces do. The command line
 // it shows (/debug/pprof/cmdline) has its secrets redacted, as
 // --print-config has.
-func serveDebug(addr string, tokens interface{ Check(string) bool }, maxHeaderBytes int) (func(), string, error) {
+func serveDebug(addr string, tokens interface{ Check(string) bool }, maxHeaderBytes int, allowedHosts []string) (func(), string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, "", err
 	}
-	hs := &http.Server{Handler: debugHandler(tokens), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	debug := debugHandler(tokens)
+	// As on every listener (421 otherwise): a web page whose name is
+	// rebound to this address (DNS rebinding) must not read profiles or
+	// start them. IP addresses and localhost are served: the listener is
+	// private, and a rebinding page can only send its own name.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !privateHost(r.Host, allowedHosts) {
+			http.Error(w, "host not served here (see --allowed-hosts)", http.StatusMisdirectedRequest)
+			return
+		}
+		debug.ServeHTTP(w, r)
+	})
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	return func() { hs.Close(); <-done }, ln.Addr().String(), nil
+}
+
+// privateHost reports whether a request's Host may reach a private
+// listener: an IP address, localhost, or one of allowed (patterns).
+func privateHost(hostport string, allowed []string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || net.ParseIP(strings.Trim(host, "[]")) != nil {
+		return true
+	}
+	return glob.Any(allowed, host)
 }
 
 // debugHandler is net/http/pprof at /debug/pprof/, behind the token when
