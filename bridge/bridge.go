@@ -509,10 +509,12 @@ func CheckURL(raw string) error {
 	return nil
 }
 
-// RedactURL returns u with any userinfo and query replaced by "REDACTED",
-// for the gateway's own logs. The path stays: it tells an operator which
-// endpoint is meant, but it may hold a key (Infura- and Alchemy-style), so
-// clients see DisplayURL instead.
+// RedactURL returns u for the gateway's own logs and --print-config: any
+// userinfo and query are replaced by "REDACTED", and so is every path
+// segment of keyLikeSegment characters or more. Short segments ("ws",
+// "v3", "rpc") stay, so an operator sees which endpoint is meant; the long
+// ones are where Infura- and Alchemy-style URLs carry their API key.
+// Clients see DisplayURL, which has no path at all.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -525,8 +527,23 @@ func RedactURL(raw string) string {
 		u.RawQuery = "REDACTED"
 	}
 	u.Fragment = ""
+	if u.Path != "" {
+		segs := strings.Split(u.EscapedPath(), "/")
+		for i, s := range segs {
+			if len(s) >= keyLikeSegment {
+				segs[i] = "REDACTED"
+			}
+		}
+		u.RawPath = ""
+		u.Path = strings.Join(segs, "/")
+	}
 	return u.String()
 }
+
+// keyLikeSegment is the length from which a backend URL's path segment is
+// taken for a key: API keys are 32 characters and more, endpoint names a
+// few.
+const keyLikeSegment = 20
 
 // DisplayURL returns scheme://host:port of a backend URL: what clients,
 // stats and the dashboard may see of it. Userinfo, path and query may hold

@@ -811,6 +811,8 @@ func TestRedactURL(t *testing.T) {
 		"wss://u:p@host/p?key=s&x=1": "wss://REDACTED@host/p?REDACTED",
 		"ws://u@host/":               "ws://REDACTED@host/",
 		"%zz":                        "(unparseable URL)",
+		"wss://mainnet.infura.io/ws/v3/9aa3d95b3bc440fa88ea12eaa4456161":      "wss://mainnet.infura.io/ws/v3/REDACTED",
+		"wss://eth-mainnet.g.alchemy.com/v2/abcdefghijklmnopqrstuvwxyz012345": "wss://eth-mainnet.g.alchemy.com/v2/REDACTED",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/status"
@@ -39,7 +40,7 @@ func (s *Server) accessLog(ctx context.Context, f face, method string, c *client
 	if s.opts.AccessLog == nil {
 		return nil
 	}
-	e := &accessEntry{s: s, ctx: ctx, face: f, method: method, start: time.Now(), client: c, reqLen: reqLen}
+	e := &accessEntry{s: s, ctx: ctx, face: f, method: logMethod(method), start: time.Now(), client: c, reqLen: reqLen}
 	if co != nil {
 		co.OnBackend = func(url string) { e.backend.Store(&url) }
 		if co.TraceParent.IsValid() { // a session's call: its own span
@@ -63,6 +64,24 @@ func (e *accessEntry) done(respLen int, err error) {
 		slog.Int("request_bytes", e.reqLen), slog.Int("response_bytes", respLen),
 	}
 	e.write("call", append(attrs, failureAttrs(e.face, err)...))
+}
+
+// maxLoggedMethod bounds the method name a line shows: the client chose
+// it, and a call refused for its name (up to the message size) must not
+// make a line of that size.
+const maxLoggedMethod = 128
+
+// logMethod is method as a line shows it: cut at maxLoggedMethod bytes on
+// a character boundary, with "..." saying it was cut.
+func logMethod(method string) string {
+	if len(method) <= maxLoggedMethod {
+		return method
+	}
+	cut := maxLoggedMethod
+	for cut > 0 && !utf8.RuneStart(method[cut]) {
+		cut--
+	}
+	return method[:cut] + "..."
 }
 
 // failureAttrs explain a failed call in its access log line: the reason
@@ -108,9 +127,9 @@ func (s *Server) accessLogStream(ctx context.Context, f face, method string, sta
 	if s.opts.AccessLog == nil {
 		return
 	}
-	e := &accessEntry{s: s, ctx: ctx, face: f, method: method, start: start, client: clientOf(ctx)}
+	e := &accessEntry{s: s, ctx: ctx, face: f, method: logMethod(method), start: start, client: clientOf(ctx)}
 	e.write("stream", []slog.Attr{
-		slog.String("face", faceNames[f]), slog.String("method", method), slog.String("code", grpcCodeOf(err)),
+		slog.String("face", faceNames[f]), slog.String("method", e.method), slog.String("code", grpcCodeOf(err)),
 		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000), slog.Int64("messages", messages),
 	})
 }

@@ -165,3 +165,22 @@ func TestAccessLogExplainsFailures(t *testing.T) {
 		t.Errorf("Subscribe's stream line: %v", stream)
 	}
 }
+
+// The client chooses the method name: a call refused for a name of
+// hundreds of kilobytes writes a line of a hundred-odd bytes, the cut
+// said (attack review).
+func TestAccessLogCapsTheMethodName(t *testing.T) {
+	var buf syncBuffer
+	h := start(t, demoBackend(t), func(o *Options) { o.AccessLog = slog.New(slog.NewJSONHandler(&buf, nil)) })
+	long := "é" + strings.Repeat("m", 300_000)
+	httpDo(t, http.MethodPost, h.base+"/rpc", `{"jsonrpc":"2.0","id":1,"method":"`+long+`"}`, http.Header{"Content-Type": {"application/json"}})
+	bridgetest.Eventually(t, "the line", func() bool { return len(buf.lines(t)) == 1 })
+	l := buf.lines(t)[0]
+	m, _ := l["method"].(string)
+	if len(m) > maxLoggedMethod+3 || !strings.HasPrefix(m, "émm") || !strings.HasSuffix(m, "...") || l["code"] != "InvalidArgument" {
+		t.Fatalf("line %v (method %d bytes)", l["code"], len(m))
+	}
+	if n := len(buf.String()); n > 2000 {
+		t.Fatalf("the line is %d bytes", n)
+	}
+}
