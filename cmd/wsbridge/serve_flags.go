@@ -266,7 +266,7 @@ func (sf *serveFlags) check(fs *flagSet) error {
 		"backend-ping-timeout": bo.PingTimeout, "backend-write-timeout": bo.WriteTimeout, "call-timeout": bo.CallTimeout,
 		"backend-health-interval": bo.HealthInterval, "backend-health-timeout": bo.HealthTimeout, "breaker-cooldown": bo.BreakerCooldown,
 		"outlier-ejection": bo.OutlierEjection, "outlier-timeout": bo.OutlierTimeout,
-		"hedge-after":      sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
+		"hedge-after": sf.hedgeAfter, "cache-ttl": sf.cacheTTL,
 		"shutdown-grace": o.ShutdownGrace, "unauthenticated-idle-timeout": o.UnauthenticatedIdle, "client-ping-interval": o.ClientPingInterval, "client-write-timeout": o.ClientWriteTimeout,
 	}
 	for _, name := range sortedKeys(positive) {
