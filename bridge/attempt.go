@@ -51,7 +51,7 @@ func (a *attempt) start(avoid *backend) {
 	b := a.b
 	var s *slot
 	if a.r.slot >= 0 {
-		s = b.slots[a.r.slot]
+		s = b.slot(a.r.slot)
 	} else {
 		if avoid == nil {
 			avoid = a.r.avoid
@@ -112,19 +112,26 @@ func (a *attempt) wait(s *slot) {
 // is usable and none is dialling, unless it waits for ready.
 func (a *attempt) waitConn(ctx context.Context, s *slot) (*conn, error) {
 	b, r := a.b, a.r
-	if r.slot >= 0 || len(b.backends) == 1 {
-		if s == nil {
-			s = b.backends[0].pickSlot()
-		}
-		a.traceDial(s)
-		c, err := s.conn(ctx, r.waitForReady)
-		if err != nil && ctx.Err() != nil {
-			return nil, a.ctxErr()
-		}
-		return c, err
-	}
 	for {
+		if active := b.backends().active; r.slot >= 0 || len(active) == 1 {
+			if s == nil || r.slot < 0 && s.be.retired.Load() {
+				s = active[0].pickSlot()
+			}
+			a.traceDial(s)
+			c, err := s.conn(ctx, r.waitForReady)
+			if err != nil && ctx.Err() != nil {
+				return nil, a.ctxErr()
+			}
+			if r.slot < 0 && errors.Is(err, errRetired) {
+				s = nil // a reload removed the backend: to the new set
+				continue
+			}
+			return c, err
+		}
 		changes := b.changes() // before looking: no change is missed
+		if s != nil && s.be.retired.Load() {
+			s = a.pick() // a reload removed the backend
+		}
 		if s != nil {
 			if c := s.openConn(); c != nil {
 				return c, nil
@@ -137,14 +144,20 @@ func (a *attempt) waitConn(ctx context.Context, s *slot) (*conn, error) {
 		if !b.awaitChange(ctx, changes) {
 			return nil, a.ctxErr()
 		}
-		s = nil
-		a.mu.Lock()
-		avoid := a.avoid
-		a.mu.Unlock()
-		if be := b.router.pick(avoid); be != nil {
-			s = be.pickSlot()
-		}
+		s = a.pick()
 	}
+}
+
+// pick routes the request again: a slot of the backend the router picks,
+// or nil when none is usable.
+func (a *attempt) pick() *slot {
+	a.mu.Lock()
+	avoid := a.avoid
+	a.mu.Unlock()
+	if be := a.b.router.pick(avoid); be != nil {
+		return be.pickSlot()
+	}
+	return nil
 }
 
 // traceDial notes on the call's span that it waits for a dial of s.
@@ -158,7 +171,7 @@ func (a *attempt) traceDial(s *slot) {
 func (b *Bridge) noBackend() *Error {
 	var cause error
 	var at int64
-	for _, s := range b.slots {
+	for _, s := range b.backends().slots {
 		if snap := s.snapshot(); snap.lastErr != nil && snap.lastErrAt.UnixNano() > at {
 			cause, at = snap.lastErr, snap.lastErrAt.UnixNano()
 		}

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sync"
@@ -26,6 +27,12 @@ type BackendOptions struct {
 	Priority int
 	// Weight shares calls out under BalanceRoundRobin. Default 1.
 	Weight int
+	// ID names the backend across SetBackends: an entry whose ID is a
+	// running backend's keeps that backend (its connections, its
+	// subscriptions), taking the entry's Priority and Weight; any other
+	// setting it changes is not applied, so an ID should cover them.
+	// Default: URL.
+	ID string
 }
 
 // Balance is how a call picks among the available backends.
@@ -68,11 +75,23 @@ type backend struct {
 	// Static after newBackend.
 	b           *Bridge
 	idx         int
-	opts        BackendOptions
-	redactedURL string // for the gateway's own logs
-	displayURL  string // for clients and stats
+	opts        BackendOptions // Priority and Weight as configured first: see priority, weight
+	redactedURL string         // for the gateway's own logs
+	displayURL  string         // for clients and stats
 	slots       []*slot
 	lat         *window.Latency // reply times of this backend's calls (write to reply)
+	// Lifetime: its slots' run loops and its health loop run under ctx
+	// (a child of the Bridge's) and wg; cancel ends them when the backend
+	// is retired (SetBackends removed it) and its calls have drained.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// priority and weight are BackendOptions' (SetBackends changes them).
+	priority, weight atomic.Int64
+	// retired is set when SetBackends removes the backend: it takes no
+	// new request, and its connections close once its calls are over.
+	retired atomic.Bool
 
 	next atomic.Uint64 // round-robin cursor among slots
 
@@ -103,7 +122,47 @@ type backendCounters struct {
 	breakerOpens, ejections                        atomic.Uint64
 }
 
-func newBackend(b *Bridge, idx int, opts BackendOptions) *backend {
-	return &backend{b: b, idx: idx, opts: opts, redactedURL: RedactURL(opts.URL), displayURL: DisplayURL(opts.URL),
+// newBackend makes backend idx and its slots, numbered from firstSlot;
+// start runs them.
+func newBackend(ctx context.Context, b *Bridge, idx, firstSlot int, opts BackendOptions) *backend {
+	be := &backend{b: b, idx: idx, opts: opts, redactedURL: RedactURL(opts.URL), displayURL: DisplayURL(opts.URL),
 		lat: window.NewLatency(6, 10*time.Second, nil)}
+	be.ctx, be.cancel = context.WithCancel(ctx)
+	be.priority.Store(int64(opts.Priority))
+	be.weight.Store(int64(opts.Weight))
+	for i := range opts.Conns {
+		be.slots = append(be.slots, newSlot(b, be, firstSlot+i))
+	}
+	return be
+}
+
+// start runs be's slots and health loop, each counted in the Bridge's
+// wait group (Close waits for them) and in be's (retire waits for them).
+func (be *backend) start() {
+	run := func(f func(context.Context)) {
+		be.b.wg.Add(1)
+		be.wg.Add(1)
+		go func() {
+			defer be.b.wg.Done()
+			defer be.wg.Done()
+			f(be.ctx)
+		}()
+	}
+	for _, s := range be.slots {
+		run(s.run)
+	}
+	if be.b.opts.HealthMethod != "" {
+		run(be.healthLoop)
+	}
+}
+
+// busy reports whether a request is waiting for a reply on one of be's
+// connections, or for their writers.
+func (be *backend) busy() bool {
+	for _, s := range be.slots {
+		if c := s.openConn(); c != nil && (c.pending.size.Load() > 0 || c.sendq.Len() > 0) {
+			return true
+		}
+	}
+	return false
 }

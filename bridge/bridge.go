@@ -221,7 +221,7 @@ func (o Options) withDefaults() Options {
 	defaults.Positive(&o.PingTimeout, 5*time.Second)
 	defaults.Positive(&o.WriteTimeout, 10*time.Second)
 	defaults.Positive(&o.CallTimeout, 30*time.Second)
-	defaults.Positive(&o.MaxInFlight, 10000)
+	defaults.Positive(&o.MaxInFlight, defaultMaxInFlight)
 	defaults.Positive(&o.MaxMessageBytes, 4<<20)
 	defaults.Positive(&o.MaxReplyBytes, 32<<20)
 	defaults.Positive(&o.MaxMethodLength, 1024)
@@ -252,16 +252,18 @@ type CallOptions struct {
 // concurrent use. Close it to stop its goroutines.
 type Bridge struct {
 	// Static after New.
-	opts        Options
-	redactedURL string          // for the gateway's own logs: userinfo and query redacted
-	displayURL  string          // for clients and stats: scheme, host and port only
-	backends    []*backend      // in the order configured
-	slots       []*slot         // every backend's, indexed by slot.idx
-	lat         *window.Latency // calls that succeeded
-	failLat     *window.Latency // calls that failed
-	policies    *policies       // per-method retry, hedging, dedup, cache
+	opts     Options
+	lat      *window.Latency // calls that succeeded
+	failLat  *window.Latency // calls that failed
+	policies *policies       // per-method retry, hedging, dedup, cache
 
 	router *router // picks each request's backend
+	// set is the backends in effect (see backendSet); setMu serializes
+	// its writers (SetBackends, retire) and orders them against Close,
+	// and guards nextBackend, the index of the next backend made.
+	set         atomic.Pointer[backendSet]
+	setMu       sync.Mutex
+	nextBackend int
 	// attempt is b.send as an invoker, made once (a method value
 	// allocates each time it is taken).
 	attempt invoker
@@ -269,8 +271,9 @@ type Bridge struct {
 	// them).
 	rules atomic.Pointer[methodRules]
 
-	// Lifetime: cancel stops every slot's run loop and the state notifier;
-	// wg waits for them.
+	// Lifetime: cancel ends runCtx, which stops every slot's run loop, the
+	// health loops, retirements and the state notifier; wg waits for them.
+	runCtx context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	// stateChanged wakes the goroutine that calls Options.OnStateChange
@@ -297,14 +300,16 @@ type Bridge struct {
 	bgWG     sync.WaitGroup
 	bgClosed bool
 
-	closing   atomic.Bool
-	draining  atomic.Bool
-	idleOnce  sync.Once
-	idle      chan struct{} // closed when draining and nothing is in flight
-	nextID    atomic.Uint64 // request ids: unique for the life of the Bridge
-	inFlight  atomic.Int64
-	counters  counters
-	closeOnce sync.Once
+	closing  atomic.Bool
+	draining atomic.Bool
+	idleOnce sync.Once
+	idle     chan struct{} // closed when draining and nothing is in flight
+	nextID   atomic.Uint64 // request ids: unique for the life of the Bridge
+	inFlight atomic.Int64
+	// maxInFlight is Options.MaxInFlight, as SetMaxInFlight changes it.
+	maxInFlight atomic.Int64
+	counters    counters
+	closeOnce   sync.Once
 }
 
 // counters are the Bridge's monotonic totals.
@@ -330,6 +335,18 @@ func (b *Bridge) SetRules(allow, deny []string, methods []MethodPolicy) {
 	b.rules.Store(&methodRules{allow: allow, deny: deny})
 	b.policies.setMethods(methods)
 }
+
+// SetMaxInFlight changes Options.MaxInFlight for the calls that start
+// from now on (a reload; 0 or less: the default).
+func (b *Bridge) SetMaxInFlight(n int) {
+	if n <= 0 {
+		n = defaultMaxInFlight
+	}
+	b.maxInFlight.Store(int64(n))
+}
+
+// defaultMaxInFlight is Options.MaxInFlight's default.
+const defaultMaxInFlight = 10000
 
 // Check reports what New would refuse in opts, starting nothing.
 func Check(opts Options) error {
@@ -363,23 +380,18 @@ func New(opts Options) (*Bridge, error) {
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	var logURLs, displayURLs []string
-	for _, be := range opts.Backends {
-		logURLs = append(logURLs, RedactURL(be.URL))
-		displayURLs = append(displayURLs, DisplayURL(be.URL))
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
-		opts:        opts,
-		redactedURL: strings.Join(logURLs, ", "),
-		displayURL:  strings.Join(displayURLs, ", "),
-		lat:         window.NewLatency(6, 10*time.Second, nil),
-		failLat:     window.NewLatency(6, 10*time.Second, nil),
-		cancel:      cancel,
-		idle:        make(chan struct{}),
-		changed:     make(chan struct{}),
+		opts:    opts,
+		lat:     window.NewLatency(6, 10*time.Second, nil),
+		failLat: window.NewLatency(6, 10*time.Second, nil),
+		runCtx:  ctx,
+		cancel:  cancel,
+		idle:    make(chan struct{}),
+		changed: make(chan struct{}),
 	}
 	b.rules.Store(&methodRules{allow: opts.AllowMethods, deny: opts.DenyMethods})
+	b.maxInFlight.Store(int64(opts.MaxInFlight))
 	b.attempt = b.send
 	b.policies = newPolicies(b)
 	if opts.TracerProvider != nil {
@@ -398,24 +410,19 @@ func New(opts Options) (*Bridge, error) {
 		b.stateChanged = make(chan struct{}, 1)
 		b.wg.Go(func() { b.notifyStates(ctx, f) })
 	}
-	for i, bo := range opts.Backends {
-		be := newBackend(b, i, bo)
-		b.backends = append(b.backends, be)
-		for range bo.Conns {
-			s := newSlot(b, be, len(b.slots))
-			be.slots = append(be.slots, s)
-			b.slots = append(b.slots, s)
-		}
+	set := &backendSet{}
+	for _, bo := range opts.Backends {
+		be := newBackend(ctx, b, b.nextBackend, len(set.slots), bo)
+		b.nextBackend++
+		set.active = append(set.active, be)
+		set.slots = append(set.slots, be.slots...)
 	}
-	b.router = newRouter(b, opts.Balance, b.backends)
-	b.hub.listen = lowestPriority(b.backends)[0].slots[0].idx
-	for _, s := range b.slots {
-		b.wg.Go(func() { s.run(ctx) })
-	}
-	if opts.HealthMethod != "" {
-		for _, be := range b.backends {
-			b.wg.Go(func() { be.healthLoop(ctx) })
-		}
+	set.all = set.active
+	b.set.Store(set)
+	b.router = newRouter(b, opts.Balance)
+	b.hub.listen = lowestPriority(set.active)[0].slots[0].idx
+	for _, be := range set.active {
+		be.start()
 	}
 	return b, nil
 }
@@ -477,7 +484,7 @@ func (b *Bridge) awaitNextChange(ctx context.Context) bool { return b.awaitChang
 
 // dialling reports whether a dial is under way on any slot.
 func (b *Bridge) dialling() bool {
-	for _, s := range b.slots {
+	for _, s := range b.backends().slots {
 		if s.currentState() == StateConnecting {
 			return true
 		}
@@ -564,12 +571,25 @@ func DisplayURL(raw string) string {
 	return u.Scheme + "://" + host
 }
 
-// URL returns the backend's scheme://host:port (see DisplayURL).
-func (b *Bridge) URL() string { return b.displayURL }
+// URL returns the backends' scheme://host:port (see DisplayURL), comma
+// separated.
+func (b *Bridge) URL() string {
+	var urls []string
+	for _, be := range b.backends().active {
+		urls = append(urls, be.displayURL)
+	}
+	return strings.Join(urls, ", ")
+}
 
-// LogURL returns the backend URL as the gateway's own logs show it (see
-// RedactURL).
-func (b *Bridge) LogURL() string { return b.redactedURL }
+// LogURL returns the backend URLs as the gateway's own logs show them (see
+// RedactURL), comma separated.
+func (b *Bridge) LogURL() string {
+	var urls []string
+	for _, be := range b.backends().active {
+		urls = append(urls, be.redactedURL)
+	}
+	return strings.Join(urls, ", ")
+}
 
 // Call sends a JSON-RPC request and returns the backend's result. params
 // must be nil or valid JSON: an object or an array. On failure the error is
@@ -637,7 +657,7 @@ func (b *Bridge) begin(method string, params json.RawMessage) ([]byte, error) {
 	// Count first, then check draining: Drain relies on that order.
 	if !b.admit() {
 		b.counters.rejected.Add(1)
-		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.opts.MaxInFlight), nil)
+		return nil, newError(CodeOverloaded, fmt.Sprintf("too many calls in flight (limit %d)", b.maxInFlight.Load()), nil)
 	}
 	fail := func(err *Error) ([]byte, error) {
 		b.done()
@@ -707,7 +727,7 @@ var errNotSent = errors.New("connection closed before the request was written")
 func (b *Bridge) admit() bool {
 	for {
 		n := b.inFlight.Load()
-		if n >= int64(b.opts.MaxInFlight) {
+		if n >= b.maxInFlight.Load() {
 			return false
 		}
 		if b.inFlight.CompareAndSwap(n, n+1) {
@@ -754,7 +774,9 @@ func (b *Bridge) Drain(ctx context.Context) error {
 func (b *Bridge) Close() error {
 	b.closeOnce.Do(func() {
 		b.draining.Store(true)
+		b.setMu.Lock() // no SetBackends starts a backend from now on
 		b.closing.Store(true)
+		b.setMu.Unlock()
 		b.bgMu.Lock()
 		b.bgClosed = true
 		b.bgMu.Unlock()
@@ -893,7 +915,7 @@ type BackendStats struct {
 // Stats returns a snapshot of the counters.
 func (b *Bridge) Stats() Stats {
 	st := Stats{
-		URL:             b.displayURL,
+		URL:             b.URL(),
 		Connects:        b.counters.connects.Load(),
 		Reconnects:      b.counters.reconnects.Load(),
 		DialFailures:    b.counters.dialFailures.Load(),
@@ -918,7 +940,8 @@ func (b *Bridge) Stats() Stats {
 	st.Subscriptions, st.ClientSubscriptions, st.Consumers = b.hub.stats()
 	st.FramesOut, st.Retries, st.Hedges = b.counters.framesOut.Load(), b.counters.retries.Load(), b.counters.hedges.Load()
 	st.Coalesced, st.CacheHits = b.policies.coalesced.Load(), b.policies.cacheHits.Load()
-	for _, be := range b.backends {
+	set := b.backends()
+	for _, be := range set.all {
 		why := be.unavailable(true)
 		bs := BackendStats{URL: be.displayURL, Connectivity: be.connectivity(), Available: why == "", Unavailable: why,
 			Breaker: be.breaker(), Waiting: be.waiting(),
@@ -942,7 +965,7 @@ func (b *Bridge) Stats() Stats {
 		}
 		st.Backends = append(st.Backends, bs)
 	}
-	for _, s := range b.slots {
+	for _, s := range set.slots {
 		snap := s.snapshot()
 		st.State = max(st.State, snap.state)
 		if snap.conn != nil {
@@ -969,7 +992,7 @@ func (b *Bridge) MethodAllowed(method string) bool {
 // State returns the Bridge's state: the best state of its slots.
 func (b *Bridge) State() State {
 	st := StateDisconnected
-	for _, s := range b.slots {
+	for _, s := range b.backends().slots {
 		st = max(st, s.currentState())
 	}
 	return st
@@ -983,7 +1006,7 @@ func (b *Bridge) State() State {
 // last dial is not, until a dial succeeds: the failing backends redial in
 // the background, so this becomes true again without a call to try them.
 func (b *Bridge) Ready() bool {
-	for _, be := range b.backends {
+	for _, be := range b.backends().active {
 		if be.available() {
 			return true
 		}

@@ -294,7 +294,7 @@ func TestQueuedCallsAreSentOnNextConnection(t *testing.T) {
 	c1 := nextConn(t, srv)
 	var queued int
 	bridgetest.Eventually(t, "requests queued behind a blocked writer", func() bool {
-		cn := b.slots[0].snapshot().conn
+		cn := b.slot(0).snapshot().conn
 		if cn == nil {
 			return false
 		}

@@ -98,7 +98,8 @@ func (c *conn) serve(ctx context.Context) error {
 		})
 	}
 
-	closing := false
+	closing := false // the Bridge is closing, or (retired) a reload removed the backend
+	retired := false
 	select {
 	case <-c.lost:
 		if errors.Is(c.cause, errIdle) {
@@ -108,6 +109,12 @@ func (c *conn) serve(ctx context.Context) error {
 		}
 	case <-ctx.Done():
 		closing = true
+		if c.slot.be.retired.Load() && !c.b.closing.Load() {
+			retired = true
+			c.fail(errRetired)
+			wsutil.Bounded(c.ws, c.raw, websocket.StatusGoingAway, "backend removed from the gateway's configuration", closeTimeout)
+			break
+		}
 		c.fail(errors.New("gateway is shutting down"))
 		c.closeGoingAway()
 	}
@@ -119,6 +126,10 @@ func (c *conn) serve(ctx context.Context) error {
 	for _, o := range c.pending.takeAll() {
 		written := !o.state.CompareAndSwap(opQueued, opAbandoned)
 		switch {
+		case retired && written:
+			o.complete(result{err: newError(CodeReplyLost, "the backend was removed by a reload before it replied (it may have run the call)", errRetired)})
+		case retired:
+			o.complete(result{err: errNotSent}) // to a backend of the new set
 		case closing && written:
 			o.complete(result{err: errShutDownWritten()})
 		case closing:

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 )
@@ -68,12 +69,10 @@ func bareConn() (*Bridge, *conn) {
 	b.rules.Store(&methodRules{})
 	b.attempt = b.send
 	b.policies = newPolicies(b)
-	be := newBackend(b, 0, b.opts.Backends[0])
-	s := newSlot(b, be, 0)
-	be.slots = []*slot{s}
-	b.backends, b.slots = []*backend{be}, []*slot{s}
-	b.router = newRouter(b, b.opts.Balance, b.backends)
-	return b, &conn{b: b, slot: s}
+	be := newBackend(context.Background(), b, 0, 0, b.opts.Backends[0])
+	b.set.Store(&backendSet{active: []*backend{be}, all: []*backend{be}, slots: be.slots})
+	b.router = newRouter(b, b.opts.Balance)
+	return b, &conn{b: b, slot: be.slots[0]}
 }
 
 // resultChan receives an op's outcome, for tests that drive ops by hand.

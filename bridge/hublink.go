@@ -61,17 +61,24 @@ func (b *Bridge) background(f func(ctx context.Context)) bool { return b.goBackg
 func (b *Bridge) bgContext() context.Context                  { return b.bgCtx }
 func (b *Bridge) ctxError(ctx context.Context) error          { return b.abortError(b.ctxCode(ctx)) }
 func (b *Bridge) countTimeout()                               { b.counters.timeouts.Add(1) }
-func (b *Bridge) dial(slot int)                               { b.slots[slot].kickDial() }
-func (b *Bridge) connected(slot int) bool                     { return b.slots[slot].currentState() == StateConnected }
-func (b *Bridge) several() bool                               { return len(b.backends) > 1 }
-func (b *Bridge) usable(slot int) bool                        { return b.slots[slot].be.usable() }
+func (b *Bridge) dial(slot int)                               { b.slot(slot).kickDial() }
+func (b *Bridge) connected(slot int) bool                     { return b.slot(slot).currentState() == StateConnected }
+func (b *Bridge) several() bool                               { return len(b.backends().active) > 1 }
+func (b *Bridge) usable(slot int) bool                        { return b.slot(slot).be.usable() }
 
+// moveFrom returns a slot of another usable backend. From a retired
+// backend it always finds one (a backend of the set, usable or not: a
+// reference to a closed slot would never be served again).
 func (b *Bridge) moveFrom(slot int) (int, bool) {
-	from := b.slots[slot].be
-	if len(b.backends) == 1 {
+	from := b.slot(slot).be
+	active := b.backends().active
+	if len(active) == 1 && !from.retired.Load() {
 		return 0, false
 	}
 	be := b.router.pick(from)
+	if be == nil && from.retired.Load() {
+		be = lowestPriority(active)[0]
+	}
 	if be == nil || be == from {
 		return 0, false
 	}

@@ -137,7 +137,7 @@ func (ps *policies) chain(method string) invoker {
 	if p.retry {
 		inv = b.retryStep(inv)
 	}
-	if p.hedgeAfter > 0 && len(b.backends) > 1 {
+	if p.hedgeAfter > 0 {
 		inv = b.hedgeStep(p.hedgeAfter)(inv)
 	}
 	if p.dedup {
@@ -519,6 +519,9 @@ func (rt *retrier) abort(code Code) {
 func (b *Bridge) hedgeStep(after time.Duration) step {
 	return func(next invoker) invoker {
 		return func(r *request, to sink) abortable {
+			if !b.several() {
+				return next(r, to) // one backend: nothing to hedge to
+			}
 			first := b.router.pick(r.avoid)
 			if first == nil {
 				return next(r, to) // nothing usable: the attempt fails fast or waits

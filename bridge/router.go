@@ -20,16 +20,15 @@ import (
 // it were open until the probe's dial has succeeded or failed.
 type router struct {
 	// Static after newRouter.
-	b        *Bridge
-	balance  Balance
-	backends []*backend
+	b       *Bridge
+	balance Balance
 
 	next atomic.Uint64 // ties among backends taken in turn
 	rrMu sync.Mutex    // guards every backend's current (BalanceRoundRobin)
 }
 
-func newRouter(b *Bridge, balance Balance, backends []*backend) *router {
-	return &router{b: b, balance: balance, backends: backends}
+func newRouter(b *Bridge, balance Balance) *router {
+	return &router{b: b, balance: balance}
 }
 
 // pick returns the backend for a request by the Balance, among the usable
@@ -41,12 +40,13 @@ func newRouter(b *Bridge, balance Balance, backends []*backend) *router {
 // not ready while another usable one is, the request goes to a ready one
 // (and an idle pick is dialled, for the requests that follow).
 func (rt *router) pick(avoid *backend) *backend {
-	if len(rt.backends) == 1 {
-		return rt.backends[0]
-	}
 	for {
+		active := rt.b.backends().active
+		if len(active) == 1 {
+			return active[0]
+		}
 		var cands, ready []*backend
-		for _, be := range rt.backends {
+		for _, be := range active {
 			if be != avoid && be.usable() {
 				cands = append(cands, be)
 				if be.connectivity() == ConnReady {
@@ -89,13 +89,13 @@ func (rt *router) balanced(bes []*backend) *backend {
 // lowestPriority returns the backends with the lowest Priority value, in
 // their order.
 func lowestPriority(bes []*backend) []*backend {
-	best := bes[0].opts.Priority
+	best := bes[0].priority.Load()
 	for _, be := range bes {
-		best = min(best, be.opts.Priority)
+		best = min(best, be.priority.Load())
 	}
 	var out []*backend
 	for _, be := range bes {
-		if be.opts.Priority == best {
+		if be.priority.Load() == best {
 			out = append(out, be)
 		}
 	}
@@ -128,7 +128,7 @@ func (rt *router) weightedNext(bes []*backend) *backend {
 	total := 0
 	var best *backend
 	for _, be := range bes {
-		w := be.opts.Weight
+		w := int(be.weight.Load())
 		total += w
 		be.current += w
 		if best == nil || be.current > best.current {
@@ -216,6 +216,9 @@ func (be *backend) available() bool { return be.unavailable(true) == "" }
 
 // unavailable says why be takes no requests now, or "" when it does.
 func (be *backend) unavailable(probeTakenOK bool) string {
+	if be.retired.Load() {
+		return UnavailableShutdown
+	}
 	switch be.connectivity() {
 	case ConnTransientFailure:
 		return UnavailableFailing
@@ -362,7 +365,8 @@ func (be *backend) healthLoop(ctx context.Context) {
 func (rt *router) lagCheck() {
 	b := rt.b
 	var top uint64
-	for _, be := range rt.backends {
+	active := rt.b.backends().active
+	for _, be := range active {
 		ready := be.connectivity() == ConnReady
 		be.mu.Lock()
 		if ready && be.headOK && be.healthErr == nil {
@@ -370,7 +374,7 @@ func (rt *router) lagCheck() {
 		}
 		be.mu.Unlock()
 	}
-	for _, be := range rt.backends {
+	for _, be := range active {
 		be.mu.Lock()
 		was := be.lagging
 		be.lagging = be.headOK && top > be.head && top-be.head > b.opts.MaxLag
@@ -426,7 +430,7 @@ func (be *backend) requestEnded(o *op, err error) {
 		return
 	}
 	others := false
-	for _, o := range b.backends {
+	for _, o := range b.backends().active {
 		if o != be && o.available() {
 			others = true
 		}

@@ -187,7 +187,14 @@ func (s *slot) run(ctx context.Context) {
 	failures := 0
 	lost := false      // a connection of this slot has been open and was lost
 	redialNow := false // the backend went away on purpose: dial its replacement at once
-	defer s.close()
+	defer func() {
+		s.close()
+		if be.retired.Load() && !b.closing.Load() {
+			// A reload removed the backend: what was on this slot moves,
+			// as for a connection lost (listening, too, with none left).
+			b.hub.connLost(s.idx, errRetired)
+		}
+	}()
 	for {
 		// A lazy slot dials when a caller asks (kick), or at once while a
 		// listener or subscription waits for notifications on it: such
@@ -327,10 +334,14 @@ func (s *slot) markLost(c *conn) {
 	s.mu.Unlock()
 }
 
-// close makes every later call on the slot fail: the Bridge is closing.
+// close makes every later call on the slot fail: the Bridge is closing,
+// or a reload removed the backend (then the call is routed again).
 func (s *slot) close() {
 	s.mu.Lock()
 	s.closedErr = newError(CodeDraining, "gateway is shutting down", nil)
+	if s.be.retired.Load() && !s.b.closing.Load() {
+		s.closedErr = retiredError()
+	}
 	s.current = nil
 	s.setState(StateDisconnected)
 	s.mu.Unlock()

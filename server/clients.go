@@ -179,14 +179,15 @@ func clientOf(ctx context.Context) *client {
 }
 
 // acquire counts one call or notification of c in flight, unless c is at
-// its limit (MaxInFlightPerClient); release undoes it. A nil client (the
+// its limit (MaxInFlightPerClient, which SetLimits may change: the count
+// is kept without a limit too); release undoes it. A nil client (the
 // gateway's own connection) has no limit.
 func (s *Server) acquire(c *client) error {
-	max := int64(s.opts.MaxInFlightPerClient)
-	if c == nil || max <= 0 {
+	if c == nil {
 		return nil
 	}
-	if c.inflight.Add(1) > max {
+	n := c.inflight.Add(1)
+	if max := s.maxInFlightPerClient.Load(); max > 0 && n > max {
 		c.inflight.Add(-1)
 		s.counters.clientLimited.Add(1)
 		return &bridge.Error{Code: bridge.CodeOverloaded, Message: fmt.Sprintf("too many calls in flight from this client (limit %d)", max)}
@@ -195,7 +196,7 @@ func (s *Server) acquire(c *client) error {
 }
 
 func (s *Server) release(c *client) {
-	if c != nil && s.opts.MaxInFlightPerClient > 0 {
+	if c != nil {
 		c.inflight.Add(-1)
 	}
 }

@@ -228,6 +228,10 @@ type Server struct {
 	adminHTTP    *http.Server
 	admin        *opsRoutes // the routes the admin listener serves; nil without AdminAddr
 
+	// The limits SetLimits may change: Options.MaxInFlightPerClient and
+	// MaxClients.
+	maxInFlightPerClient, maxClients atomic.Int64
+
 	// streamsCtx is cancelled at shutdown to end streaming RPCs.
 	streamsCtx context.Context
 	endStreams context.CancelFunc
@@ -302,6 +306,8 @@ func (s *Server) setReadiness() {
 func New(opts Options) (*Server, error) {
 	opts = opts.withDefaults()
 	s := &Server{opts: opts, log: opts.Logger, counters: newCounters(), sessions: map[*session]func(){}, held: map[*held]struct{}{}}
+	s.maxInFlightPerClient.Store(int64(opts.MaxInFlightPerClient))
+	s.maxClients.Store(int64(opts.MaxClients))
 	s.counters.metrics = newMetrics(s, opts)
 	if opts.TLSNotAfter != nil {
 		s.counters.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -488,6 +494,32 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 
 // Bridge returns the server's Bridge.
 func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
+
+// Limits are the limits a reload may change (see Options).
+type Limits struct {
+	MaxInFlight          int // Options.Bridge.MaxInFlight
+	MaxInFlightPerClient int
+	MaxClients           int
+}
+
+// SetLimits applies new limits to the calls and /ws clients that come
+// from now on (a reload); what is under way stays.
+func (s *Server) SetLimits(l Limits) {
+	s.bridge.SetMaxInFlight(l.MaxInFlight)
+	s.maxInFlightPerClient.Store(int64(l.MaxInFlightPerClient))
+	s.maxClients.Store(int64(l.MaxClients))
+}
+
+// SetBackends replaces the backends (a reload, see
+// bridge.Bridge.SetBackends); a new backend's metric series start at
+// zero, as at start.
+func (s *Server) SetBackends(backends []bridge.BackendOptions) (bridge.BackendChanges, error) {
+	ch, err := s.bridge.SetBackends(backends)
+	if err == nil && len(ch.Added) > 0 {
+		s.counters.metrics.addBackends(s.bridge.Stats().Backends)
+	}
+	return ch, err
+}
 
 // Run serves until ctx is done, then shuts down: health turns NOT_SERVING;
 // after ShutdownDelay the listeners close, gRPC clients get GOAWAY, /ws

@@ -94,7 +94,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			s.wsReserved.Add(-1)
 		}
 	}()
-	if max := s.opts.MaxClients; max > 0 && n > int64(max) {
+	if max := s.maxClients.Load(); max > 0 && n > max {
 		s.counters.refusedClients.Add(1)
 		http.Error(w, "too many WebSocket clients", http.StatusServiceUnavailable)
 		return

@@ -48,12 +48,13 @@ func TestSIGHUPReloadsAndNeverKills(t *testing.T) {
 		_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `[500]`)})
 		inFlight <- err
 	}()
-	write("demo: true\ndeny-methods: [echo]\nmax-inflight: 7\n")
+	write("demo: true\ndeny-methods: [echo]\nmax-inflight: 7\nmax-message-bytes: 100000\n")
 	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	line := g.waitLog("reloaded (SIGHUP)")
-	if !strings.Contains(stringOf(line["changed"]), "deny-methods") || !strings.Contains(stringOf(line["needs_restart"]), "max-inflight") {
+	if changed := stringOf(line["changed"]); !strings.Contains(changed, "deny-methods") || !strings.Contains(changed, "max-inflight") ||
+		!strings.Contains(stringOf(line["needs_restart"]), "max-message-bytes") {
 		t.Fatalf("reload line %v", line)
 	}
 	if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.PermissionDenied {
@@ -70,6 +71,87 @@ func TestSIGHUPReloadsAndNeverKills(t *testing.T) {
 	g.waitLog("reload failed (SIGHUP): the configuration in use stays")
 	if _, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "echo"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("echo after a reload that failed: %v", err)
+	}
+	if code := g.signal(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// SIGHUP adds, removes and reweights backends (issue 21): under load, the
+// config file's backends: is changed from a to b. No call fails, the
+// call a holds is answered by a, the calls go to b from the reload on,
+// a's connection closes once its calls are over and its row leaves the
+// stats; the log line says what changed.
+func TestSIGHUPReplacesBackendsUnderLoad(t *testing.T) {
+	_, urlA := startBackend(t, "127.0.0.1:0")
+	_, urlB := startBackend(t, "127.0.0.1:0")
+	config := filepath.Join(t.TempDir(), "wsbridge.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(config, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("backends:\n  - url: " + urlA + "\nmax-inflight-per-client: 3000\n")
+	g := startGateway(t, "--config", config)
+	load := startEchoLoad(t, g, 16)
+	load.waitOK(t, 500)
+	held := make(chan error, 1)
+	go func() {
+		_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `{"ms":1000}`)})
+		held <- err
+	}()
+	g.waitStats(t, "the sleep call at a", func(st *wsbridgev1.Stats) bool { return st.Backends[0].Waiting > 0 })
+
+	write("backends:\n  - url: " + urlB + "\n    weight: 2\nmax-inflight-per-client: 3000\n")
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	line := g.waitLog("reloaded (SIGHUP)")
+	if got := stringOf(line["backends"]); !strings.Contains(got, "added") || !strings.Contains(got, "removed") {
+		t.Fatalf("reload line %v", line)
+	}
+	if changed := stringOf(line["changed"]); changed != "[backends]" {
+		t.Fatalf("reload line %v", line)
+	}
+	before := g.getStats(t)
+	if err := <-held; err != nil {
+		t.Fatalf("the call a held across the reload: %v", err)
+	}
+	st := g.waitStats(t, "a drained and gone", func(st *wsbridgev1.Stats) bool { return len(st.Backends) == 1 })
+	b := st.Backends[0]
+	if b.Url != strings.TrimSuffix(urlB, "/") && b.Url != urlB {
+		t.Fatalf("the row left is %s; want b %s", b.Url, urlB)
+	}
+	load.finish(t) // no echo call failed
+	if st := g.getStats(t); backendRow(t, st, b.Url).RequestsSent <= backendRow(t, before, b.Url).RequestsSent {
+		t.Fatal("b took no calls after the reload")
+	}
+	// A second reload, of a limit: from 3000 calls in flight per client
+	// to 1. The changes that need a restart are named again.
+	write("backends:\n  - url: " + urlB + "\n    weight: 2\nmax-inflight-per-client: 1\nmax-batch: 9\n")
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	line = g.waitLog("reloaded (SIGHUP)")
+	if stringOf(line["changed"]) != "[max-inflight-per-client]" || stringOf(line["backends"]) != "no change" || stringOf(line["needs_restart"]) != "[max-batch]" {
+		t.Fatalf("second reload line %v", line)
+	}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			_, err := g.bridge.Call(ctxT(t), &wsbridgev1.CallRequest{Method: "sleep", Params: params(t, `{"ms":200}`)})
+			errs <- err
+		}()
+	}
+	limited := 0
+	for range 8 {
+		if status.Code(<-errs) == codes.ResourceExhausted {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Fatal("--max-inflight-per-client 1 after the reload limited no call")
 	}
 	if code := g.signal(syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d", code)

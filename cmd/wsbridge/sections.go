@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
@@ -107,7 +109,7 @@ func (s sections) backendOptions(path string) ([]bridge.BackendOptions, error) {
 		case be.Conns < 0:
 			return nil, fmt.Errorf("%s: conns %d: must be 1 or more", where, be.Conns)
 		}
-		bo := bridge.BackendOptions{URL: be.URL, Header: header, Weight: be.Weight, Priority: be.Priority, Conns: be.Conns}
+		bo := bridge.BackendOptions{URL: be.URL, Header: header, Weight: be.Weight, Priority: be.Priority, Conns: be.Conns, ID: be.id()}
 		if len(header) == 0 {
 			bo.Header = nil // the flags' --backend-header applies
 		}
@@ -119,6 +121,15 @@ func (s sections) backendOptions(path string) ([]bridge.BackendOptions, error) {
 		out = append(out, bo)
 	}
 	return out, nil
+}
+
+// id names the backend across a reload (bridge.BackendOptions.ID): its
+// URL and every setting but weight and priority, so that a reload
+// changing those keeps its connections and one changing any other
+// replaces it.
+func (be backendSection) id() string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%q %q %d %q %t", be.URL, be.Headers, be.Conns, be.CA, be.Insecure))
+	return hex.EncodeToString(sum[:])
 }
 
 // methodPolicies turns the methods: section into policies.
